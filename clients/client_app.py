@@ -1,0 +1,112 @@
+"""The ClientApp: plumbing between Flower messages and the local training code.
+
+A train message carries the global values of the tensors the method trains; the reply
+carries the client's new values of exactly those tensors, its metrics (num-examples,
+train loss, local eval accuracy) and who it is. A client that fails replies with an
+error naming its partition, so the server can record which client failed and why.
+"""
+
+from __future__ import annotations
+
+import functools
+import traceback
+from logging import ERROR
+from pathlib import Path
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
+from flwr.supercore import log
+
+from clients.data import client_data
+from clients.models import build_model, frozen_fingerprint, load_trainable, trainable_state
+from clients.training import evaluate, make_optimizer, train_steps
+from scenarios.loader import load_scenario
+from scenarios.schema import Scenario
+from strategies import keys
+from strategies.registry import trained_set
+
+app = ClientApp()
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Train the method's tensors for `local_steps` steps and reply with them."""
+    partition_id = int(context.node_config["partition-id"])
+    try:
+        scenario = scenario_of(context)
+        content = train_round(scenario, partition_id, msg.content)
+        return Message(content=content, reply_to=msg)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a recorded error reply
+        log(ERROR, "partition %d failed:\n%s", partition_id, traceback.format_exc())
+        reason = f"partition-id={partition_id}: {type(exc).__name__}: {exc}"
+        return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason),
+                       reply_to=msg)
+
+
+def scenario_of(context: Context) -> Scenario:
+    """The run's scenario: the path in the run config, resolved like the ServerApp does."""
+    return cached_scenario(str(resolve_scenario_path(str(context.run_config["scenario"]))))
+
+
+@functools.lru_cache(maxsize=4)
+def cached_scenario(path: str) -> Scenario:
+    return load_scenario(path)
+
+
+def resolve_scenario_path(path: str) -> Path:
+    """Absolute as given; else relative to the working directory, else to the app folder
+    (Flower runs apps from an unpacked copy of the project, which has scenarios/)."""
+    candidate = Path(path)
+    if candidate.is_absolute() or candidate.exists():
+        return candidate.resolve()
+    return Path(__file__).resolve().parents[1] / candidate
+
+
+def pick_device() -> torch.device:
+    """The GPU the node was given (CUDA_VISIBLE_DEVICES), else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@functools.lru_cache(maxsize=2)
+def cached_model(scenario: Scenario, num_labels: int, device: str) -> tuple[torch.nn.Module, str]:
+    """The client's model, built once per process; each round overwrites every trained
+    tensor with the global values, so reuse is safe. Returns (model, frozen fingerprint)."""
+    model = build_model(scenario.model, num_labels, scenario.seed,
+                        trained_set(scenario.strategy.name), device)
+    return model, frozen_fingerprint(model)
+
+
+def train_round(scenario: Scenario, partition_id: int, content: RecordDict) -> RecordDict:
+    """One round of local training; returns the reply's records."""
+    config = content[keys.CONFIG] if keys.CONFIG in content else ConfigRecord()
+    server_round = int(config.get(keys.SERVER_ROUND, 0))
+    device = pick_device()
+    data = client_data(scenario, partition_id)
+    model, fingerprint = cached_model(scenario, data.num_labels, str(device))
+    expected = config.get(keys.FROZEN_FINGERPRINT)
+    if expected is not None and expected != fingerprint:
+        raise RuntimeError(
+            f"frozen weights differ from the server's (fingerprint {fingerprint} != {expected}): "
+            "the model files or library versions differ between server and client"
+        )
+    load_trainable(model, content[keys.ARRAYS].to_torch_state_dict())
+
+    # A distinct, reproducible stream per (seed, round, client): batches and dropout.
+    seed = scenario.seed * 1_000_003 + server_round * 1009 + partition_id
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    fed = scenario.federation
+    result = train_steps(model, data.train, fed.local_steps, fed.batch_size,
+                         make_optimizer(model, fed.optimizer), generator, device)
+    local = evaluate(model, data.local_eval, device)
+    metrics = MetricRecord({
+        keys.NUM_EXAMPLES: len(data.train),
+        keys.TRAIN_LOSS: result.mean_loss,
+        keys.LOCAL_EVAL_ACC: local.accuracy,
+        keys.LOCAL_EVAL_LOSS: local.loss,
+    })
+    arrays = ArrayRecord({k: v.cpu() for k, v in trainable_state(model).items()})
+    who = ConfigRecord({keys.PARTITION_ID: partition_id, keys.DEVICE: str(device)})
+    return RecordDict({keys.ARRAYS: arrays, keys.METRICS: metrics, keys.CLIENT: who})

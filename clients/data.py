@@ -1,0 +1,204 @@
+"""Task data: read a scenario's dataset, split it over clients, tokenize it once.
+
+Examples are normalised to {"text", "text_pair", "label"} with integer labels, whatever
+the source format. Partitioning goes through flwr-datasets' partitioners, so a Dirichlet
+split here is the one Flower users know. Tokenized tensors are cached per process:
+a simulated client (a Ray actor) tokenizes its partition once, not every round.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner
+from torch.utils.data import TensorDataset
+
+from clients.synthetic import make_examples
+from scenarios.schema import (
+    ClBenchmarkSource,
+    DataSpec,
+    DirichletPartitioning,
+    GeneratedSource,
+    HubSource,
+    IidPartitioning,
+    JsonlSource,
+    Scenario,
+)
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """One task's examples. `train` is a list of per-client lists when the source is
+    pre-split (one file per client), else one list to be partitioned."""
+
+    train: list[dict] | list[list[dict]]
+    test: list[dict]
+    label_names: tuple[str, ...]
+
+
+def load_task(spec: DataSpec, seed: int) -> TaskData:
+    """Read the dataset of `spec` and normalise its examples."""
+    source = spec.source
+    if isinstance(source, GeneratedSource):
+        train = make_examples(source.num_labels, source.train_size, seed, source.label_noise)
+        test = make_examples(source.num_labels, source.test_size, seed + 1)
+        names = tuple(str(i) for i in range(source.num_labels))
+        return TaskData([_normalise(e, spec, names) for e in train],
+                        [_normalise(e, spec, names) for e in test], names)
+    if isinstance(source, ClBenchmarkSource):
+        return _load_cl_benchmark(source, spec, seed)
+    if isinstance(source, JsonlSource):
+        return _load_jsonl(source, spec)
+    if isinstance(source, HubSource):
+        return _load_hub(source, spec)
+    raise TypeError(f"unknown data source {type(source).__name__}")
+
+
+def _normalise(row: dict, spec: DataSpec, label_names: tuple[str, ...]) -> dict:
+    label = row[spec.label_field]
+    index = label if isinstance(label, int) else label_names.index(str(label))
+    pair = row.get(spec.text_pair_field) if spec.text_pair_field else None
+    return {"text": str(row[spec.text_field]), "text_pair": pair, "label": index}
+
+
+def _load_cl_benchmark(source: ClBenchmarkSource, spec: DataSpec, seed: int) -> TaskData:
+    names = tuple(json.loads((source.path / "labels.json").read_text()))
+    files = {split: source.path / f"{split}.json" for split in ("train", "test")}
+    rows = {k: json.loads(p.read_text()) for k, p in files.items() if p.is_file()}
+    # The benchmark ships some tasks with one split only (dbpedia: test, yelp: train);
+    # MNLI marks unlabelled rows "-". Keep labelled rows, split what exists.
+    rows = {k: [r for r in v if str(r[spec.label_field]) in names] for k, v in rows.items()}
+    if len(rows) == 1:
+        rows["train"], rows["test"] = stratified_split(
+            next(iter(rows.values())), source.test_fraction, seed, spec.label_field
+        )
+    return TaskData([_normalise(r, spec, names) for r in rows["train"]],
+                    [_normalise(r, spec, names) for r in rows["test"]], names)
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    with path.open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _load_jsonl(source: JsonlSource, spec: DataSpec) -> TaskData:
+    per_file = [_read_jsonl(p) for p in source.train]
+    test = _read_jsonl(source.test)
+    labels = {int(r[spec.label_field]) for rows in [*per_file, test] for r in rows}
+    names = tuple(str(i) for i in range(max(labels) + 1))
+    files = [[_normalise(r, spec, names) for r in rows] for rows in per_file]
+    train = files if spec.partitioning.kind == "presplit" else [e for f in files for e in f]
+    return TaskData(train, [_normalise(r, spec, names) for r in test], names)
+
+
+def _load_hub(source: HubSource, spec: DataSpec) -> TaskData:
+    from datasets import load_dataset  # only here: needs the hub
+
+    splits = load_dataset(source.name, source.subset)
+    train, test = splits[source.train_split], splits[source.test_split]
+    feature = train.features[spec.label_field]
+    names = tuple(getattr(feature, "names", None) or sorted({str(x) for x in train[spec.label_field]}))
+    return TaskData([_normalise(r, spec, names) for r in train],
+                    [_normalise(r, spec, names) for r in test], names)
+
+
+def stratified_split(rows: list[dict], test_fraction: float, seed: int, label_field: str):
+    """Split `rows` into (train, test), holding out `test_fraction` of every label."""
+    by_label: dict[str, list[dict]] = {}
+    for row in rows:
+        by_label.setdefault(str(row[label_field]), []).append(row)
+    rng, train, test = random.Random(seed), [], []
+    for label in sorted(by_label):
+        group = by_label[label][:]
+        rng.shuffle(group)
+        cut = round(len(group) * test_fraction)
+        test.extend(group[:cut])
+        train.extend(group[cut:])
+    return train, test
+
+
+def partition(task: TaskData, spec: DataSpec, num_clients: int, partition_id: int,
+              seed: int) -> list[dict]:
+    """The training examples of client `partition_id` (flwr-datasets partitioners)."""
+    if spec.partitioning.kind == "presplit":
+        return task.train[partition_id]
+    dataset = Dataset.from_list(task.train)
+    parts = spec.partitioning
+    if isinstance(parts, IidPartitioning):
+        partitioner = IidPartitioner(num_partitions=num_clients)
+    elif isinstance(parts, DirichletPartitioning):
+        partitioner = DirichletPartitioner(
+            num_partitions=num_clients, partition_by="label", alpha=parts.alpha,
+            min_partition_size=parts.min_partition_size, self_balancing=False, seed=seed,
+        )
+    else:
+        raise TypeError(f"unknown partitioning {parts.kind!r}")
+    partitioner.dataset = dataset
+    return partitioner.load_partition(partition_id).to_list()
+
+
+def tokenize(examples: list[dict], tokenizer, max_length: int) -> TensorDataset:
+    """Tensors (input_ids, attention_mask, token_type_ids, labels), padded to max_length.
+
+    Padding to a fixed length keeps every batch the same shape: simple, and needed
+    later by per-sample gradient code that expects explicit position tensors.
+    """
+    texts = [e["text"] for e in examples]
+    pairs = [e["text_pair"] for e in examples]
+    encoded = tokenizer(
+        texts, pairs if any(p is not None for p in pairs) else None,
+        padding="max_length", truncation=True, max_length=max_length, return_tensors="pt",
+    )
+    token_types = encoded.get("token_type_ids", torch.zeros_like(encoded["input_ids"]))
+    labels = torch.tensor([e["label"] for e in examples], dtype=torch.long)
+    return TensorDataset(encoded["input_ids"], encoded["attention_mask"], token_types, labels)
+
+
+@dataclass(frozen=True)
+class ClientData:
+    train: TensorDataset
+    local_eval: TensorDataset
+    num_labels: int
+
+
+@functools.lru_cache(maxsize=8)
+def client_data(scenario: Scenario, partition_id: int) -> ClientData:
+    """Client `partition_id`'s tokenized train and local-eval sets, built once per process."""
+    from clients.models import build_tokenizer
+
+    task = cached_task(scenario.data, scenario.seed)
+    rows = partition(task, scenario.data, scenario.federation.num_clients, partition_id,
+                     scenario.seed)
+    rows = rows[:]
+    random.Random(scenario.seed + partition_id).shuffle(rows)
+    cut = int(len(rows) * scenario.data.local_eval_fraction)
+    tokenizer = build_tokenizer(scenario.model)
+    return ClientData(
+        train=tokenize(rows[cut:], tokenizer, scenario.model.max_length),
+        local_eval=tokenize(rows[:cut] or rows[:1], tokenizer, scenario.model.max_length),
+        num_labels=len(task.label_names),
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def cached_task(spec: DataSpec, seed: int) -> TaskData:
+    """`load_task`, read from disk once per process."""
+    return load_task(spec, seed)
+
+
+@functools.lru_cache(maxsize=4)
+def server_test_set(scenario: Scenario) -> TensorDataset:
+    """The test split the server evaluates the global model on (seeded subset if capped)."""
+    from clients.models import build_tokenizer
+
+    test = cached_task(scenario.data, scenario.seed).test
+    cap = scenario.data.server_eval_max
+    if cap is not None and cap < len(test):
+        test = random.Random(scenario.seed).sample(test, cap)
+    return tokenize(test, build_tokenizer(scenario.model), scenario.model.max_length)

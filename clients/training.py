@@ -1,0 +1,90 @@
+"""The local loop: a fixed number of optimizer steps, and evaluation.
+
+Pure torch: no Flower here. The ClientApp calls `train_steps` and `evaluate`; later
+wrappers (DP-SGD, OSFT projection) hook into the same loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, RandomSampler, TensorDataset
+
+from scenarios.schema import OptimizerSpec
+
+
+def make_optimizer(model: nn.Module, spec: OptimizerSpec) -> torch.optim.Optimizer:
+    """A fresh optimizer over the trainable parameters (fresh every round, as in FedSVD)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if spec.name == "sgd":
+        return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum,
+                               weight_decay=spec.weight_decay)
+    return torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
+
+
+def forward_loss(model: nn.Module, batch: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample mean cross-entropy and the logits, for a batch of tokenized tensors.
+
+    The loss is a mean over samples (never over tokens of the whole batch), which the
+    DP-SGD analysis needs: each sample's gradient depends on that sample only.
+    """
+    input_ids, attention_mask, token_type_ids, labels = batch
+    # Explicit position ids: per-sample-gradient code needs (B, T) position tensors.
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask,
+                   token_type_ids=token_type_ids, position_ids=positions).logits  # (B, C)
+    return nn.functional.cross_entropy(logits, labels), logits
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    mean_loss: float
+    steps: int
+    examples_seen: int
+
+
+def train_steps(model: nn.Module, data: TensorDataset, steps: int, batch_size: int,
+                optimizer: torch.optim.Optimizer, generator: torch.Generator,
+                device: torch.device) -> TrainResult:
+    """Run exactly `steps` optimizer steps on batches drawn with replacement across epochs."""
+    sampler = RandomSampler(data, replacement=False, num_samples=steps * batch_size,
+                            generator=generator)
+    loader = DataLoader(data, batch_size=batch_size, sampler=sampler, drop_last=False)
+    model.train()
+    total, seen, done = 0.0, 0, 0
+    for batch in loader:
+        if done == steps:
+            break
+        batch = [t.to(device) for t in batch]
+        optimizer.zero_grad(set_to_none=True)
+        loss, _ = forward_loss(model, batch)
+        loss.backward()
+        optimizer.step()
+        total += loss.item() * len(batch[0])
+        seen += len(batch[0])
+        done += 1
+    return TrainResult(mean_loss=total / max(seen, 1), steps=done, examples_seen=seen)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    loss: float
+    accuracy: float
+    num_examples: int
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: TensorDataset, device: torch.device,
+             batch_size: int = 128) -> EvalResult:
+    """Mean loss and accuracy of `model` on `data`."""
+    model.eval()
+    loss_sum, correct, n = 0.0, 0, 0
+    for batch in DataLoader(data, batch_size=batch_size):
+        batch = [t.to(device) for t in batch]
+        loss, logits = forward_loss(model, batch)
+        loss_sum += loss.item() * len(batch[0])
+        correct += (logits.argmax(-1) == batch[3]).sum().item()
+        n += len(batch[0])
+    return EvalResult(loss=loss_sum / max(n, 1), accuracy=correct / max(n, 1), num_examples=n)

@@ -1,0 +1,66 @@
+"""Checks that need the disk or the model: run before any process starts.
+
+Schema validation (scenarios.loader) knows shapes and ranges; these checks know the
+world: the data files exist, the model can be loaded offline, and every LoRA target
+module exists in that model. Each problem is one line naming its path in the file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from scenarios.schema import ClBenchmarkSource, HubSource, JsonlSource, Scenario
+
+
+def check_scenario(scenario: Scenario) -> list[str]:
+    """Every problem found, as `path: message` lines; empty when the scenario can run."""
+    return [*check_data(scenario), *check_model(scenario)]
+
+
+def check_data(scenario: Scenario) -> list[str]:
+    source, errors = scenario.data.source, []
+    if isinstance(source, ClBenchmarkSource):
+        if not source.path.is_dir():
+            return [f"data.source.path: no such folder {str(source.path)!r}"]
+        if not (source.path / "labels.json").is_file():
+            errors.append(f"data.source.path: {str(source.path)!r} has no labels.json")
+        if not any((source.path / f).is_file() for f in ("train.json", "test.json")):
+            errors.append(f"data.source.path: {str(source.path)!r} has neither train.json "
+                          "nor test.json")
+    elif isinstance(source, JsonlSource):
+        for i, path in enumerate(source.train):
+            if not Path(path).is_file():
+                errors.append(f"data.source.train.{i}: no such file {str(path)!r}")
+        if not Path(source.test).is_file():
+            errors.append(f"data.source.test: no such file {str(source.test)!r}")
+    elif isinstance(source, HubSource) and _hub_offline():
+        errors.append(f"data.source.name: {source.name!r} needs the Hugging Face hub, which "
+                      "is offline here (HF_HUB_OFFLINE=1); use local files")
+    return errors
+
+
+def check_model(scenario: Scenario) -> list[str]:
+    """The model loads offline, and each LoRA target matches a module of it."""
+    from clients.models import module_names, pretrained_path
+
+    spec = scenario.model
+    path = pretrained_path(spec.name)
+    if path is not None and not Path(path).exists() and _hub_offline():
+        return [f"model.name: unknown model {spec.name!r}: not 'tiny-bert' or 'minilm', not a "
+                "local folder, and the hub is offline"]
+    try:
+        names = module_names(spec)
+    except Exception as exc:  # noqa: BLE001 - whatever transformers raises, say it plainly
+        return [f"model.name: cannot load {spec.name!r}: {type(exc).__name__}: {exc}"]
+    if scenario.strategy.name == "fedavg":
+        return []  # full fine-tuning: no adapters
+    leaves = {n.rsplit(".", 1)[-1] for n in names}
+    return [f"model.lora.target_modules: {t!r} is not a module of {spec.name!r} "
+            f"(some of its modules: {sorted(leaves)[:12]})"
+            for t in spec.lora.target_modules
+            if not any(n == t or n.endswith("." + t) for n in names)]
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "1") == "1"

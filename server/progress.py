@@ -1,0 +1,60 @@
+"""Terminal views of a run: a live progress bar per round, and the final table (rich)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from server.store import MetricsStore
+
+
+class RoundProgress:
+    """A progress bar that advances as rounds land in the store."""
+
+    def __init__(self, store: MetricsStore, run_id: str, total_rounds: int,
+                 console: Console) -> None:
+        self.store, self.run_id = store, run_id
+        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                                 MofNCompleteColumn(), TimeElapsedColumn(),
+                                 TextColumn("{task.fields[last]}"), console=console)
+        self.task = self.progress.add_task("starting Flower", total=total_rounds, last="")
+
+    def __enter__(self) -> RoundProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def tick(self) -> None:
+        """Read the store and show the rounds done and the last metrics."""
+        rounds = [r for r in self.store.rounds(self.run_id) if r["round"] > 0 and r["eval"]]
+        last = ""
+        if rounds:
+            r = rounds[-1]
+            last = (f"loss {r['train'].get('train-loss', float('nan')):.3f}  "
+                    f"acc {r['eval'].get('eval-acc', float('nan')):.3f}")
+        self.progress.update(self.task, completed=len(rounds), last=last,
+                             description="rounds" if rounds else "starting Flower")
+
+
+def rounds_table(summary: dict[str, Any]) -> Table:
+    """Per round: task, clients, failures, mean train loss, global test accuracy."""
+    table = Table(title=f"run {summary['run_id']} ({summary['status']})")
+    for column in ("round", "task", "clients", "failures", "train loss", "local eval acc",
+                   "test acc", "test loss"):
+        table.add_column(column, justify="right")
+    for r in summary["rounds"]:
+        train, ev = r["train"], r["eval"]
+        table.add_row(str(r["round"]), str(r["task"]), _fmt(train.get("clients"), "d"),
+                      _fmt(train.get("failures"), "d"), _fmt(train.get("train-loss")),
+                      _fmt(train.get("local-eval-acc")), _fmt(ev.get("eval-acc")),
+                      _fmt(ev.get("eval-loss")))
+    return table
+
+
+def _fmt(value: Any, spec: str = ".4f") -> str:
+    return "-" if value is None else format(value, spec)

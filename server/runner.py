@@ -1,0 +1,187 @@
+"""The only module that knows how to launch Flower.
+
+A run gets its own FLWR_HOME and its own simulation SuperLink on free loopback ports
+(so runs never share Flower state and tests can run side by side), then `flwr run`
+submits the app with the scenario path and the run id as run-config scalars. Whatever
+this module starts it stops, with every descendant (flwr-simulation, Ray), on success,
+failure and Ctrl-C alike.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+
+from scenarios.schema import Scenario
+from server.store import MetricsStore
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]  # the Flower app: has pyproject.toml
+CONNECTION = "orthofed"
+STARTUP_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where one run keeps its files: runs_dir/<run_id>/..."""
+
+    run_dir: Path
+
+    @property
+    def flwr_home(self) -> Path:
+        return self.run_dir / "flwr-home"
+
+    @property
+    def superlink_log(self) -> Path:
+        return self.run_dir / "superlink.log"
+
+    @property
+    def flower_log(self) -> Path:
+        return self.run_dir / "flower.log"
+
+
+def free_port() -> int:
+    """A TCP port that is free on loopback right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def flower_env(paths: RunPaths) -> dict[str, str]:
+    """The environment of every Flower process of a run."""
+    env = dict(os.environ)
+    env.update({
+        "FLWR_HOME": str(paths.flwr_home),
+        # Flower reinstalls an app's dependencies for every run by default: a download
+        # of torch per run. The environment already has them.
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+    })
+    return env
+
+
+def write_connection(paths: RunPaths, port: int) -> None:
+    """config.toml in the run's FLWR_HOME: one connection to the run's SuperLink."""
+    paths.flwr_home.mkdir(parents=True, exist_ok=True)
+    (paths.flwr_home / "config.toml").write_text(
+        f'[superlink]\ndefault = "{CONNECTION}"\n\n'
+        f'[superlink.{CONNECTION}]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
+    )
+
+
+def start_superlink(paths: RunPaths, port: int) -> subprocess.Popen:
+    """A simulation SuperLink on `port`, its state in the run folder."""
+    command = [
+        "flower-superlink", "--insecure", "--simulation", "--isolation", "subprocess",
+        "--host", "127.0.0.1", "--port", str(port),
+        "--control-api-address", f"127.0.0.1:{free_port()}",
+        "--database", str(paths.run_dir / "superlink.db"),
+        "--disable-runtime-dependency-installation",
+    ]
+    with paths.superlink_log.open("ab") as log:
+        process = subprocess.Popen(command, env=flower_env(paths), stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True,
+                                   cwd=paths.run_dir)
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"flower-superlink exited with {process.returncode}; "
+                               f"see {paths.superlink_log}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=0.5).is_success:
+                return process
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    stop_tree(process)
+    raise RuntimeError(f"flower-superlink did not answer within {STARTUP_TIMEOUT_S:.0f} s; "
+                       f"see {paths.superlink_log}")
+
+
+def submit(paths: RunPaths, scenario: Scenario, scenario_path: Path, run_id: str,
+           runs_dir: Path) -> subprocess.Popen:
+    """`flwr run` of this project against the run's SuperLink, following its logs."""
+    run_config = (f"scenario='{scenario_path}' run-id='{run_id}' runs-dir='{runs_dir}'")
+    federation_config = (
+        f"num-supernodes={scenario.federation.num_clients} "
+        f"client-resources-num-cpus={scenario.resources.num_cpus} "
+        f"client-resources-num-gpus={scenario.resources.num_gpus}"
+    )
+    command = ["flwr", "run", str(PROJECT_ROOT), CONNECTION, "--stream",
+               "--run-config", run_config, "--federation-config", federation_config]
+    with paths.flower_log.open("ab") as log:
+        return subprocess.Popen(command, env=flower_env(paths), stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                cwd=PROJECT_ROOT)
+
+
+def stop_tree(process: subprocess.Popen | None, grace_s: float = 10.0) -> None:
+    """Stop `process` and every descendant: SIGTERM, then SIGKILL after `grace_s`."""
+    if process is None:
+        return
+    try:
+        family = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        family = []
+    for proc in family:
+        try:
+            proc.send_signal(signal.SIGTERM)
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(family, timeout=grace_s)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=grace_s)
+    process.poll()
+
+
+def launch(scenario: Scenario, scenario_path: Path, run_id: str, runs_dir: Path,
+           on_tick: Callable[[], None] = lambda: None, tick_s: float = 0.5) -> str:
+    """Run a scenario to the end through Flower's simulation engine; return its status.
+
+    The run's row must exist in the store (pending). The ServerApp marks it running and
+    then completed or failed; if Flower ends without the ServerApp saying so (it could
+    not start, it was killed), the run is marked failed here with the log to read.
+    """
+    store = MetricsStore.in_dir(runs_dir)
+    paths = RunPaths(runs_dir / run_id)
+    paths.run_dir.mkdir(parents=True, exist_ok=True)
+    superlink = flwr = None
+    try:
+        port = free_port()
+        write_connection(paths, port)
+        superlink = start_superlink(paths, port)
+        flwr = submit(paths, scenario, scenario_path.resolve(), run_id, runs_dir.resolve())
+        while flwr.poll() is None:
+            on_tick()
+            time.sleep(tick_s)
+            if store.get_run(run_id)["status"] in ("completed", "failed"):
+                break  # the ServerApp is done; `flwr run --stream` may still be draining logs
+        on_tick()
+    except KeyboardInterrupt:
+        store.set_status(run_id, "cancelled", "interrupted by the user (Ctrl-C)")
+        raise
+    except Exception as exc:
+        store.set_status(run_id, "failed", f"launch failed: {exc}")
+        raise
+    finally:
+        stop_tree(flwr, grace_s=5.0)
+        stop_tree(superlink)
+    status = store.get_run(run_id)["status"]
+    if status not in ("completed", "failed", "cancelled"):
+        store.set_status(run_id, "failed",
+                         f"Flower ended without the ServerApp finishing; see {paths.flower_log}")
+    return store.get_run(run_id)["status"]

@@ -1,0 +1,82 @@
+"""The ServerApp: scenario -> global model -> strategy.start, recording every round.
+
+Reads top to bottom: load the scenario named in the run config, build the model and the
+strategy, run the rounds, mark the run completed (or failed, with the reason) in the
+store. Later issues extend `run_scenario` with task streams; the seams are the task id
+in the train config and the round offset of the recording wrapper.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+
+from clients.client_app import pick_device, resolve_scenario_path
+from clients.data import cached_task, server_test_set
+from clients.models import build_model, frozen_fingerprint, load_trainable, trainable_state
+from clients.training import evaluate
+from scenarios.loader import load_scenario
+from scenarios.schema import Scenario
+from server.store import MetricsStore
+from strategies import keys
+from strategies.recording import RecordedStrategy
+from strategies.registry import build_strategy, trained_set
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Run the scenario of `context.run_config["scenario"]` to the end."""
+    scenario_path = resolve_scenario_path(str(context.run_config["scenario"]))
+    scenario = load_scenario(scenario_path)
+    run_id = str(context.run_config.get("run-id") or f"flwr-{context.run_id}")
+    runs_dir = Path(str(context.run_config.get("runs-dir") or scenario.runs_dir)).resolve()
+    store = MetricsStore.in_dir(runs_dir)
+    if store.get_run(run_id) is None:  # launched by plain `flwr run`, not by orthofed
+        store.create_run(run_id, scenario.name, scenario.model_dump(mode="json"),
+                         str(scenario_path))
+    store.set_status(run_id, "running")
+    try:
+        run_scenario(grid, scenario, store, run_id)
+    except BaseException as exc:
+        store.set_status(run_id, "failed", f"{type(exc).__name__}: {exc}")
+        raise
+    store.set_status(run_id, "completed")
+
+
+def run_scenario(grid: Grid, scenario: Scenario, store: MetricsStore, run_id: str) -> None:
+    """Build the global model and run the scenario's rounds through its strategy."""
+    random.seed(scenario.seed)  # Flower samples clients with the `random` module
+    torch.manual_seed(scenario.seed)
+    test_set = server_test_set(scenario)
+    num_labels = len(cached_task(scenario.data, scenario.seed).label_names)
+    device = pick_device()
+    model = build_model(scenario.model, num_labels, scenario.seed,
+                        trained_set(scenario.strategy.name), device)
+    strategy = RecordedStrategy(build_strategy(scenario), store, run_id, task=0)
+    train_config = ConfigRecord({keys.TASK_ID: 0, keys.FROZEN_FINGERPRINT: frozen_fingerprint(model)})
+
+    def evaluate_global(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        """Accuracy of the global model on the test split; recorded as the round's eval."""
+        started = time.perf_counter()
+        load_trainable(model, arrays.to_torch_state_dict())
+        result = evaluate(model, test_set, device)
+        metrics = {keys.EVAL_ACC: result.accuracy, keys.EVAL_LOSS: result.loss,
+                   "eval-seconds": time.perf_counter() - started}
+        store.record_round(run_id, strategy.global_round(server_round), 0, eval=metrics)
+        return MetricRecord(metrics)
+
+    strategy.start(
+        grid=grid,
+        initial_arrays=ArrayRecord(trainable_state(model)),
+        num_rounds=scenario.federation.rounds,
+        timeout=scenario.federation.round_timeout,
+        train_config=train_config,
+        evaluate_fn=evaluate_global,
+    )

@@ -1,0 +1,203 @@
+"""MetricsStore: runs, rounds, per-client metrics and failures in one SQLite file (WAL).
+
+The ServerApp writes as rounds happen; the CLI and the API read concurrently. WAL mode
+lets readers see the last committed round while the writer adds the next; each write is
+one short transaction, so a reader never sees half a round. Run ids are TEXT (Flower's
+are unsigned 64-bit and overflow SQLite INTEGER).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+STORE_FILE = "orthofed.sqlite"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    scenario TEXT NOT NULL,          -- the scenario as JSON, as validated
+    scenario_path TEXT,
+    status TEXT NOT NULL,            -- pending | running | completed | failed | cancelled
+    message TEXT,                    -- why it failed, for humans
+    created REAL NOT NULL,
+    started REAL,
+    ended REAL
+);
+CREATE TABLE IF NOT EXISTS rounds (
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    round INTEGER NOT NULL,          -- global round, counted across tasks
+    task INTEGER NOT NULL,
+    train TEXT,                      -- aggregated client metrics (JSON)
+    eval TEXT,                       -- server-side evaluation of the global model (JSON)
+    recorded REAL NOT NULL,
+    PRIMARY KEY (run_id, round)
+);
+CREATE TABLE IF NOT EXISTS client_rounds (
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    round INTEGER NOT NULL,
+    partition_id INTEGER NOT NULL,
+    metrics TEXT NOT NULL,           -- the client's own metrics (JSON)
+    PRIMARY KEY (run_id, round, partition_id)
+);
+CREATE TABLE IF NOT EXISTS failures (
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    round INTEGER NOT NULL,
+    partition_id INTEGER,            -- NULL when the failing node never said who it is
+    node_id TEXT,
+    reason TEXT NOT NULL,
+    recorded REAL NOT NULL
+);
+"""
+
+TERMINAL = ("completed", "failed", "cancelled")
+
+
+class MetricsStore:
+    """A SQLite file of run metrics. Cheap to construct; opens a connection per call so
+    one object can be shared by threads, and many processes can open the same file."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, timeout=30.0)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")  # persistent: set once per file
+            db.executescript(SCHEMA)
+        finally:
+            db.close()
+
+    @classmethod
+    def in_dir(cls, runs_dir: str | Path) -> MetricsStore:
+        """The store of a runs directory."""
+        return cls(Path(runs_dir) / STORE_FILE)
+
+    @contextmanager
+    def _connect(self, write: bool = True) -> Iterator[sqlite3.Connection]:
+        """One transaction. Writers take the write lock up front (BEGIN IMMEDIATE) so two
+        writers queue instead of deadlocking; readers use a plain snapshot."""
+        db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        try:
+            db.execute("PRAGMA busy_timeout=30000")
+            db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            yield db
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        finally:
+            db.close()
+
+    # ---- writes ----------------------------------------------------------------------
+
+    def create_run(self, run_id: str, name: str, scenario: dict[str, Any],
+                   scenario_path: str | None = None) -> None:
+        with self._connect() as db:
+            db.execute(
+                "INSERT INTO runs (id, name, scenario, scenario_path, status, created) "
+                "VALUES (?, ?, ?, ?, 'pending', ?)",
+                (run_id, name, json.dumps(scenario), scenario_path, time.time()),
+            )
+
+    def set_status(self, run_id: str, status: str, message: str | None = None) -> None:
+        """Move a run on. A terminal status is final: a late writer cannot undo it,
+        and the first failure message is the one kept."""
+        now = time.time()
+        with self._connect() as db:
+            db.execute(
+                "UPDATE runs SET status = ?, message = COALESCE(message, ?), "
+                "started = CASE WHEN ? = 'running' THEN COALESCE(started, ?) ELSE started END, "
+                "ended = CASE WHEN ? IN ('completed', 'failed', 'cancelled') THEN ? ELSE ended END "
+                "WHERE id = ? AND status NOT IN ('completed', 'failed', 'cancelled')",
+                (status, message, status, now, status, now, run_id),
+            )
+
+    def record_round(self, run_id: str, round_: int, task: int,
+                     train: dict[str, float] | None = None,
+                     eval: dict[str, float] | None = None) -> None:
+        """Add or complete a round: train and eval metrics may arrive in two writes."""
+        with self._connect() as db:
+            db.execute(
+                "INSERT INTO rounds (run_id, round, task, train, eval, recorded) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, round) DO UPDATE SET "
+                "train = COALESCE(excluded.train, train), eval = COALESCE(excluded.eval, eval)",
+                (run_id, round_, task, _dumps(train), _dumps(eval), time.time()),
+            )
+
+    def record_clients(self, run_id: str, round_: int,
+                       metrics_by_partition: dict[int, dict[str, Any]],
+                       failures: list[tuple[int | None, str | None, str]]) -> None:
+        """One round's per-client metrics and failures (partition, node, reason), together."""
+        now = time.time()
+        with self._connect() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO client_rounds (run_id, round, partition_id, metrics) "
+                "VALUES (?, ?, ?, ?)",
+                [(run_id, round_, pid, json.dumps(m)) for pid, m in metrics_by_partition.items()],
+            )
+            db.executemany(
+                "INSERT INTO failures (run_id, round, partition_id, node_id, reason, recorded) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [(run_id, round_, pid, node, reason, now) for pid, node, reason in failures],
+            )
+
+    # ---- reads -----------------------------------------------------------------------
+
+    def get_run(self, run_id: str) -> dict[str, Any] | None:
+        with self._connect(write=False) as db:
+            row = db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            return None
+        run = dict(row)
+        run["scenario"] = json.loads(run["scenario"])
+        return run
+
+    def list_runs(self, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+        with self._connect(write=False) as db:
+            rows = db.execute(
+                "SELECT id, name, status, message, created, started, ended FROM runs "
+                "ORDER BY created DESC LIMIT ? OFFSET ?", (limit, offset),
+            ).fetchall()
+        return [dict(r) for r in rows]
+
+    def rounds(self, run_id: str) -> list[dict[str, Any]]:
+        with self._connect(write=False) as db:
+            rows = db.execute(
+                "SELECT round, task, train, eval FROM rounds WHERE run_id = ? ORDER BY round",
+                (run_id,),
+            ).fetchall()
+        return [{"round": r["round"], "task": r["task"], "train": _loads(r["train"]),
+                 "eval": _loads(r["eval"])} for r in rows]
+
+    def client_rounds(self, run_id: str) -> list[dict[str, Any]]:
+        with self._connect(write=False) as db:
+            rows = db.execute(
+                "SELECT round, partition_id, metrics FROM client_rounds WHERE run_id = ? "
+                "ORDER BY round, partition_id", (run_id,),
+            ).fetchall()
+        return [{"round": r["round"], "partition_id": r["partition_id"],
+                 "metrics": json.loads(r["metrics"])} for r in rows]
+
+    def failures(self, run_id: str) -> list[dict[str, Any]]:
+        with self._connect(write=False) as db:
+            rows = db.execute(
+                "SELECT round, partition_id, node_id, reason FROM failures WHERE run_id = ? "
+                "ORDER BY round, recorded", (run_id,),
+            ).fetchall()
+        return [dict(r) for r in rows]
+
+
+def _dumps(value: dict | None) -> str | None:
+    return None if value is None else json.dumps(value)
+
+
+def _loads(text: str | None) -> dict:
+    return {} if text is None else json.loads(text)

@@ -1,0 +1,39 @@
+"""The run summary that `orthofed run --json` prints and the final table shows.
+
+Shape (DESIGN.md, Interfaces): {"run_id", "status", "message", "rounds": [{"round",
+"task", "train", "eval"}], "clients": {"<partition-id>": {"rounds", "failures",
+...last metrics}}, "tasks": {}}. Sections that do not apply are empty.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from server.store import MetricsStore
+
+
+def build_summary(store: MetricsStore, run_id: str) -> dict[str, Any]:
+    """Everything the store holds about one run, as plain JSON-able data."""
+    run = store.get_run(run_id)
+    if run is None:
+        raise KeyError(f"no run {run_id!r} in {store.path}")
+    clients: dict[str, dict[str, Any]] = {}
+    for row in store.client_rounds(run_id):
+        entry = clients.setdefault(str(row["partition_id"]), {"rounds": [], "failures": 0})
+        entry["rounds"].append(row["round"])
+        entry["last"] = row["metrics"]
+    for failure in store.failures(run_id):
+        key = str(failure["partition_id"]) if failure["partition_id"] is not None else "unknown"
+        entry = clients.setdefault(key, {"rounds": [], "failures": 0})
+        entry["failures"] += 1
+        entry.setdefault("reasons", []).append(failure["reason"])
+    return {
+        "run_id": run_id,
+        "name": run["name"],
+        "status": run["status"],
+        "message": run["message"],
+        "seconds": (run["ended"] - run["created"]) if run["ended"] else None,
+        "rounds": store.rounds(run_id),
+        "clients": dict(sorted(clients.items())),
+        "tasks": {},
+    }

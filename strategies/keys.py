@@ -1,0 +1,29 @@
+"""Keys of the messages between the ServerApp and the ClientApps, in one place.
+
+Kebab-case like Flower's own (`num-examples`, `server-round`).
+"""
+
+# ConfigRecord sent with a train instruction (besides Flower's "server-round").
+SERVER_ROUND = "server-round"
+TASK_ID = "task-id"
+FROZEN_FINGERPRINT = "frozen-fingerprint"
+
+# Record names in instructions and replies.
+ARRAYS = "arrays"
+CONFIG = "config"
+METRICS = "metrics"
+CLIENT = "client"
+
+# MetricRecord of a train reply (averaged by the strategy, weighted by num-examples).
+NUM_EXAMPLES = "num-examples"
+TRAIN_LOSS = "train-loss"
+LOCAL_EVAL_ACC = "local-eval-acc"
+LOCAL_EVAL_LOSS = "local-eval-loss"
+
+# ConfigRecord "client" of a reply: who replied, on what. Not averaged.
+PARTITION_ID = "partition-id"
+DEVICE = "device"
+
+# Metrics of the server-side evaluation of the global model.
+EVAL_ACC = "eval-acc"
+EVAL_LOSS = "eval-loss"

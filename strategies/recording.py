@@ -1,0 +1,108 @@
+"""A wrapper that records every round of any strategy, and fails rounds nobody trained.
+
+Cross-cutting, like Flower's DP wrappers: it wraps a strategy instead of adding flags
+to it. Per round it writes the clients' own metrics, their failures and the aggregated
+metrics to the store as they happen. Flower alone logs "0 results, N failures" and
+carries on, ending the run `completed`; here a round in which every client failed
+raises `AllClientsFailed`, which fails the run with the clients' reasons.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from logging import WARNING
+from typing import Protocol
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+from flwr.supercore import log
+
+from strategies import keys
+
+# Clients prefix their error replies with who they are (clients.client_app).
+_PARTITION_IN_REASON = re.compile(r"^partition-id=(\d+):")
+
+
+class RoundRecorder(Protocol):
+    """What the wrapper needs of a metrics store (server.store.MetricsStore has it)."""
+
+    def record_round(self, run_id: str, round_: int, task: int,
+                     train: dict | None = None, eval: dict | None = None) -> None: ...
+
+    def record_clients(self, run_id: str, round_: int, metrics_by_partition: dict,
+                       failures: list) -> None: ...
+
+
+class AllClientsFailed(RuntimeError):
+    """No client of a round replied with a result."""
+
+
+class RecordedStrategy(Strategy):
+    """Delegates to `inner`; records round `round_offset + server_round` of task `task`."""
+
+    def __init__(self, inner: Strategy, store: RoundRecorder, run_id: str,
+                 task: int = 0, round_offset: int = 0) -> None:
+        self.inner, self.store, self.run_id = inner, store, run_id
+        self.task, self.round_offset = task, round_offset
+
+    def global_round(self, server_round: int) -> int:
+        return self.round_offset + server_round
+
+    def summary(self) -> None:
+        self.inner.summary()
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        return self.inner.configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message],
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        round_ = self.global_round(server_round)
+        per_client, failures = split_replies(replies)
+        self._safely(self.store.record_clients, self.run_id, round_, per_client, failures)
+        if not per_client:
+            reasons = "; ".join(r for _, _, r in failures) or "no replies before the timeout"
+            raise AllClientsFailed(f"round {round_}: every client failed: {reasons}")
+        arrays, metrics = self.inner.aggregate_train(server_round, replies)
+        train = dict(metrics) if metrics is not None else {}
+        train["clients"] = len(per_client)
+        train["failures"] = len(failures)
+        self._safely(self.store.record_round, self.run_id, round_, self.task, train=train)
+        return arrays, metrics
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        return self.inner.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message],
+                           ) -> MetricRecord | None:
+        return self.inner.aggregate_evaluate(server_round, replies)
+
+    def _safely(self, write, *args, **kwargs) -> None:
+        """A metrics-store outage must never kill training: log it and go on."""
+        try:
+            write(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - any store error is only logged
+            log(WARNING, "metrics store write failed (%s): %s", write.__name__, exc)
+
+
+def split_replies(replies: list[Message],
+                  ) -> tuple[dict[int, dict], list[tuple[int | None, str, str]]]:
+    """({partition_id: metrics} of the results, [(partition_id, node_id, reason)] of errors)."""
+    per_client: dict[int, dict] = {}
+    failures: list[tuple[int | None, str, str]] = []
+    for msg in replies:
+        node = str(msg.metadata.src_node_id)
+        if msg.has_error():
+            reason = msg.error.reason or f"error code {msg.error.code}"
+            match = _PARTITION_IN_REASON.match(reason)
+            failures.append((int(match.group(1)) if match else None, node, reason))
+            continue
+        who = msg.content.config_records.get(keys.CLIENT, ConfigRecord())
+        metrics = dict(next(iter(msg.content.metric_records.values()), MetricRecord()))
+        metrics.update({k: v for k, v in who.items() if k != keys.PARTITION_ID})
+        per_client[int(who.get(keys.PARTITION_ID, -1))] = metrics
+    return per_client, failures

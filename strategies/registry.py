@@ -1,0 +1,48 @@
+"""Build the strategy a scenario names. Unknown names fail with the list of known ones."""
+
+from __future__ import annotations
+
+from flwr.serverapp.strategy import FedAvg
+
+from scenarios.schema import Scenario
+from strategies import keys
+from strategies.fedavg import FedAvgFull
+from strategies.fedavg_lora import FedAvgLora
+
+STRATEGIES: dict[str, type[FedAvg]] = {
+    "fedavg-lora": FedAvgLora,
+    "fedavg": FedAvgFull,
+}
+
+
+def strategy_class(name: str) -> type[FedAvg]:
+    """The class registered under `name`."""
+    try:
+        return STRATEGIES[name]
+    except KeyError:
+        known = ", ".join(sorted(STRATEGIES))
+        raise ValueError(f"strategy.name: unknown {name!r}; known: {known}") from None
+
+
+def trained_set(name: str) -> str:
+    """What clients of strategy `name` train: 'lora', 'lora-b' or 'full'."""
+    return strategy_class(name).trains
+
+
+def build_strategy(scenario: Scenario) -> FedAvg:
+    """The scenario's strategy, sampling `clients_per_round` of `num_clients` each round.
+
+    Clients evaluate their local model inside the train reply; the global model is
+    evaluated on the server (evaluate_fn), so Flower's federated evaluate round is off.
+    """
+    fed = scenario.federation
+    params = scenario.strategy.model_dump(exclude={"name"})
+    return strategy_class(scenario.strategy.name)(
+        fraction_train=fed.clients_per_round / fed.num_clients,
+        min_train_nodes=fed.clients_per_round,
+        min_available_nodes=fed.num_clients,
+        fraction_evaluate=0.0,
+        weighted_by_key=keys.NUM_EXAMPLES,
+        arrayrecord_key=keys.ARRAYS,
+        **params,
+    )
