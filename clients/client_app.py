@@ -45,6 +45,13 @@ def train(msg: Message, context: Context) -> Message:
                        reply_to=msg)
 
 
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Say which partition this node holds (the server orders its sampling by it)."""
+    who = ConfigRecord({keys.PARTITION_ID: int(context.node_config["partition-id"])})
+    return Message(RecordDict({keys.CLIENT: who}), reply_to=msg)
+
+
 def scenario_of(context: Context) -> Scenario:
     """The run's scenario: the path in the run config, resolved like the ServerApp does."""
     return cached_scenario(str(resolve_scenario_path(str(context.run_config["scenario"]))))

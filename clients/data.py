@@ -34,12 +34,13 @@ from scenarios.schema import (
 
 @dataclass(frozen=True)
 class TaskData:
-    """One task's examples. `train` is a list of per-client lists when the source is
-    pre-split (one file per client), else one list to be partitioned."""
+    """One task's examples. Pre-split sources keep their per-client files unread in
+    `train_files`: each client reads only its own file."""
 
-    train: list[dict] | list[list[dict]]
+    train: list[dict]
     test: list[dict]
     label_names: tuple[str, ...]
+    train_files: tuple[Path, ...] = ()
 
 
 def load_task(spec: DataSpec, seed: int) -> TaskData:
@@ -61,8 +62,18 @@ def load_task(spec: DataSpec, seed: int) -> TaskData:
 
 
 def _normalise(row: dict, spec: DataSpec, label_names: tuple[str, ...]) -> dict:
+    """{"text", "text_pair", "label": int}; a row that does not fit says which field."""
+    for field in (spec.text_field, spec.label_field):
+        if field not in row:
+            raise ValueError(f"a row has no field {field!r} (data.text_field / "
+                             f"data.label_field): {str(row)[:120]}")
     label = row[spec.label_field]
-    index = label if isinstance(label, int) else label_names.index(str(label))
+    if isinstance(label, int) and 0 <= label < len(label_names):
+        index = label
+    elif str(label) in label_names:
+        index = label_names.index(str(label))
+    else:
+        raise ValueError(f"label {label!r} is not one of the task's labels {label_names}")
     pair = row.get(spec.text_pair_field) if spec.text_pair_field else None
     return {"text": str(row[spec.text_field]), "text_pair": pair, "label": index}
 
@@ -88,12 +99,12 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 
 def _load_jsonl(source: JsonlSource, spec: DataSpec) -> TaskData:
-    per_file = [_read_jsonl(p) for p in source.train]
+    """Integer labels 0..C-1, C taken from the test file (every class is in it)."""
     test = _read_jsonl(source.test)
-    labels = {int(r[spec.label_field]) for rows in [*per_file, test] for r in rows}
-    names = tuple(str(i) for i in range(max(labels) + 1))
-    files = [[_normalise(r, spec, names) for r in rows] for rows in per_file]
-    train = files if spec.partitioning.kind == "presplit" else [e for f in files for e in f]
+    names = tuple(str(i) for i in range(max(int(r[spec.label_field]) for r in test) + 1))
+    if spec.partitioning.kind == "presplit":
+        return TaskData([], [_normalise(r, spec, names) for r in test], names, source.train)
+    train = [_normalise(r, spec, names) for p in source.train for r in _read_jsonl(p)]
     return TaskData(train, [_normalise(r, spec, names) for r in test], names)
 
 
@@ -127,7 +138,8 @@ def partition(task: TaskData, spec: DataSpec, num_clients: int, partition_id: in
               seed: int) -> list[dict]:
     """The training examples of client `partition_id` (flwr-datasets partitioners)."""
     if spec.partitioning.kind == "presplit":
-        return task.train[partition_id]
+        path = task.train_files[partition_id]
+        return [_normalise(r, spec, task.label_names) for r in _read_jsonl(path)]
     dataset = Dataset.from_list(task.train)
     parts = spec.partitioning
     if isinstance(parts, IidPartitioning):

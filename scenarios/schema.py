@@ -209,7 +209,8 @@ StrategySpec = Annotated[FedAvgLoraSpec | FedAvgSpec, Field(discriminator="name"
 class ResourcesSpec(Spec):
     """What each simulated client may use (Flower's client resources)."""
 
-    num_cpus: float = Field(1.0, gt=0, description="CPUs per client; sets how many run at once.")
+    num_cpus: int = Field(1, ge=1, description="CPUs per client (Flower takes whole CPUs); "
+                          "sets how many clients train at once.")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per client; fractions share a GPU.")
 
 

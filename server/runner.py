@@ -148,6 +148,16 @@ def stop_tree(process: subprocess.Popen | None, grace_s: float = 10.0) -> None:
     process.poll()
 
 
+def log_tail(path: Path, lines: int = 6) -> str:
+    """The last lines of a Flower log that say something, box drawing stripped."""
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    kept = [ln.strip(" │╭╮╰╯─\t") for ln in text]
+    return " | ".join([ln for ln in kept if ln][-lines:])
+
+
 def launch(scenario: Scenario, scenario_path: Path, run_id: str, runs_dir: Path,
            on_tick: Callable[[], None] = lambda: None, tick_s: float = 0.5) -> str:
     """Run a scenario to the end through Flower's simulation engine; return its status.
@@ -178,10 +188,14 @@ def launch(scenario: Scenario, scenario_path: Path, run_id: str, runs_dir: Path,
         store.set_status(run_id, "failed", f"launch failed: {exc}")
         raise
     finally:
-        stop_tree(flwr, grace_s=5.0)
-        stop_tree(superlink)
+        stopping = time.monotonic()
+        # Short grace: the ServerApp has already recorded everything that matters.
+        stop_tree(flwr, grace_s=2.0)
+        stop_tree(superlink, grace_s=5.0)
+        with (paths.run_dir / "runner.log").open("a") as log:
+            log.write(f"stopped Flower processes in {time.monotonic() - stopping:.1f} s\n")
     status = store.get_run(run_id)["status"]
     if status not in ("completed", "failed", "cancelled"):
-        store.set_status(run_id, "failed",
-                         f"Flower ended without the ServerApp finishing; see {paths.flower_log}")
+        store.set_status(run_id, "failed", "Flower ended without the ServerApp finishing: "
+                         f"{log_tail(paths.flower_log)} (full log: {paths.flower_log})")
     return store.get_run(run_id)["status"]

@@ -22,12 +22,14 @@ from clients.models import build_model, frozen_fingerprint, load_trainable, trai
 from clients.training import evaluate
 from scenarios.loader import load_scenario
 from scenarios.schema import Scenario
+from server.federation import PartitionOrderedGrid, discover_partitions, wait_for_nodes
 from server.store import MetricsStore
 from strategies import keys
-from strategies.recording import RecordedStrategy
+from strategies.recording import RecordedStrategy, best_effort
 from strategies.registry import build_strategy, trained_set
 
 app = ServerApp()
+NODE_WAIT_S = 60.0  # simulation registers nodes at once; deployment SuperNodes may be slower
 
 
 @app.main()
@@ -52,7 +54,10 @@ def main(grid: Grid, context: Context) -> None:
 
 def run_scenario(grid: Grid, scenario: Scenario, store: MetricsStore, run_id: str) -> None:
     """Build the global model and run the scenario's rounds through its strategy."""
-    random.seed(scenario.seed)  # Flower samples clients with the `random` module
+    fed = scenario.federation
+    nodes = wait_for_nodes(grid, fed.num_clients, NODE_WAIT_S)
+    grid = PartitionOrderedGrid(grid, discover_partitions(grid, nodes, fed.round_timeout))
+
     torch.manual_seed(scenario.seed)
     test_set = server_test_set(scenario)
     num_labels = len(cached_task(scenario.data, scenario.seed).label_names)
@@ -60,7 +65,8 @@ def run_scenario(grid: Grid, scenario: Scenario, store: MetricsStore, run_id: st
     model = build_model(scenario.model, num_labels, scenario.seed,
                         trained_set(scenario.strategy.name), device)
     strategy = RecordedStrategy(build_strategy(scenario), store, run_id, task=0)
-    train_config = ConfigRecord({keys.TASK_ID: 0, keys.FROZEN_FINGERPRINT: frozen_fingerprint(model)})
+    train_config = ConfigRecord({keys.TASK_ID: 0,
+                                 keys.FROZEN_FINGERPRINT: frozen_fingerprint(model)})
 
     def evaluate_global(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         """Accuracy of the global model on the test split; recorded as the round's eval."""
@@ -69,14 +75,11 @@ def run_scenario(grid: Grid, scenario: Scenario, store: MetricsStore, run_id: st
         result = evaluate(model, test_set, device)
         metrics = {keys.EVAL_ACC: result.accuracy, keys.EVAL_LOSS: result.loss,
                    "eval-seconds": time.perf_counter() - started}
-        store.record_round(run_id, strategy.global_round(server_round), 0, eval=metrics)
+        best_effort(store.record_round, run_id, strategy.global_round(server_round), 0,
+                    eval=metrics)
         return MetricRecord(metrics)
 
-    strategy.start(
-        grid=grid,
-        initial_arrays=ArrayRecord(trainable_state(model)),
-        num_rounds=scenario.federation.rounds,
-        timeout=scenario.federation.round_timeout,
-        train_config=train_config,
-        evaluate_fn=evaluate_global,
-    )
+    random.seed(scenario.seed)  # FedAvg samples clients with `random`, nodes in partition order
+    strategy.start(grid=grid, initial_arrays=ArrayRecord(trainable_state(model)),
+                   num_rounds=fed.rounds, timeout=fed.round_timeout,
+                   train_config=train_config, evaluate_fn=evaluate_global)

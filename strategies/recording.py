@@ -62,7 +62,7 @@ class RecordedStrategy(Strategy):
         replies = list(replies)
         round_ = self.global_round(server_round)
         per_client, failures = split_replies(replies)
-        self._safely(self.store.record_clients, self.run_id, round_, per_client, failures)
+        best_effort(self.store.record_clients, self.run_id, round_, per_client, failures)
         if not per_client:
             reasons = "; ".join(r for _, _, r in failures) or "no replies before the timeout"
             raise AllClientsFailed(f"round {round_}: every client failed: {reasons}")
@@ -70,7 +70,7 @@ class RecordedStrategy(Strategy):
         train = dict(metrics) if metrics is not None else {}
         train["clients"] = len(per_client)
         train["failures"] = len(failures)
-        self._safely(self.store.record_round, self.run_id, round_, self.task, train=train)
+        best_effort(self.store.record_round, self.run_id, round_, self.task, train=train)
         return arrays, metrics
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -81,12 +81,14 @@ class RecordedStrategy(Strategy):
                            ) -> MetricRecord | None:
         return self.inner.aggregate_evaluate(server_round, replies)
 
-    def _safely(self, write, *args, **kwargs) -> None:
-        """A metrics-store outage must never kill training: log it and go on."""
-        try:
-            write(*args, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - any store error is only logged
-            log(WARNING, "metrics store write failed (%s): %s", write.__name__, exc)
+
+
+def best_effort(write, *args, **kwargs) -> None:
+    """A metrics-store outage must never kill training: log it and go on."""
+    try:
+        write(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - any store error is only logged
+        log(WARNING, "metrics store write failed (%s): %s", write.__name__, exc)
 
 
 def split_replies(replies: list[Message],

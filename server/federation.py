@@ -1,0 +1,68 @@
+"""Who is in the federation: partition ids of the connected nodes, in a stable order.
+
+Flower's node ids are random per run (and change when a SuperNode restarts), and
+FedAvg samples clients with `random.sample(grid.get_node_ids(), k)`. Listing the nodes
+in partition order makes that sample, under a seeded `random`, the same partitions in
+every run of a scenario: runs are reproducible, not only each client's local step.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+
+from strategies import keys
+
+
+class FederationTooSmall(RuntimeError):
+    """Fewer nodes than the scenario has clients."""
+
+
+def wait_for_nodes(grid: Grid, needed: int, timeout_s: float) -> list[int]:
+    """The node ids once `needed` are connected; a clear error after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while len(nodes := sorted(grid.get_node_ids())) < needed:
+        if time.monotonic() > deadline:
+            raise FederationTooSmall(
+                f"the scenario has federation.num_clients = {needed} but only {len(nodes)} "
+                f"SuperNodes joined within {timeout_s:.0f} s. With `flwr run`, add "
+                f"--federation-config \"num-supernodes={needed}\" (or use `orthofed run`)."
+            )
+        time.sleep(0.5)
+    return nodes
+
+
+def discover_partitions(grid: Grid, node_ids: list[int], timeout_s: float) -> dict[int, int]:
+    """{partition_id: node_id}, asked of every node with one `query` message."""
+    messages = [Message(RecordDict({keys.CONFIG: ConfigRecord({})}), dst_node_id=n,
+                        message_type="query") for n in node_ids]
+    by_partition: dict[int, int] = {}
+    for reply in grid.send_and_receive(messages, timeout=timeout_s):
+        if reply.has_error():
+            raise RuntimeError(f"node {reply.metadata.src_node_id} did not say its partition: "
+                               f"{reply.error.reason}")
+        partition = int(reply.content[keys.CLIENT][keys.PARTITION_ID])
+        if partition in by_partition:
+            raise RuntimeError(f"two nodes claim partition-id {partition}: "
+                               f"{by_partition[partition]} and {reply.metadata.src_node_id}")
+        by_partition[partition] = reply.metadata.src_node_id
+    return dict(sorted(by_partition.items()))
+
+
+class PartitionOrderedGrid:
+    """A Grid whose `get_node_ids` lists nodes by partition id; all else delegated."""
+
+    def __init__(self, grid: Grid, node_by_partition: dict[int, int]) -> None:
+        self._grid = grid
+        self._order = list(node_by_partition.values())
+
+    def get_node_ids(self) -> Iterable[int]:
+        live = set(self._grid.get_node_ids())
+        known = [n for n in self._order if n in live]
+        return known + sorted(live - set(known))  # nodes that joined later go last
+
+    def __getattr__(self, name: str):
+        return getattr(self._grid, name)

@@ -1,0 +1,105 @@
+"""The client's model factory and local loop on the tiny model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from clients.data import client_data
+from clients.models import (
+    build_model,
+    frozen_fingerprint,
+    load_trainable,
+    module_names,
+    trainable_state,
+)
+from clients.training import evaluate, make_optimizer, train_steps
+from scenarios.loader import load_scenario
+from tests.conftest import ROOT
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def quick():
+    return load_scenario(ROOT / "scenarios" / "quick.yaml")
+
+
+def test_lora_client_trains_only_adapters_and_head(quick) -> None:
+    model = build_model(quick.model, 3, quick.seed, "lora")
+    trained = trainable_state(model)
+    assert trained, "nothing trains"
+    for name in trained:
+        assert ".lora_A." in name or ".lora_B." in name or ".classifier." in name, name
+    lora = [n for n in trained if "lora_" in n]
+    # 2 layers x (query, value) x (A, B)
+    assert len(lora) == 2 * len(quick.model.lora.target_modules) * 2
+    a = next(v for n, v in trained.items() if "lora_A" in n)
+    b = next(v for n, v in trained.items() if "lora_B" in n)
+    assert a.shape == (quick.model.lora.rank, 128) and b.shape == (128, quick.model.lora.rank)
+    assert torch.count_nonzero(b) == 0  # PEFT's init: B = 0, so the adapter starts as a no-op
+
+
+def test_lora_b_and_full_trainable_sets(quick) -> None:
+    only_b = trainable_state(build_model(quick.model, 3, quick.seed, "lora-b"))
+    assert all(".lora_B." in n or ".classifier." in n for n in only_b)
+    full = build_model(quick.model, 3, quick.seed, "full")
+    assert all(p.requires_grad for p in full.parameters())
+    with pytest.raises(ValueError, match="unknown trainable set 'some'"):
+        build_model(quick.model, 3, quick.seed, "some")
+
+
+def test_same_seed_same_model_everywhere(quick) -> None:
+    one = build_model(quick.model, 3, quick.seed, "lora")
+    two = build_model(quick.model, 3, quick.seed, "lora")
+    other = build_model(quick.model, 3, quick.seed + 1, "lora")
+    assert frozen_fingerprint(one) == frozen_fingerprint(two) != frozen_fingerprint(other)
+    for (n, x), (_, y) in zip(one.state_dict().items(), two.state_dict().items()):
+        assert torch.equal(x, y), n
+
+
+def test_training_lowers_loss_and_leaves_frozen_weights_bit_identical(quick) -> None:
+    data = client_data(quick, 0)
+    model = build_model(quick.model, data.num_labels, quick.seed, "lora")
+    frozen_before = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    trained_before = trainable_state(model)
+    before = evaluate(model, data.train, CPU)
+    generator = torch.Generator().manual_seed(0)
+    optimizer = make_optimizer(model, quick.federation.optimizer)
+    result = train_steps(model, data.train, 60, 16, optimizer, generator, CPU)
+    after = evaluate(model, data.train, CPU)
+    assert result.steps == 60 and result.examples_seen == 60 * 16
+    assert after.loss < before.loss - 0.1, (before, after)
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            assert torch.equal(param, frozen_before[name]), f"frozen {name} changed"
+    changed = [n for n, v in trainable_state(model).items() if not torch.equal(v, trained_before[n])]
+    assert len(changed) == len(trained_before)
+
+
+def test_training_is_deterministic_under_a_seed(quick) -> None:
+    data = client_data(quick, 1)
+
+    def run() -> dict[str, torch.Tensor]:
+        torch.manual_seed(5)
+        model = build_model(quick.model, data.num_labels, quick.seed, "lora")
+        train_steps(model, data.train, 5, 8, make_optimizer(model, quick.federation.optimizer),
+                    torch.Generator().manual_seed(5), CPU)
+        return trainable_state(model)
+
+    first, second = run(), run()
+    assert all(torch.equal(first[n], second[n]) for n in first)
+
+
+def test_load_trainable_refuses_unknown_tensors(quick) -> None:
+    model = build_model(quick.model, 3, quick.seed, "lora")
+    state = trainable_state(model)
+    load_trainable(model, state)
+    with pytest.raises(KeyError, match="does not have"):
+        load_trainable(model, {"not.a.parameter": torch.zeros(1)})
+
+
+def test_module_names_come_from_the_config_without_weights(quick) -> None:
+    names = module_names(quick.model)
+    assert "bert.encoder.layer.0.attention.self.query" in names
+    assert "classifier" in names

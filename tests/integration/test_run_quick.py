@@ -1,0 +1,114 @@
+"""The whole path, for real: `orthofed run` and `flwr run` through Flower's simulation
+engine, a real SQLite store, nothing mocked. Each test checks that every process it
+caused is gone afterwards (and kills leftovers so a failure cannot leak them)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+import yaml
+
+from clients.synthetic import make_examples
+from server.store import MetricsStore
+from tests.conftest import ROOT
+from tests.integration.helpers import (
+    kill_all,
+    last_json_line,
+    processes_mentioning,
+    run_orthofed,
+    write_jsonl,
+)
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def runs_dir(tmp_path):
+    path = tmp_path / "runs"
+    yield path
+    leftovers = processes_mentioning(str(tmp_path))
+    kill_all(leftovers)
+    assert leftovers == [], f"processes left running: {[p.pid for p in leftovers]}"
+
+
+def test_quick_scenario_runs_end_to_end(runs_dir) -> None:
+    done = run_orthofed("run", "scenarios/quick.yaml", "--runs-dir", str(runs_dir), "--json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = last_json_line(done.stdout)
+    assert summary["status"] == "completed"
+    rounds = summary["rounds"]
+    assert [r["round"] for r in rounds] == [0, 1, 2, 3]
+    assert all(r["train"]["clients"] == 3 and r["train"]["failures"] == 0 for r in rounds[1:])
+    first, last = rounds[0]["eval"]["eval-acc"], rounds[-1]["eval"]["eval-acc"]
+    assert last > first + 0.2, f"the model did not learn: {first} -> {last}"
+    assert sorted(summary["clients"]) == ["0", "1", "2"]
+    assert all(c["rounds"] == [1, 2, 3] for c in summary["clients"].values())
+    # What --json printed is what the store holds.
+    store = MetricsStore.in_dir(runs_dir)
+    assert store.rounds(summary["run_id"]) == rounds
+    assert (runs_dir / summary["run_id"] / "flwr-home" / "config.toml").is_file()
+
+
+def _presplit_scenario(tmp_path, bad_partitions: set[int]) -> str:
+    """Two clients, one file each; a bad file has rows without the text field."""
+    rows = make_examples(3, 240, seed=1)
+    for i in range(2):
+        part = rows[i * 120:(i + 1) * 120]
+        if i in bad_partitions:
+            part = [{"text": r["sentence"], "label": r["label"]} for r in part]
+        write_jsonl(tmp_path / f"p{i}.jsonl", part)
+    write_jsonl(tmp_path / "test.jsonl", make_examples(3, 60, seed=2))
+    doc = yaml.safe_load((ROOT / "scenarios" / "quick.yaml").read_text())
+    doc["name"] = "faulty"
+    doc["data"] = {"source": {"kind": "jsonl", "train": ["p0.jsonl", "p1.jsonl"],
+                              "test": "test.jsonl"}, "partitioning": {"kind": "presplit"}}
+    doc["federation"].update(num_clients=2, clients_per_round=2, rounds=2, local_steps=3)
+    path = tmp_path / "faulty.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return str(path)
+
+
+def test_a_failing_client_is_recorded_and_the_others_go_on(tmp_path, runs_dir) -> None:
+    done = run_orthofed("run", _presplit_scenario(tmp_path, {1}), "--runs-dir", str(runs_dir),
+                        "--json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = last_json_line(done.stdout)
+    assert summary["status"] == "completed"
+    assert [r["train"]["failures"] for r in summary["rounds"][1:]] == [1, 1]
+    bad = summary["clients"]["1"]
+    assert bad["failures"] == 2 and bad["rounds"] == []
+    assert "no field 'sentence'" in bad["reasons"][0]
+    assert summary["clients"]["0"]["rounds"] == [1, 2]
+    assert "client 1 failed: partition-id=1: ValueError" in done.stderr  # shown to the user
+
+
+def test_a_round_where_every_client_fails_fails_the_run(tmp_path, runs_dir) -> None:
+    done = run_orthofed("run", _presplit_scenario(tmp_path, {0, 1}), "--runs-dir", str(runs_dir),
+                        "--json")
+    assert done.returncode == 1
+    summary = last_json_line(done.stdout)
+    assert summary["status"] == "failed"
+    assert "round 1: every client failed" in summary["message"]
+    assert "no field 'sentence'" in summary["message"]
+
+
+def test_plain_flwr_run_works_too(tmp_path, runs_dir) -> None:
+    """`flwr run .` with Flower's own local SuperLink, started and stopped here."""
+    env = dict(os.environ, FLWR_HOME=str(tmp_path / "flwr-home"), HF_HUB_OFFLINE="1",
+               FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1")
+    command = ["flwr", "run", ".", "--stream",
+               "--run-config", f"scenario='scenarios/quick.yaml' runs-dir='{runs_dir}'",
+               "--federation-config", "num-supernodes=3"]
+    try:
+        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        (run,) = MetricsStore.in_dir(runs_dir).list_runs()
+        assert run["status"] == "completed" and run["id"].startswith("flwr-")
+        rounds = MetricsStore.in_dir(runs_dir).rounds(run["id"])
+        assert [r["round"] for r in rounds] == [0, 1, 2, 3]
+    finally:
+        # Flower leaves its local SuperLink running in the background: stop it.
+        kill_all(processes_mentioning(str(tmp_path / "flwr-home")))

@@ -1,0 +1,156 @@
+"""Scenario files: good ones load, bad ones list every error by its path."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from scenarios.checks import check_scenario
+from scenarios.loader import ScenarioError, load_scenario
+from scenarios.schema import Scenario
+from tests.conftest import ROOT, needs_shared_data
+
+SHIPPED = sorted((ROOT / "scenarios").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_shipped_scenarios_validate(path: Path) -> None:
+    scenario = load_scenario(path)
+    assert isinstance(scenario, Scenario)
+    if "shared/data" in path.read_text() and not (ROOT.parent / "shared" / "data").exists():
+        pytest.skip("shared data not present")
+    assert check_scenario(scenario) == []
+
+
+def test_toml_and_yaml_give_the_same_scenario(quick_document, tmp_path) -> None:
+    import tomli_w
+
+    (tmp_path / "q.toml").write_bytes(tomli_w.dumps(quick_document).encode())
+    (tmp_path / "q.yaml").write_text(yaml.safe_dump(quick_document))
+    assert load_scenario(tmp_path / "q.toml") == load_scenario(tmp_path / "q.yaml")
+
+
+def test_every_error_is_reported_at_once_by_path(quick_document, write_scenario) -> None:
+    doc = quick_document
+    doc["model"]["lora"]["rank"] = 0
+    doc["federation"]["rounds"] = -2
+    doc["federation"]["batch_size"] = "many"
+    doc["data"]["partitioning"] = {"kind": "dirichlet", "alpha": 0}
+    doc["strategy"] = {"name": "fedavg-lora", "colour": "blue"}
+    doc["surprise"] = 1
+    with pytest.raises(ScenarioError) as caught:
+        load_scenario(write_scenario(doc))
+    errors = caught.value.errors
+    assert "model.lora.rank: must be >= 1, got 0" in errors
+    assert "federation.rounds: must be >= 1, got -2" in errors
+    assert any(e.startswith("federation.batch_size: ") and "'many'" in e for e in errors)
+    assert "data.partitioning.alpha: must be > 0, got 0" in errors
+    assert any(e.startswith("strategy.colour: unknown key") for e in errors)
+    assert any(e.startswith("surprise: unknown key") for e in errors)
+    assert len(errors) == 6
+
+
+def test_unknown_strategy_lists_the_known_ones(quick_document, write_scenario) -> None:
+    quick_document["strategy"] = {"name": "fedsgd"}
+    with pytest.raises(ScenarioError) as caught:
+        load_scenario(write_scenario(quick_document))
+    (error,) = caught.value.errors
+    assert error.startswith("strategy.name: unknown 'fedsgd'")
+    assert "fedavg-lora" in error and "'fedavg'" in error
+
+
+def test_cross_field_rules(quick_document, write_scenario) -> None:
+    quick_document["federation"]["clients_per_round"] = 5
+    with pytest.raises(ScenarioError) as caught:
+        load_scenario(write_scenario(quick_document))
+    assert caught.value.errors == [
+        "federation: clients_per_round (5) must be <= num_clients (3)"]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("model: [unclosed", "not valid YAML"),
+    ("- a list\n- not a mapping\n", "must be a mapping of sections, got list"),
+])
+def test_unreadable_files(tmp_path, text: str, expected: str) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    with pytest.raises(ScenarioError) as caught:
+        load_scenario(path)
+    assert expected in str(caught.value)
+
+
+def test_missing_file_and_unknown_suffix(tmp_path) -> None:
+    with pytest.raises(ScenarioError, match="no such scenario file"):
+        load_scenario(tmp_path / "absent.yaml")
+    (tmp_path / "s.json").write_text("{}")
+    with pytest.raises(ScenarioError, match="unknown scenario format '.json'"):
+        load_scenario(tmp_path / "s.json")
+
+
+def test_non_utf8_file_is_refused(tmp_path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_bytes(b"name: \xff\xfe\n")
+    with pytest.raises(ScenarioError, match="not UTF-8"):
+        load_scenario(path)
+
+
+def test_relative_data_paths_resolve_against_the_scenario_file(quick_document, tmp_path) -> None:
+    quick_document["data"]["source"] = {"kind": "cl-json", "path": "data/agnews"}
+    (tmp_path / "sub").mkdir()
+    path = tmp_path / "sub" / "s.yaml"
+    path.write_text(yaml.safe_dump(quick_document))
+    assert load_scenario(path).data.source.path == tmp_path / "sub" / "data" / "agnews"
+
+
+def test_disk_checks_name_missing_data_and_unknown_modules(quick_document, write_scenario) -> None:
+    quick_document["data"]["source"] = {"kind": "cl-json", "path": "nowhere"}
+    quick_document["model"]["lora"]["target_modules"] = ["query", "q_proj"]
+    errors = check_scenario(load_scenario(write_scenario(quick_document)))
+    assert len(errors) == 2
+    assert errors[0].startswith("data.source.path: no such folder")
+    assert errors[1].startswith("model.lora.target_modules: 'q_proj' is not a module of 'tiny-bert'")
+
+
+def test_unknown_model_is_caught_offline(quick_document, write_scenario) -> None:
+    quick_document["model"]["name"] = "no-such-org/no-such-model"
+    errors = check_scenario(load_scenario(write_scenario(quick_document)))
+    assert errors and errors[0].startswith("model.name: unknown model 'no-such-org/no-such-model'")
+
+
+def test_presplit_needs_one_file_per_client(quick_document, write_scenario) -> None:
+    quick_document["data"] = {
+        "source": {"kind": "jsonl", "train": ["a.jsonl", "b.jsonl"], "test": "t.jsonl"},
+        "partitioning": {"kind": "presplit"},
+    }
+    with pytest.raises(ScenarioError) as caught:
+        load_scenario(write_scenario(quick_document))
+    assert "2 files in data.source.train but federation.num_clients is 3" in str(caught.value)
+
+
+def test_every_field_is_documented() -> None:
+    """extra='forbid' and a description on every field, in every section."""
+    seen, todo = set(), [Scenario]
+    while todo:
+        model = todo.pop()
+        if model in seen:
+            continue
+        seen.add(model)
+        assert model.model_config.get("extra") == "forbid", model.__name__
+        for name, field in model.model_fields.items():
+            assert field.description, f"{model.__name__}.{name} has no description"
+            for sub in _models_in(field.annotation):
+                todo.append(sub)
+    assert len(seen) > 10
+
+
+def _models_in(annotation) -> list[type]:
+    import typing
+
+    from pydantic import BaseModel
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]

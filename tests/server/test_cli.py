@@ -1,0 +1,50 @@
+"""`orthofed validate`: exit codes and messages, with no traceback for user mistakes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import yaml
+
+from tests.conftest import ROOT
+
+
+def orthofed(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "server.cli", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_validate_accepts_the_quick_scenario() -> None:
+    done = orthofed("validate", "scenarios/quick.yaml")
+    assert done.returncode == 0, done.stderr
+    assert "valid" in done.stdout
+
+
+def test_validate_lists_every_error_and_exits_2(quick_document, tmp_path) -> None:
+    quick_document["model"]["lora"] = {"rank": 0, "target_modules": ["nope"]}
+    quick_document["federation"]["local_steps"] = 0
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(quick_document))
+    done = orthofed("validate", str(path))
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert lines == ["model.lora.rank: must be >= 1, got 0",
+                     "federation.local_steps: must be >= 1, got 0"]
+    assert "Traceback" not in done.stderr
+
+
+def test_disk_problems_are_reported_before_anything_starts(quick_document, tmp_path) -> None:
+    quick_document["model"]["lora"]["target_modules"] = ["q_proj"]
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(quick_document))
+    done = orthofed("run", str(path), "--runs-dir", str(tmp_path / "runs"))
+    assert done.returncode == 2
+    assert done.stderr.startswith("model.lora.target_modules: 'q_proj' is not a module")
+    assert not (tmp_path / "runs").exists()  # nothing recorded, nothing started
+
+
+def test_missing_file_exits_2_without_traceback(tmp_path) -> None:
+    done = orthofed("validate", str(tmp_path / "nope.yaml"))
+    assert done.returncode == 2 and "no such scenario file" in done.stderr
+    assert "Traceback" not in done.stderr

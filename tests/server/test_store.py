@@ -1,0 +1,79 @@
+"""The SQLite metrics store: round trips, WAL, final statuses, concurrent readers."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+
+from server.store import MetricsStore
+
+
+def make_store(tmp_path) -> MetricsStore:
+    store = MetricsStore.in_dir(tmp_path)
+    store.create_run("r1", "quick", {"name": "quick"}, "/x/quick.yaml")
+    return store
+
+
+def test_round_trip_of_a_run(tmp_path) -> None:
+    store = make_store(tmp_path)
+    store.set_status("r1", "running")
+    store.record_round("r1", 0, 0, eval={"eval-acc": 0.3})
+    store.record_round("r1", 1, 0, train={"train-loss": 1.0})
+    store.record_round("r1", 1, 0, eval={"eval-acc": 0.6})  # eval arrives after train
+    store.record_clients("r1", 1, {0: {"train-loss": 1.1}, 2: {"train-loss": 0.9}},
+                         [(1, "77", "partition-id=1: boom")])
+    store.set_status("r1", "completed")
+    run = store.get_run("r1")
+    assert run["status"] == "completed" and run["scenario"] == {"name": "quick"}
+    assert run["started"] <= run["ended"]
+    assert store.rounds("r1") == [
+        {"round": 0, "task": 0, "train": {}, "eval": {"eval-acc": 0.3}},
+        {"round": 1, "task": 0, "train": {"train-loss": 1.0}, "eval": {"eval-acc": 0.6}},
+    ]
+    assert [c["partition_id"] for c in store.client_rounds("r1")] == [0, 2]
+    assert store.failures("r1") == [
+        {"round": 1, "partition_id": 1, "node_id": "77", "reason": "partition-id=1: boom"}]
+    assert [r["id"] for r in store.list_runs()] == ["r1"]
+
+
+def test_wal_mode_and_text_run_ids(tmp_path) -> None:
+    store = make_store(tmp_path)
+    big = str(2**64 - 1)  # Flower run ids are unsigned 64-bit
+    store.create_run(big, "x", {})
+    assert store.get_run(big)["id"] == big
+    mode = sqlite3.connect(store.path).execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+
+
+def test_a_terminal_status_is_final(tmp_path) -> None:
+    store = make_store(tmp_path)
+    store.set_status("r1", "failed", "round 2: every client failed")
+    store.set_status("r1", "completed")
+    store.set_status("r1", "failed", "a later message")
+    run = store.get_run("r1")
+    assert (run["status"], run["message"]) == ("failed", "round 2: every client failed")
+
+
+def test_readers_never_see_half_a_round(tmp_path) -> None:
+    """A writer adds rounds with 50 clients each; readers must see all 50 or none."""
+    store = make_store(tmp_path)
+    stop, torn = threading.Event(), []
+
+    def read() -> None:
+        reader = MetricsStore(store.path)
+        while not stop.is_set():
+            counts: dict[int, int] = {}
+            for row in reader.client_rounds("r1"):
+                counts[row["round"]] = counts.get(row["round"], 0) + 1
+            torn.extend(n for n in counts.values() if n != 50)
+
+    readers = [threading.Thread(target=read) for _ in range(2)]
+    for t in readers:
+        t.start()
+    for round_ in range(1, 31):
+        store.record_clients("r1", round_, {p: {"loss": 1.0} for p in range(50)}, [])
+    stop.set()
+    for t in readers:
+        t.join()
+    assert torn == []
+    assert len(store.client_rounds("r1")) == 30 * 50

@@ -1,0 +1,95 @@
+"""FedAvg-family strategies and the recording wrapper, with hand-built replies."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from scenarios.loader import load_scenario
+from strategies import keys
+from strategies.fedavg import FedAvgFull
+from strategies.fedavg_lora import FedAvgLora
+from strategies.recording import AllClientsFailed, RecordedStrategy
+from strategies.registry import build_strategy, strategy_class, trained_set
+from tests.conftest import ROOT
+from tests.strategies.replies import error_reply, train_reply
+
+
+def test_weighted_mean_of_every_trained_tensor() -> None:
+    rng = np.random.default_rng(0)
+    a = [rng.normal(size=(4, 8)) for _ in range(3)]
+    b = [rng.normal(size=(8, 4)) for _ in range(3)]
+    n = [10, 30, 60]
+    replies = [train_reply(k + 1, k, {"lora_A": a[k], "lora_B": b[k]}, n[k],
+                           **{keys.TRAIN_LOSS: float(k)}) for k in range(3)]
+    arrays, metrics = FedAvgLora().aggregate_train(1, replies)
+    got = {k: v.numpy() for k, v in arrays.items()}
+    # Oracle: sum_k n_k X_k / sum_k n_k, written out independently of Flower.
+    np.testing.assert_allclose(got["lora_A"], sum(w * x for w, x in zip(n, a)) / 100, rtol=1e-12)
+    np.testing.assert_allclose(got["lora_B"], sum(w * x for w, x in zip(n, b)) / 100, rtol=1e-12)
+    assert metrics[keys.TRAIN_LOSS] == pytest.approx((0 * 10 + 1 * 30 + 2 * 60) / 100)
+
+
+def test_registry_builds_sampling_from_the_scenario() -> None:
+    scenario = load_scenario(ROOT / "scenarios" / "quick.yaml")
+    strategy = build_strategy(scenario)
+    assert isinstance(strategy, FedAvgLora)
+    assert strategy.min_train_nodes == scenario.federation.clients_per_round
+    assert strategy.min_available_nodes == scenario.federation.num_clients
+    assert strategy.fraction_evaluate == 0.0
+    assert trained_set("fedavg-lora") == "lora" and trained_set("fedavg") == "full"
+    assert strategy_class("fedavg") is FedAvgFull
+
+
+def test_unknown_strategy_names_the_known_ones() -> None:
+    with pytest.raises(ValueError, match=r"unknown 'fedsgd'; known: fedavg, fedavg-lora"):
+        strategy_class("fedsgd")
+
+
+class FakeStore:
+    """Collects what the wrapper writes (the real store has its own tests)."""
+
+    def __init__(self, broken: bool = False) -> None:
+        self.rounds, self.clients, self.broken = [], [], broken
+
+    def record_round(self, run_id, round_, task, train=None, eval=None):
+        if self.broken:
+            raise OSError("disk full")
+        self.rounds.append((run_id, round_, task, train))
+
+    def record_clients(self, run_id, round_, metrics_by_partition, failures):
+        if self.broken:
+            raise OSError("disk full")
+        self.clients.append((run_id, round_, metrics_by_partition, failures))
+
+
+def test_wrapper_records_clients_failures_and_the_aggregate() -> None:
+    store = FakeStore()
+    strategy = RecordedStrategy(FedAvgLora(), store, "run-1", task=2, round_offset=10)
+    replies = [
+        train_reply(7, 0, {"w": np.ones(3)}, 10, **{keys.TRAIN_LOSS: 0.5}),
+        error_reply(8, "partition-id=1: ValueError: bad row"),
+        error_reply(9, "node vanished"),
+    ]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    np.testing.assert_array_equal(arrays["w"].numpy(), np.ones(3))
+    (run_id, round_, per_client, failures), = store.clients
+    assert (run_id, round_) == ("run-1", 11)
+    assert per_client == {0: {keys.NUM_EXAMPLES: 10, keys.TRAIN_LOSS: 0.5, keys.DEVICE: "cpu"}}
+    assert failures == [(1, "8", "partition-id=1: ValueError: bad row"), (None, "9", "node vanished")]
+    (_, round_, task, train), = store.rounds
+    assert (round_, task, train["clients"], train["failures"]) == (11, 2, 1, 2)
+
+
+def test_a_round_where_every_client_failed_fails_loudly() -> None:
+    store = FakeStore()
+    strategy = RecordedStrategy(FedAvgLora(), store, "run-1")
+    with pytest.raises(AllClientsFailed, match="round 1: every client failed: partition-id=0: boom"):
+        strategy.aggregate_train(1, [error_reply(3, "partition-id=0: boom")])
+    assert store.clients[0][3] == [(0, "3", "partition-id=0: boom")]  # recorded before failing
+
+
+def test_a_store_outage_does_not_stop_training() -> None:
+    strategy = RecordedStrategy(FedAvgLora(), FakeStore(broken=True), "run-1")
+    arrays, _ = strategy.aggregate_train(1, [train_reply(1, 0, {"w": np.zeros(2)}, 5)])
+    assert arrays is not None
