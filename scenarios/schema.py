@@ -113,10 +113,14 @@ DataSource = Annotated[
 
 
 class IidPartitioning(Spec):
+    """Every client gets an equal, uniformly random share."""
+
     kind: Literal["iid"] = Field(description="Uniform random split (flwr-datasets IidPartitioner).")
 
 
 class DirichletPartitioning(Spec):
+    """Label shares per client drawn from Dirichlet(alpha)."""
+
     kind: Literal["dirichlet"] = Field(
         description="Label-skewed split (flwr-datasets DirichletPartitioner)."
     )
@@ -127,6 +131,8 @@ class DirichletPartitioning(Spec):
 
 
 class PresplitPartitioning(Spec):
+    """The data is already split: one file per client."""
+
     kind: Literal["presplit"] = Field(
         description="One training file per client, in the order of data.source.train."
     )
@@ -162,6 +168,8 @@ class DataSpec(Spec):
 
 
 class OptimizerSpec(Spec):
+    """The clients' local optimizer."""
+
     name: Literal["sgd", "adamw"] = Field("adamw", description="Local optimizer, fresh every round.")
     lr: float = Field(1e-3, gt=0, le=10, description="Learning rate.")
     weight_decay: float = Field(0.0, ge=0, description="Weight decay.")
@@ -192,12 +200,16 @@ class FederationSpec(Spec):
 
 
 class FedAvgLoraSpec(Spec):
+    """FedAvg over LoRA A and B (McMahan et al. 2017; Hu et al. 2021)."""
+
     name: Literal["fedavg-lora"] = Field(
         description="Clients train LoRA A and B; the server averages each separately."
     )
 
 
 class FedAvgSpec(Spec):
+    """FedAvg over every weight: full fine-tuning."""
+
     name: Literal["fedavg"] = Field(
         description="Full fine-tuning; the server averages the full weights."
     )

@@ -1,0 +1,70 @@
+"""The scenario-file reference in the README, generated from the schema itself.
+
+`python -m scenarios.reference` prints it; a test keeps the README in step, so the
+reference can never drift from what the loader accepts.
+"""
+
+from __future__ import annotations
+
+import typing
+
+from pydantic import BaseModel
+from pydantic_core import PydanticUndefined
+
+from scenarios.schema import Scenario
+
+
+def _members(annotation) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in typing.get_args(annotation) for m in _members(arg)]
+
+
+def _default(field) -> str:
+    if field.default is PydanticUndefined and field.default_factory is None:
+        return "required"
+    if field.default_factory is not None:
+        return "see below"
+    value = field.default
+    return f"`{list(value) if isinstance(value, tuple) else value}`"
+
+
+def _type_name(annotation) -> str:
+    text = getattr(annotation, "__name__", None) or str(annotation)
+    return text.replace("typing.", "").replace("pathlib.", "").replace("|", "or")
+
+
+def rows(model: type[BaseModel], prefix: str) -> list[str]:
+    """Markdown table rows for `model`'s fields, then its sub-sections."""
+    lines, nested = [], []
+    for name, field in model.model_fields.items():
+        path = f"{prefix}{name}"
+        subs = _members(field.annotation)
+        if typing.get_origin(field.annotation) is typing.Literal:
+            continue  # the tag of a union member: shown in its section title
+        if subs:
+            nested.append((path, subs))
+            continue
+        lines.append(f"| `{path}` | {_type_name(field.annotation)} | {_default(field)} | "
+                     f"{field.description} |")
+    for path, subs in nested:
+        for sub in subs:
+            tag = next((f for f in ("kind", "name") if f in sub.model_fields
+                        and typing.get_origin(sub.model_fields[f].annotation) is typing.Literal), None)
+            title = path
+            if tag:
+                value = typing.get_args(sub.model_fields[tag].annotation)[0]
+                title = f"{path} ({tag}: {value})"
+            doc = " ".join((sub.__doc__ or "").split())
+            lines.append(f"| **{title}** | | | {doc} |")
+            lines.extend(rows(sub, f"{path}."))
+    return lines
+
+
+def render() -> str:
+    header = ["| field | type | default | meaning |", "|---|---|---|---|"]
+    return "\n".join(header + rows(Scenario, ""))
+
+
+if __name__ == "__main__":
+    print(render())
