@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import secrets
+import signal
 import sys
 import time
 from pathlib import Path
@@ -79,6 +80,7 @@ def cmd_run(file: Path, runs_dir: Path | None, as_json: bool) -> int:
     run_id = f"{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
     store.create_run(run_id, scenario.name, scenario.model_dump(mode="json"), str(file.resolve()))
     err.print(f"run {run_id}: logs in {runs_dir / run_id}", highlight=False)
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` cleans up like Ctrl-C does
     try:
         with RoundProgress(store, run_id, scenario.federation.rounds, err) as progress:
             launch(scenario, file, run_id, runs_dir, on_tick=progress.tick)
@@ -98,6 +100,10 @@ def cmd_run(file: Path, runs_dir: Path | None, as_json: bool) -> int:
     if as_json:
         print(json.dumps(summary))
     return 0 if summary["status"] == "completed" else EXIT_FAILED
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 if __name__ == "__main__":

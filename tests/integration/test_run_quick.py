@@ -5,7 +5,10 @@ caused is gone afterwards (and kills leftovers so a failure cannot leak them).""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import sys
+import time
 
 import pytest
 import yaml
@@ -112,3 +115,27 @@ def test_plain_flwr_run_works_too(tmp_path, runs_dir) -> None:
     finally:
         # Flower leaves its local SuperLink running in the background: stop it.
         kill_all(processes_mentioning(str(tmp_path / "flwr-home")))
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "kill"])
+def test_interrupting_a_run_stops_every_flower_process(runs_dir, signum) -> None:
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "run", "scenarios/quick.yaml",
+                             "--runs-dir", str(runs_dir)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # wait until the ServerApp is running
+            runs = MetricsStore.in_dir(runs_dir).list_runs() if runs_dir.exists() else []
+            if runs and runs[0]["status"] == "running":
+                break
+            time.sleep(0.5)
+        assert processes_mentioning(str(runs_dir)), "Flower never started"
+        proc.send_signal(signum)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr[-2000:]
+    (run,) = MetricsStore.in_dir(runs_dir).list_runs()
+    assert run["status"] == "cancelled"
+    assert "cancelled; Flower processes stopped" in stderr
