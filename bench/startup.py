@@ -36,9 +36,7 @@ def one_run(scenario: str, runs_dir: Path) -> dict[str, float]:
         raise SystemExit(done.stderr[-2000:])
     store = MetricsStore.in_dir(runs_dir)
     run = store.list_runs()[0]
-    with store._connect(write=False) as db:  # recorded times are not part of the public reads
-        times = [r[0] for r in db.execute(
-            "SELECT recorded FROM rounds WHERE run_id = ? ORDER BY round", (run["id"],))]
+    times = store.round_times(run["id"])
     later = [b - a for a, b in zip(times[1:], times[2:])]
     return {"wall": ended - started, "launch": run["created"] - started,
             "flower": run["started"] - run["created"], "setup": times[0] - run["started"],

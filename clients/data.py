@@ -191,11 +191,10 @@ def client_data(scenario: Scenario, partition_id: int) -> ClientData:
     random.Random(scenario.seed + partition_id).shuffle(rows)
     cut = int(len(rows) * scenario.data.local_eval_fraction)
     tokenizer = build_tokenizer(scenario.model)
-    return ClientData(
-        train=tokenize(rows[cut:], tokenizer, scenario.model.max_length),
-        local_eval=tokenize(rows[:cut] or rows[:1], tokenizer, scenario.model.max_length),
-        num_labels=len(task.label_names),
-    )
+    train = tokenize(rows[cut:], tokenizer, scenario.model.max_length)
+    # No held-out share (local_eval_fraction 0): the local eval is on the training rows.
+    local_eval = tokenize(rows[:cut], tokenizer, scenario.model.max_length) if cut else train
+    return ClientData(train=train, local_eval=local_eval, num_labels=len(task.label_names))
 
 
 @functools.lru_cache(maxsize=4)

@@ -156,7 +156,8 @@ class DataSpec(Spec):
     )
     label_field: str = Field("label", description="Field holding the label (text or integer).")
     local_eval_fraction: float = Field(
-        0.1, ge=0, lt=1, description="Share of each client's partition kept for its local eval."
+        0.1, ge=0, lt=1, description="Share of each client's partition held out for its local eval "
+        "(0: evaluate on the training rows)."
     )
     server_eval_max: int | None = Field(
         None, ge=1, description="Evaluate the global model on at most this many test examples "

@@ -75,8 +75,8 @@ def run_scenario(grid: Grid, scenario: Scenario, store: MetricsStore, run_id: st
         result = evaluate(model, test_set, device)
         metrics = {keys.EVAL_ACC: result.accuracy, keys.EVAL_LOSS: result.loss,
                    "eval-seconds": time.perf_counter() - started}
-        best_effort(store.record_round, run_id, strategy.global_round(server_round), 0,
-                    eval=metrics)
+        best_effort(store.record_round, run_id, strategy.global_round(server_round),
+                    strategy.task, eval=metrics)
         return MetricRecord(metrics)
 
     random.seed(scenario.seed)  # FedAvg samples clients with `random`, nodes in partition order

@@ -177,6 +177,13 @@ class MetricsStore:
         return [{"round": r["round"], "task": r["task"], "train": _loads(r["train"]),
                  "eval": _loads(r["eval"])} for r in rows]
 
+    def round_times(self, run_id: str) -> list[float]:
+        """When each round was first recorded (Unix seconds), in round order."""
+        with self._connect(write=False) as db:
+            rows = db.execute("SELECT recorded FROM rounds WHERE run_id = ? ORDER BY round",
+                              (run_id,)).fetchall()
+        return [r[0] for r in rows]
+
     def client_rounds(self, run_id: str) -> list[dict[str, Any]]:
         with self._connect(write=False) as db:
             rows = db.execute(

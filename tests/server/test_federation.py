@@ -1,0 +1,43 @@
+"""Sampling follows partitions, not Flower's random node ids."""
+
+from __future__ import annotations
+
+import random
+
+from server.federation import PartitionOrderedGrid
+
+
+class ShuffledGrid:
+    """A grid whose node ids (and their order) change from run to run, like Flower's."""
+
+    def __init__(self, node_by_partition: dict[int, int], seed: int) -> None:
+        self.node_by_partition = node_by_partition
+        self.ids = list(node_by_partition.values())
+        random.Random(seed).shuffle(self.ids)
+
+    def get_node_ids(self):
+        return list(self.ids)
+
+    def run_label(self) -> str:
+        return "delegated"
+
+
+def sampled_partitions(run: int) -> list[int]:
+    rng = random.Random(1000 + run)
+    node_by_partition = {p: rng.getrandbits(63) for p in range(10)}  # fresh ids per run
+    grid = PartitionOrderedGrid(ShuffledGrid(node_by_partition, seed=run), node_by_partition)
+    partition_of = {n: p for p, n in node_by_partition.items()}
+    random.seed(7)  # what the ServerApp does before strategy.start
+    return sorted(partition_of[n] for n in random.sample(list(grid.get_node_ids()), 3))
+
+
+def test_same_seed_samples_the_same_partitions_whatever_the_node_ids() -> None:
+    assert sampled_partitions(1) == sampled_partitions(2) == sampled_partitions(3)
+
+
+def test_late_nodes_are_listed_and_everything_else_is_delegated() -> None:
+    inner = ShuffledGrid({0: 11, 1: 12}, seed=0)
+    grid = PartitionOrderedGrid(inner, {0: 11, 1: 12})
+    inner.ids.append(99)  # joined after discovery
+    assert list(grid.get_node_ids()) == [11, 12, 99]
+    assert grid.run_label() == "delegated"
