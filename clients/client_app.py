@@ -77,12 +77,16 @@ def pick_device() -> torch.device:
 
 
 @functools.lru_cache(maxsize=2)
-def cached_model(scenario: Scenario, num_labels: int, device: str) -> tuple[torch.nn.Module, str]:
-    """The client's model, built once per process; each round overwrites every trained
-    tensor with the global values, so reuse is safe. Returns (model, frozen fingerprint)."""
-    model = build_model(scenario.model, num_labels, scenario.seed,
-                        trained_set(scenario.strategy.name), device)
-    return model, frozen_fingerprint(model)
+def cached_model(scenario: Scenario, num_labels: int, device: str) -> torch.nn.Module:
+    """The client's model, built once per process; each round overwrites every tensor the
+    server owns with the global values, so reuse is safe."""
+    return build_model(scenario.model, num_labels, scenario.seed,
+                       trained_set(scenario.strategy.name), device)
+
+
+@functools.lru_cache(maxsize=8)
+def cached_fingerprint(model: torch.nn.Module, sent: frozenset[str]) -> str:
+    return frozen_fingerprint(model, sent)  # those weights never change: hash them once
 
 
 def train_round(scenario: Scenario, partition_id: int, content: RecordDict) -> RecordDict:
@@ -91,14 +95,16 @@ def train_round(scenario: Scenario, partition_id: int, content: RecordDict) -> R
     server_round = int(config.get(keys.SERVER_ROUND, 0))
     device = pick_device()
     data = client_data(scenario, partition_id)
-    model, fingerprint = cached_model(scenario, data.num_labels, str(device))
+    model = cached_model(scenario, data.num_labels, str(device))
+    received = content[keys.ARRAYS].to_torch_state_dict()
+    fingerprint = cached_fingerprint(model, frozenset(received))
     expected = config.get(keys.FROZEN_FINGERPRINT)
     if expected is not None and expected != fingerprint:
         raise RuntimeError(
             f"frozen weights differ from the server's (fingerprint {fingerprint} != {expected}): "
             "the model files or library versions differ between server and client"
         )
-    load_trainable(model, content[keys.ARRAYS].to_torch_state_dict())
+    load_trainable(model, received)
 
     # A distinct, reproducible stream per (seed, round, client): batches and dropout.
     seed = scenario.seed * 1_000_003 + server_round * 1009 + partition_id

@@ -119,6 +119,13 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
+def global_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """What the server owns and sends each round: the trained tensors plus, for B-only
+    methods, the LoRA A factors (frozen on clients, but re-based by FedSVD)."""
+    return {n: p.detach().clone() for n, p in model.named_parameters()
+            if p.requires_grad or ".lora_A." in n}
+
+
 def load_trainable(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Copy `state` into the model's parameters; every key must name a parameter."""
     params = dict(model.named_parameters())
@@ -130,11 +137,12 @@ def load_trainable(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
             params[name].copy_(tensor)
 
 
-def frozen_fingerprint(model: nn.Module) -> str:
-    """SHA-256 over the frozen parameters: equal on server and clients or the run is wrong."""
+def frozen_fingerprint(model: nn.Module, sent: frozenset[str] = frozenset()) -> str:
+    """SHA-256 over the frozen parameters that are not sent each round (`sent`): the
+    weights server and clients each build from the seed, which must be equal."""
     digest = hashlib.sha256()
     for name, param in sorted(model.named_parameters()):
-        if not param.requires_grad:
+        if not param.requires_grad and name not in sent:
             digest.update(name.encode())
             digest.update(param.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]

@@ -216,7 +216,27 @@ class FedAvgSpec(Spec):
     )
 
 
-StrategySpec = Annotated[FedAvgLoraSpec | FedAvgSpec, Field(discriminator="name")]
+class FfaLoraSpec(Spec):
+    """FFA-LoRA (Sun et al., ICLR 2024): A frozen at its init, only B trained and averaged."""
+
+    name: Literal["ffa-lora"] = Field(description="A fixed; clients train and send only B.")
+
+
+class FedSvdSpec(Spec):
+    """FedSVD (arXiv 2505.12805): FFA-LoRA, then B_bar A = U S V^T gives B = U S, A = V^T."""
+
+    name: Literal["fedsvd"] = Field(
+        description="Clients train only B; the server averages B and re-factorizes B A by SVD."
+    )
+    svd_period: int = Field(
+        1, ge=1, le=1_000_000,
+        description="Re-factorize every this many rounds (1: every round, as in the paper).",
+    )
+
+
+StrategySpec = Annotated[
+    FedAvgLoraSpec | FedAvgSpec | FfaLoraSpec | FedSvdSpec, Field(discriminator="name")
+]
 
 
 class ResourcesSpec(Spec):

@@ -18,7 +18,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from clients.client_app import pick_device, resolve_scenario_path
 from clients.data import cached_task, server_test_set
-from clients.models import build_model, frozen_fingerprint, load_trainable, trainable_state
+from clients.models import build_model, frozen_fingerprint, global_state, load_trainable
 from clients.training import evaluate
 from scenarios.loader import load_scenario
 from scenarios.schema import Scenario
@@ -45,14 +45,17 @@ def main(grid: Grid, context: Context) -> None:
                          str(scenario_path))
     store.set_status(run_id, "running")
     try:
-        run_scenario(grid, scenario, store, run_id)
+        run_dir = runs_dir / run_id
+        run_dir.mkdir(parents=True, exist_ok=True)
+        run_scenario(grid, scenario, store, run_id, run_dir)
     except BaseException as exc:
         store.set_status(run_id, "failed", f"{type(exc).__name__}: {exc}")
         raise
     store.set_status(run_id, "completed")
 
 
-def run_scenario(grid: Grid, scenario: Scenario, store: MetricsStore, run_id: str) -> None:
+def run_scenario(grid: Grid, scenario: Scenario, store: MetricsStore, run_id: str,
+                 run_dir: Path) -> None:
     """Build the global model and run the scenario's rounds through its strategy."""
     fed = scenario.federation
     nodes = wait_for_nodes(grid, fed.num_clients, NODE_WAIT_S)
@@ -65,8 +68,9 @@ def run_scenario(grid: Grid, scenario: Scenario, store: MetricsStore, run_id: st
     model = build_model(scenario.model, num_labels, scenario.seed,
                         trained_set(scenario.strategy.name), device)
     strategy = RecordedStrategy(build_strategy(scenario), store, run_id, task=0)
+    initial = global_state(model)
     train_config = ConfigRecord({keys.TASK_ID: 0,
-                                 keys.FROZEN_FINGERPRINT: frozen_fingerprint(model)})
+                                 keys.FROZEN_FINGERPRINT: frozen_fingerprint(model, frozenset(initial))})
 
     def evaluate_global(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         """Accuracy of the global model on the test split; recorded as the round's eval."""
@@ -80,6 +84,9 @@ def run_scenario(grid: Grid, scenario: Scenario, store: MetricsStore, run_id: st
         return MetricRecord(metrics)
 
     random.seed(scenario.seed)  # FedAvg samples clients with `random`, nodes in partition order
-    strategy.start(grid=grid, initial_arrays=ArrayRecord(trainable_state(model)),
-                   num_rounds=fed.rounds, timeout=fed.round_timeout,
-                   train_config=train_config, evaluate_fn=evaluate_global)
+    result = strategy.start(grid=grid, initial_arrays=ArrayRecord(initial),
+                            num_rounds=fed.rounds, timeout=fed.round_timeout,
+                            train_config=train_config, evaluate_fn=evaluate_global)
+    # The server-owned tensors before and after: the trained adapter (or model), to keep.
+    torch.save(initial, run_dir / "global-initial.pt")
+    torch.save(result.arrays.to_torch_state_dict(), run_dir / "global-final.pt")

@@ -8,10 +8,14 @@ from scenarios.schema import Scenario
 from strategies import keys
 from strategies.fedavg import FedAvgFull
 from strategies.fedavg_lora import FedAvgLora
+from strategies.fedsvd import FedSVD
+from strategies.ffa_lora import FfaLora
 
 STRATEGIES: dict[str, type[FedAvg]] = {
     "fedavg-lora": FedAvgLora,
     "fedavg": FedAvgFull,
+    "ffa-lora": FfaLora,
+    "fedsvd": FedSVD,
 }
 
 

@@ -139,3 +139,31 @@ def test_interrupting_a_run_stops_every_flower_process(runs_dir, signum) -> None
     (run,) = MetricsStore.in_dir(runs_dir).list_runs()
     assert run["status"] == "cancelled"
     assert "cancelled; Flower processes stopped" in stderr
+
+
+@pytest.mark.parametrize("strategy", ["fedsvd", "ffa-lora"])
+def test_a_rotates_under_fedsvd_and_never_under_ffa_lora(tmp_path, runs_dir, strategy) -> None:
+    import torch
+
+    doc = yaml.safe_load((ROOT / "scenarios" / "quick.yaml").read_text())
+    doc["strategy"] = {"name": strategy}
+    doc["federation"].update(rounds=2, local_steps=10)
+    path = tmp_path / f"{strategy}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    done = run_orthofed("run", str(path), "--runs-dir", str(runs_dir), "--json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    run_dir = runs_dir / last_json_line(done.stdout)["run_id"]
+    initial = torch.load(run_dir / "global-initial.pt")
+    final = torch.load(run_dir / "global-final.pt")
+    a_names = [n for n in initial if ".lora_A." in n]
+    b_names = [n for n in initial if ".lora_B." in n]
+    assert a_names and b_names and set(initial) == set(final)
+    assert all(torch.count_nonzero(final[n]) > 0 for n in b_names)  # B trained
+    a_changed = [not torch.equal(initial[n], final[n]) for n in a_names]
+    if strategy == "fedsvd":
+        assert all(a_changed)
+        for n in a_names:  # and A's rows are orthonormal after the re-basis
+            eye = torch.eye(final[n].shape[0])
+            torch.testing.assert_close(final[n] @ final[n].T, eye, rtol=0, atol=1e-5)
+    else:
+        assert not any(a_changed)

@@ -1,0 +1,134 @@
+"""FedSVD's re-factorization against a dense float64 SVD of B A, and the strategy
+with hand-built replies."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from strategies import keys
+from strategies.fedsvd import FedSVD, refactorize, refactorize_state
+from strategies.ffa_lora import FfaLora
+from tests.strategies.replies import as_server, train_reply
+
+SHAPES = [  # (d_out, r, d_in): square, non-square both ways, r above a dimension
+    (64, 8, 64), (96, 8, 40), (40, 8, 96), (24, 16, 6), (5, 16, 30), (128, 1, 32),
+]
+
+
+def random_factors(d_out: int, r: int, d_in: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(d_out, r, generator=g, dtype=torch.float64),
+            torch.randn(r, d_in, generator=g, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("d_out, r, d_in", SHAPES)
+def test_product_and_spectrum_match_the_dense_svd(d_out: int, r: int, d_in: int) -> None:
+    b, a = random_factors(d_out, r, d_in)
+    b_new, a_new = refactorize(b, a)
+    assert b_new.shape == b.shape and a_new.shape == a.shape
+    dense = b @ a                                                  # the oracle: d_out x d_in
+    torch.testing.assert_close(b_new @ a_new, dense, rtol=0, atol=1e-10 * dense.abs().max())
+    k = min(d_out, r, d_in)
+    s_dense = torch.linalg.svdvals(dense)[:k]
+    torch.testing.assert_close(b_new.norm(dim=0)[:k], s_dense, rtol=1e-10, atol=1e-12)
+    # Rows of A are orthonormal (the first k; any others are zero padding).
+    torch.testing.assert_close(a_new[:k] @ a_new[:k].T, torch.eye(k, dtype=torch.float64),
+                               rtol=0, atol=1e-12)
+    assert torch.count_nonzero(a_new[k:]) == 0 and torch.count_nonzero(b_new[:, k:]) == 0
+    # A spans the row space of B A: projecting the dense rows onto A's rows loses nothing.
+    torch.testing.assert_close(dense @ a_new[:k].T @ a_new[:k], dense, rtol=0,
+                               atol=1e-10 * dense.abs().max())
+
+
+def test_zero_b_first_round_gives_orthonormal_a_and_zero_b() -> None:
+    _, a = random_factors(32, 8, 48)
+    b_new, a_new = refactorize(torch.zeros(32, 8, dtype=torch.float64), a)
+    assert torch.isfinite(a_new).all() and torch.count_nonzero(b_new) == 0
+    torch.testing.assert_close(a_new @ a_new.T, torch.eye(8, dtype=torch.float64), rtol=0, atol=1e-12)
+
+
+def test_rank_deficient_b() -> None:
+    b, a = random_factors(50, 8, 40)
+    b[:, 3:] = b[:, :1] * 2.0  # rank 3 at most... columns 3.. repeat column 0
+    b_new, a_new = refactorize(b, a)
+    torch.testing.assert_close(b_new @ a_new, b @ a, rtol=0, atol=1e-10 * (b @ a).abs().max())
+    s = b_new.norm(dim=0)
+    assert (s[4:] < 1e-10 * s[0]).all()  # the rank shows in the spectrum
+    torch.testing.assert_close(a_new @ a_new.T, torch.eye(8, dtype=torch.float64), rtol=0, atol=1e-10)
+
+
+def test_float32_in_float32_out_with_small_error() -> None:
+    b, a = random_factors(256, 16, 512)
+    b_new, a_new = refactorize(b.float(), a.float())
+    assert b_new.dtype == a_new.dtype == torch.float32
+    rel = ((b_new.double() @ a_new.double() - b @ a).norm() / (b @ a).norm()).item()
+    assert rel < 1e-6
+
+
+def test_mismatched_inner_dimensions_are_refused() -> None:
+    with pytest.raises(ValueError, match="inner dims differ"):
+        refactorize(torch.zeros(4, 3), torch.zeros(2, 5))
+
+
+def test_refactorization_leaves_the_model_outputs_unchanged() -> None:
+    """Load re-factorized adapters into a real PEFT model: the logits do not move."""
+    from clients.models import build_model, load_trainable
+    from scenarios.schema import ModelSpec
+
+    model = build_model(ModelSpec(name="tiny-bert"), 3, seed=0, trains="lora-b").eval()
+    g = torch.Generator().manual_seed(1)
+    state = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+    for n in state:
+        if ".lora_B." in n:
+            state[n] = torch.randn(state[n].shape, generator=g) * 0.1
+    load_trainable(model, state)
+    inputs = torch.randint(1000, 2000, (4, 12), generator=g)
+    before = model(input_ids=inputs).logits
+    load_trainable(model, refactorize_state(state))
+    after = model(input_ids=inputs).logits
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
+    # Not vacuous: the adapters do move the outputs (B = 0 gives other logits).
+    load_trainable(model, {n: torch.zeros_like(t) if ".lora_B." in n else t for n, t in state.items()})
+    assert (model(input_ids=inputs).logits - before).abs().max() > 1e-3
+
+
+def _global(a: np.ndarray, b: np.ndarray):
+    from flwr.app import Array, ArrayRecord
+    return ArrayRecord(array_dict={"m.lora_A.default.weight": Array(a),
+                                   "m.lora_B.default.weight": Array(b)})
+
+
+def _replies(bs: list[np.ndarray], ns: list[int]):
+    return [train_reply(k + 1, k, {"m.lora_B.default.weight": b}, n, **{keys.TRAIN_LOSS: 0.0})
+            for k, (b, n) in enumerate(zip(bs, ns))]
+
+
+def test_ffa_lora_averages_b_and_keeps_a() -> None:
+    as_server()
+    rng = np.random.default_rng(0)
+    a, bs, ns = rng.normal(size=(4, 10)), [rng.normal(size=(6, 4)) for _ in range(2)], [1, 3]
+    strategy = FfaLora()
+    strategy.global_arrays = _global(a, np.zeros((6, 4)))  # as configure_train sets it
+    arrays, _ = strategy.aggregate_train(1, _replies(bs, ns))
+    np.testing.assert_array_equal(arrays["m.lora_A.default.weight"].numpy(), a)
+    np.testing.assert_allclose(arrays["m.lora_B.default.weight"].numpy(), (bs[0] + 3 * bs[1]) / 4)
+    assert list(arrays) == ["m.lora_A.default.weight", "m.lora_B.default.weight"]
+
+
+@pytest.mark.parametrize("server_round, refactorized", [(1, False), (2, True)])
+def test_fedsvd_refactorizes_the_weighted_mean_every_svd_period(server_round, refactorized) -> None:
+    as_server()
+    rng = np.random.default_rng(1)
+    a, bs, ns = rng.normal(size=(4, 10)), [rng.normal(size=(6, 4)) for _ in range(3)], [2, 2, 4]
+    strategy = FedSVD(svd_period=2)
+    strategy.global_arrays = _global(a, np.zeros((6, 4)))
+    arrays, _ = strategy.aggregate_train(server_round, _replies(bs, ns))
+    a_new = arrays["m.lora_A.default.weight"].numpy()
+    b_new = arrays["m.lora_B.default.weight"].numpy()
+    b_bar = (2 * bs[0] + 2 * bs[1] + 4 * bs[2]) / 8                # oracle: weighted mean
+    np.testing.assert_allclose(b_new @ a_new, b_bar @ a, rtol=1e-10, atol=1e-12)
+    orthonormal = np.allclose(a_new @ a_new.T, np.eye(4), atol=1e-10)
+    assert orthonormal == refactorized
+    assert np.array_equal(a_new, a) != refactorized
