@@ -1,12 +1,15 @@
 """The scenario-file reference in the README, generated from the schema itself.
 
-`python -m scenarios.reference` prints it; a test keeps the README in step, so the
+`python -m scenarios.reference` prints it, `... --update README.md` rewrites the README's
+copy; a test keeps the README in step, so the
 reference can never drift from what the loader accepts.
 """
 
 from __future__ import annotations
 
+import sys
 import typing
+from pathlib import Path
 
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
@@ -66,5 +69,18 @@ def render() -> str:
     return "\n".join(header + rows(Scenario, ""))
 
 
+def update_readme(path: Path) -> None:
+    """Replace the table between the README's reference markers with `render()`."""
+    text = path.read_text()
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    path.write_text(f"{head}{START}{render()}{END}{tail}")
+
+
+START, END = "<!-- reference:start -->\n", "\n<!-- reference:end -->"
+
 if __name__ == "__main__":
-    print(render())
+    if sys.argv[1:2] == ["--update"]:
+        update_readme(Path(sys.argv[2]))
+    else:
+        print(render())

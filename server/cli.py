@@ -60,7 +60,7 @@ def cmd_validate(file: Path) -> int:
     scenario = load_checked(file, console)
     if scenario is None:
         return EXIT_INVALID
-    Console().print(f"{file}: valid ({scenario.name}: {scenario.strategy.name}, "
+    print(f"{file}: valid ({scenario.name}: {scenario.strategy.name}, "
                     f"{scenario.federation.num_clients} clients, {scenario.federation.rounds} rounds)")
     return 0
 

@@ -16,4 +16,4 @@ def test_ci_runs_the_readme_test_command() -> None:
 def test_scenario_reference_is_up_to_date() -> None:
     readme = (ROOT / "README.md").read_text()
     table = readme.split("<!-- reference:start -->\n")[1].split("\n<!-- reference:end -->")[0]
-    assert table == render(), "run `python -m scenarios.reference` and paste it into README.md"
+    assert table == render(), "run `python -m scenarios.reference --update README.md`"
