@@ -21,7 +21,7 @@ from flwr.supercore import log
 
 from clients.data import client_data
 from clients.models import build_model, frozen_fingerprint, load_trainable, trainable_state
-from clients.training import evaluate, make_optimizer, train_steps
+from clients.training import evaluate, make_optimizer, round_seed, train_steps
 from scenarios.loader import load_scenario
 from scenarios.schema import Scenario
 from strategies import keys
@@ -106,9 +106,8 @@ def train_round(scenario: Scenario, partition_id: int, content: RecordDict) -> R
         )
     load_trainable(model, received)
 
-    # A distinct, reproducible stream per (seed, round, client): batches and dropout.
-    seed = scenario.seed * 1_000_003 + server_round * 1009 + partition_id
-    torch.manual_seed(seed)
+    seed = round_seed(scenario.seed, server_round, partition_id)
+    torch.manual_seed(seed)  # dropout
     generator = torch.Generator().manual_seed(seed)
     fed = scenario.federation
     result = train_steps(model, data.train, fed.local_steps, fed.batch_size,

@@ -8,11 +8,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
 from scenarios.schema import OptimizerSpec
+
+
+def round_seed(seed: int, server_round: int, partition_id: int) -> int:
+    """A distinct, reproducible seed per (scenario seed, round, client), collision-free
+    (numpy's SeedSequence hashes the triple), for batches and dropout."""
+    return int(np.random.SeedSequence([seed, server_round, partition_id]).generate_state(1)[0])
 
 
 def make_optimizer(model: nn.Module, spec: OptimizerSpec) -> torch.optim.Optimizer:

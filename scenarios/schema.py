@@ -239,6 +239,22 @@ StrategySpec = Annotated[
 ]
 
 
+class PrivacySpec(Spec):
+    """Per-sample DP-SGD (Opacus) for whatever the method trains, with one privacy budget
+    per client for its whole participation in the scenario."""
+
+    target_epsilon: float = Field(..., gt=0, le=1000, description="Each client's total budget.")
+    delta: float = Field(1e-5, gt=0, lt=1, description="The delta of (epsilon, delta)-DP.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Per-sample gradient clipping norm C.")
+    accountant: Literal["rdp", "prv"] = Field(
+        "rdp", description="Opacus accountant: 'rdp' (Renyi DP) or 'prv' (tighter, numerical)."
+    )
+    grad_sample_mode: Literal["hooks", "functorch", "ew"] = Field(
+        "hooks", description="How Opacus computes per-sample gradients; 'hooks' works for BERT "
+        "and Llama, LoRA and full fine-tuning (ew fails on Llama's RMSNorm)."
+    )
+
+
 class ResourcesSpec(Spec):
     """What each simulated client may use (Flower's client resources)."""
 
@@ -261,6 +277,9 @@ class Scenario(Spec):
     data: DataSpec = Field(description="The data.")
     federation: FederationSpec = Field(description="Rounds, clients and local training.")
     strategy: StrategySpec = Field(description="Aggregation method.")
+    privacy: PrivacySpec | None = Field(
+        None, description="DP-SGD on the clients; absent: non-private training."
+    )
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Per client.")
 
     @model_validator(mode="after")

@@ -103,3 +103,11 @@ def test_module_names_come_from_the_config_without_weights(quick) -> None:
     names = module_names(quick.model)
     assert "bert.encoder.layer.0.attention.self.query" in names
     assert "classifier" in names
+
+
+def test_round_seeds_differ_per_client_and_round_and_repeat() -> None:
+    from clients.training import round_seed
+
+    seeds = {round_seed(0, r, p) for r in range(50) for p in range(200)}
+    assert len(seeds) == 50 * 200
+    assert round_seed(3, 2, 1) == round_seed(3, 2, 1) != round_seed(4, 2, 1)

@@ -1,0 +1,68 @@
+"""DP-SGD local training with Opacus: per-sample clipping, Gaussian noise, Poisson batches.
+
+Abadi et al. 2016: g = (1/b) (sum_i clip_C(g_i) + N(0, sigma^2 C^2 I)), batches drawn by
+Poisson sampling at rate q. Opacus does the arithmetic; this module runs exactly
+`steps` noisy steps on a model it does not wrap for good (`wrap_model=False`: the
+hooks are removed after the round, so a client can reuse its model), counts empty
+Poisson batches as noise-only steps (skipping them would under-count privacy), and
+returns the accountant history with the new steps.
+"""
+
+from __future__ import annotations
+
+import torch
+from opacus import PrivacyEngine
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from clients.privacy import Step
+from clients.training import TrainResult, forward_loss
+from scenarios.schema import PrivacySpec
+
+
+def dp_train_steps(model: nn.Module, data: TensorDataset, steps: int, batch_size: int,
+                   optimizer: torch.optim.Optimizer, spec: PrivacySpec, noise_multiplier: float,
+                   history: list[Step], device: torch.device,
+                   ) -> tuple[TrainResult, list[Step]]:
+    """Run `steps` DP-SGD steps; returns the result and the extended accountant history.
+
+    Randomness (Poisson sampling, noise) comes from torch's global generator: seed it.
+    """
+    model.train()  # Opacus refuses eval-mode modules (its hooks skip them)
+    engine = PrivacyEngine(accountant=spec.accountant)
+    engine.accountant.history = list(history)
+    hooks, dp_optimizer, loader = engine.make_private(
+        module=model, optimizer=optimizer,
+        data_loader=DataLoader(data, batch_size=batch_size),
+        noise_multiplier=noise_multiplier, max_grad_norm=spec.max_grad_norm,
+        poisson_sampling=True, grad_sample_mode=spec.grad_sample_mode, wrap_model=False,
+    )
+    total, seen, done = 0.0, 0, 0
+    try:
+        while done < steps:
+            for batch in loader:
+                if done == steps:
+                    break
+                batch = [t.to(device) for t in batch]
+                dp_optimizer.zero_grad(set_to_none=True)
+                if len(batch[0]) == 0:
+                    noise_only_step(dp_optimizer)
+                else:
+                    loss, _ = forward_loss(model, batch)
+                    loss.backward()
+                    dp_optimizer.step()
+                    total += loss.item() * len(batch[0])
+                    seen += len(batch[0])
+                done += 1
+    finally:
+        hooks.cleanup()  # the model is the client's for the next round: no hooks left behind
+        dp_optimizer.zero_grad(set_to_none=True)
+    return TrainResult(total / max(seen, 1), done, seen), list(engine.accountant.history)
+
+
+def noise_only_step(dp_optimizer) -> None:
+    """An empty Poisson batch: zero per-sample gradients, so the step adds only noise
+    and the accountant still counts it."""
+    for param in dp_optimizer.params:
+        param.grad_sample = torch.zeros((0, *param.shape), dtype=param.dtype, device=param.device)
+    dp_optimizer.step()
