@@ -20,7 +20,9 @@ from flwr.common.constant import ErrorCode
 from flwr.supercore import log
 
 from clients.data import client_data
+from clients.dp_training import dp_train_steps
 from clients.models import build_model, frozen_fingerprint, load_trainable, trainable_state
+from clients.privacy import PrivacyState, noise_for_budget, planned_rounds, sample_rate
 from clients.training import evaluate, make_optimizer, round_seed, train_steps
 from scenarios.loader import load_scenario
 from scenarios.schema import Scenario
@@ -36,7 +38,7 @@ def train(msg: Message, context: Context) -> Message:
     partition_id = int(context.node_config["partition-id"])
     try:
         scenario = scenario_of(context)
-        content = train_round(scenario, partition_id, msg.content)
+        content = train_round(scenario, partition_id, msg.content, context.state)
         return Message(content=content, reply_to=msg)
     except Exception as exc:  # noqa: BLE001 - every failure becomes a recorded error reply
         log(ERROR, "partition %d failed:\n%s", partition_id, traceback.format_exc())
@@ -89,8 +91,10 @@ def cached_fingerprint(model: torch.nn.Module, sent: frozenset[str]) -> str:
     return frozen_fingerprint(model, sent)  # those weights never change: hash them once
 
 
-def train_round(scenario: Scenario, partition_id: int, content: RecordDict) -> RecordDict:
-    """One round of local training; returns the reply's records."""
+def train_round(scenario: Scenario, partition_id: int, content: RecordDict,
+                node_state: RecordDict) -> RecordDict:
+    """One round of local training; returns the reply's records. `node_state` is the
+    node's context.state: it keeps the privacy ledger between rounds."""
     config = content[keys.CONFIG] if keys.CONFIG in content else ConfigRecord()
     server_round = int(config.get(keys.SERVER_ROUND, 0))
     device = pick_device()
@@ -110,15 +114,49 @@ def train_round(scenario: Scenario, partition_id: int, content: RecordDict) -> R
     torch.manual_seed(seed)  # dropout
     generator = torch.Generator().manual_seed(seed)
     fed = scenario.federation
-    result = train_steps(model, data.train, fed.local_steps, fed.batch_size,
-                         make_optimizer(model, fed.optimizer), generator, device)
+    who = ConfigRecord({keys.PARTITION_ID: partition_id, keys.DEVICE: str(device)})
+    optimizer = make_optimizer(model, fed.optimizer)
+    dp: dict[str, float] = {}
+    if scenario.privacy is None:
+        result = train_steps(model, data.train, fed.local_steps, fed.batch_size, optimizer,
+                             generator, device)
+    else:
+        spec, ledger = scenario.privacy, privacy_ledger(node_state, scenario, partition_id,
+                                                        len(data.train))
+        q = sample_rate(len(data.train), fed.batch_size)
+        if not ledger.can_train(spec, q, fed.local_steps):
+            metrics = {keys.NUM_EXAMPLES: len(data.train), keys.REFUSED: 1,
+                       keys.EPSILON: ledger.epsilon(spec)}
+            return RecordDict({keys.METRICS: MetricRecord(metrics), keys.CLIENT: who})
+        result, ledger.history = dp_train_steps(model, data.train, fed.local_steps,
+                                                fed.batch_size, optimizer, spec,
+                                                ledger.noise_multiplier, ledger.history, device)
+        node_state[keys.PRIVACY_STATE] = ConfigRecord(ledger.to_record())
+        dp = {keys.EPSILON: ledger.epsilon(spec), keys.NOISE_MULTIPLIER: ledger.noise_multiplier,
+              keys.SAMPLE_RATE: q, keys.DP_STEPS: result.steps}
     local = evaluate(model, data.local_eval, device)
     metrics = MetricRecord({
         keys.NUM_EXAMPLES: len(data.train),
         keys.TRAIN_LOSS: result.mean_loss,
         keys.LOCAL_EVAL_ACC: local.accuracy,
         keys.LOCAL_EVAL_LOSS: local.loss,
+        **dp,
     })
     arrays = ArrayRecord({k: v.cpu() for k, v in trainable_state(model).items()})
-    who = ConfigRecord({keys.PARTITION_ID: partition_id, keys.DEVICE: str(device)})
     return RecordDict({keys.ARRAYS: arrays, keys.METRICS: metrics, keys.CLIENT: who})
+
+
+def privacy_ledger(node_state: RecordDict, scenario: Scenario, partition_id: int,
+                   num_examples: int) -> PrivacyState:
+    """The node's ledger from context.state; on first use, sigma sized for the client's
+    whole planned participation (clients.privacy)."""
+    if keys.PRIVACY_STATE in node_state:
+        ledger = PrivacyState.from_record(dict(node_state[keys.PRIVACY_STATE]))
+        if ledger.partition_id != partition_id:
+            raise RuntimeError(f"this node's privacy ledger is partition {ledger.partition_id}'s, "
+                               f"not {partition_id}'s")
+        return ledger
+    fed = scenario.federation
+    q = sample_rate(num_examples, fed.batch_size)
+    steps = planned_rounds(scenario) * fed.local_steps
+    return PrivacyState(partition_id, noise_for_budget(scenario.privacy, q, steps))

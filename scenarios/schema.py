@@ -243,7 +243,7 @@ class PrivacySpec(Spec):
     """Per-sample DP-SGD (Opacus) for whatever the method trains, with one privacy budget
     per client for its whole participation in the scenario."""
 
-    target_epsilon: float = Field(..., gt=0, le=1000, description="Each client's total budget.")
+    target_epsilon: float = Field(..., gt=0, le=1e6, description="Each client's total budget.")
     delta: float = Field(1e-5, gt=0, lt=1, description="The delta of (epsilon, delta)-DP.")
     max_grad_norm: float = Field(1.0, gt=0, description="Per-sample gradient clipping norm C.")
     accountant: Literal["rdp", "prv"] = Field(

@@ -66,7 +66,7 @@ def cmd_validate(file: Path) -> int:
 
 
 def cmd_run(file: Path, runs_dir: Path | None, as_json: bool) -> int:
-    from server.progress import RoundProgress, rounds_table
+    from server.progress import RoundProgress, clients_table, rounds_table
     from server.runner import launch
     from server.store import MetricsStore
     from server.summary import build_summary
@@ -91,7 +91,10 @@ def cmd_run(file: Path, runs_dir: Path | None, as_json: bool) -> int:
         err.print(f"run {run_id}: failed to launch: {exc}", highlight=False)
         return EXIT_FAILED
     summary = build_summary(store, run_id)
-    (Console(stderr=True) if as_json else Console()).print(rounds_table(summary))
+    out = Console(stderr=True) if as_json else Console()
+    out.print(rounds_table(summary))
+    if scenario.privacy is not None or any(c["failures"] for c in summary["clients"].values()):
+        out.print(clients_table(summary))
     if summary["status"] != "completed":
         err.print(f"run {run_id}: {summary['status']}: {summary['message']}", highlight=False)
     for pid, client in summary["clients"].items():

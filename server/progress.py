@@ -58,3 +58,14 @@ def rounds_table(summary: dict[str, Any]) -> Table:
 
 def _fmt(value: Any, spec: str = ".4f") -> str:
     return "-" if value is None else format(value, spec)
+
+
+def clients_table(summary: dict[str, Any]) -> Table:
+    """Per client: rounds joined, failures, refusals and the epsilon spent (under DP)."""
+    table = Table(title="clients")
+    for column in ("partition", "rounds joined", "failures", "refusals", "epsilon spent"):
+        table.add_column(column, justify="right")
+    for pid, client in summary["clients"].items():
+        table.add_row(pid, str(len(client["rounds"])), str(client["failures"]),
+                      str(client.get("refusals", 0)), _fmt(client.get("epsilon"), ".3f"))
+    return table

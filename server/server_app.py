@@ -25,7 +25,7 @@ from scenarios.schema import Scenario
 from server.federation import PartitionOrderedGrid, discover_partitions, wait_for_nodes
 from server.store import MetricsStore
 from strategies import keys
-from strategies.recording import RecordedStrategy, best_effort
+from strategies.recording import BudgetExhausted, RecordedStrategy, best_effort
 from strategies.registry import build_strategy, trained_set
 
 app = ServerApp()
@@ -44,14 +44,17 @@ def main(grid: Grid, context: Context) -> None:
         store.create_run(run_id, scenario.name, scenario.model_dump(mode="json"),
                          str(scenario_path))
     store.set_status(run_id, "running")
+    message = None
     try:
         run_dir = runs_dir / run_id
         run_dir.mkdir(parents=True, exist_ok=True)
         run_scenario(grid, scenario, store, run_id, run_dir)
+    except BudgetExhausted as exc:
+        message = str(exc)  # a planned end under DP, not a failure
     except BaseException as exc:
         store.set_status(run_id, "failed", f"{type(exc).__name__}: {exc}")
         raise
-    store.set_status(run_id, "completed")
+    store.set_status(run_id, "completed", message)
 
 
 def run_scenario(grid: Grid, scenario: Scenario, store: MetricsStore, run_id: str,
@@ -67,7 +70,8 @@ def run_scenario(grid: Grid, scenario: Scenario, store: MetricsStore, run_id: st
     device = pick_device()
     model = build_model(scenario.model, num_labels, scenario.seed,
                         trained_set(scenario.strategy.name), device)
-    strategy = RecordedStrategy(build_strategy(scenario), store, run_id, task=0)
+    strategy = RecordedStrategy(build_strategy(scenario), store, run_id, task=0,
+                                num_clients=fed.num_clients)
     initial = global_state(model)
     train_config = ConfigRecord({keys.TASK_ID: 0,
                                  keys.FROZEN_FINGERPRINT: frozen_fingerprint(model, frozenset(initial))})

@@ -2,7 +2,7 @@
 
 Shape (DESIGN.md, Interfaces): {"run_id", "status", "message", "rounds": [{"round",
 "task", "train", "eval"}], "clients": {"<partition-id>": {"rounds", "failures",
-...last metrics}}, "tasks": {}}. Sections that do not apply are empty.
+"refusals", "epsilon", "last"}}, "tasks": {}}. Sections that do not apply are empty.
 """
 
 from __future__ import annotations
@@ -19,12 +19,19 @@ def build_summary(store: MetricsStore, run_id: str) -> dict[str, Any]:
         raise KeyError(f"no run {run_id!r} in {store.path}")
     clients: dict[str, dict[str, Any]] = {}
     for row in store.client_rounds(run_id):
-        entry = clients.setdefault(str(row["partition_id"]), {"rounds": [], "failures": 0})
-        entry["rounds"].append(row["round"])
-        entry["last"] = row["metrics"]
+        entry = clients.setdefault(str(row["partition_id"]),
+                                   {"rounds": [], "failures": 0, "refusals": 0})
+        metrics = row["metrics"]
+        if metrics.get("refused"):
+            entry["refusals"] += 1  # a DP client that would have passed its budget
+        else:
+            entry["rounds"].append(row["round"])
+            entry["last"] = metrics
+        if "epsilon" in metrics:
+            entry["epsilon"] = metrics["epsilon"]  # spent so far, from its accountant
     for failure in store.failures(run_id):
         key = str(failure["partition_id"]) if failure["partition_id"] is not None else "unknown"
-        entry = clients.setdefault(key, {"rounds": [], "failures": 0})
+        entry = clients.setdefault(key, {"rounds": [], "failures": 0, "refusals": 0})
         entry["failures"] += 1
         entry.setdefault("reasons", []).append(failure["reason"])
     return {

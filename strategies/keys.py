@@ -20,6 +20,17 @@ TRAIN_LOSS = "train-loss"
 LOCAL_EVAL_ACC = "local-eval-acc"
 LOCAL_EVAL_LOSS = "local-eval-loss"
 
+# DP-SGD clients (clients.privacy): spent budget and the accountant's inputs; a client
+# whose next round would pass its budget replies with REFUSED = 1 and trains nothing.
+EPSILON = "epsilon"
+NOISE_MULTIPLIER = "noise-multiplier"
+SAMPLE_RATE = "sample-rate"
+DP_STEPS = "dp-steps"
+REFUSED = "refused"
+
+# context.state of a client node: its privacy ledger (clients.privacy.PrivacyState).
+PRIVACY_STATE = "privacy"
+
 # ConfigRecord "client" of a reply: who replied, on what. Not averaged.
 PARTITION_ID = "partition-id"
 DEVICE = "device"

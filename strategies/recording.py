@@ -39,13 +39,19 @@ class AllClientsFailed(RuntimeError):
     """No client of a round replied with a result."""
 
 
+class BudgetExhausted(RuntimeError):
+    """Every client has refused to train: their privacy budgets are spent. The run ends."""
+
+
 class RecordedStrategy(Strategy):
     """Delegates to `inner`; records round `round_offset + server_round` of task `task`."""
 
     def __init__(self, inner: Strategy, store: RoundRecorder, run_id: str,
-                 task: int = 0, round_offset: int = 0) -> None:
+                 task: int = 0, round_offset: int = 0, num_clients: int | None = None) -> None:
         self.inner, self.store, self.run_id = inner, store, run_id
         self.task, self.round_offset = task, round_offset
+        self.num_clients = num_clients
+        self.out_of_budget: set[int] = set()  # partitions that refused: they stay refused
 
     def global_round(self, server_round: int) -> int:
         return self.round_offset + server_round
@@ -63,14 +69,21 @@ class RecordedStrategy(Strategy):
         round_ = self.global_round(server_round)
         per_client, failures = split_replies(replies)
         best_effort(self.store.record_clients, self.run_id, round_, per_client, failures)
+        refused = {p for p, m in per_client.items() if m.get(keys.REFUSED)}
+        self.out_of_budget |= refused
         if not per_client:
             reasons = "; ".join(r for _, _, r in failures) or "no replies before the timeout"
             raise AllClientsFailed(f"round {round_}: every client failed: {reasons}")
-        arrays, metrics = self.inner.aggregate_train(server_round, replies)
+        trained = [m for m in replies if not m.has_error() and not is_refusal(m)]
+        arrays, metrics = (self.inner.aggregate_train(server_round, trained) if trained
+                           else (None, None))  # nobody trained: the global model stays
         train = dict(metrics) if metrics is not None else {}
-        train["clients"] = len(per_client)
-        train["failures"] = len(failures)
+        train.update(clients=len(trained), failures=len(failures), refusals=len(refused))
         best_effort(self.store.record_round, self.run_id, round_, self.task, train=train)
+        if self.num_clients is not None and len(self.out_of_budget) >= self.num_clients:
+            raise BudgetExhausted(
+                f"stopped after round {round_}: all {self.num_clients} clients have spent their "
+                "privacy budget (each refuses a round that would pass its target epsilon)")
         return arrays, metrics
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -89,6 +102,12 @@ def best_effort(write, *args, **kwargs) -> None:
         write(*args, **kwargs)
     except Exception as exc:  # noqa: BLE001 - any store error is only logged
         log(WARNING, "metrics store write failed (%s): %s", write.__name__, exc)
+
+
+def is_refusal(msg: Message) -> bool:
+    """A DP client that would pass its budget replies with `refused` = 1 and no arrays."""
+    metrics = next(iter(msg.content.metric_records.values()), MetricRecord())
+    return bool(metrics.get(keys.REFUSED, 0))
 
 
 def split_replies(replies: list[Message],

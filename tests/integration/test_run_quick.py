@@ -167,3 +167,28 @@ def test_a_rotates_under_fedsvd_and_never_under_ffa_lora(tmp_path, runs_dir, str
             torch.testing.assert_close(final[n] @ final[n].T, eye, rtol=0, atol=1e-5)
     else:
         assert not any(a_changed)
+
+
+def test_dp_run_reports_epsilon_that_opacus_recomputes(tmp_path, runs_dir) -> None:
+    """DP-SGD through Flower: each client's epsilon grows round by round (its ledger
+    survives in context.state) and equals Opacus's accountant over its own history."""
+    from clients.privacy import epsilon_of
+
+    doc = yaml.safe_load((ROOT / "scenarios" / "quick.yaml").read_text())
+    doc["strategy"] = {"name": "fedsvd"}
+    doc["federation"].update(rounds=2, local_steps=5)
+    doc["privacy"] = {"target_epsilon": 8.0, "delta": 1e-5, "max_grad_norm": 1.0}
+    path = tmp_path / "dp.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    done = run_orthofed("run", str(path), "--runs-dir", str(runs_dir), "--json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    run_id = last_json_line(done.stdout)["run_id"]
+    rows = MetricsStore.in_dir(runs_dir).client_rounds(run_id)
+    assert len(rows) == 3 * 2
+    for partition in range(3):
+        mine = [r["metrics"] for r in rows if r["partition_id"] == partition]
+        history = [(m["noise-multiplier"], m["sample-rate"], int(m["dp-steps"])) for m in mine]
+        spent = [m["epsilon"] for m in mine]
+        assert spent[0] < spent[1] <= 8.0
+        assert spent[1] == pytest.approx(epsilon_of(history, 1e-5, "rdp"), rel=1e-9)
+        assert spent[0] == pytest.approx(epsilon_of(history[:1], 1e-5, "rdp"), rel=1e-9)

@@ -33,3 +33,12 @@ def train_reply(node_id: int, partition_id: int, arrays: dict[str, np.ndarray],
 
 def error_reply(node_id: int, reason: str) -> Message:
     return Message(Error(code=1, reason=reason), reply_to=instruction(node_id))
+
+
+def refusal_reply(node_id: int, partition_id: int, epsilon: float) -> Message:
+    """A DP client's reply when its next round would pass its privacy budget."""
+    content = RecordDict({
+        keys.METRICS: MetricRecord({keys.NUM_EXAMPLES: 10, keys.REFUSED: 1, keys.EPSILON: epsilon}),
+        keys.CLIENT: ConfigRecord({keys.PARTITION_ID: partition_id, keys.DEVICE: "cpu"}),
+    })
+    return Message(content, reply_to=instruction(node_id))

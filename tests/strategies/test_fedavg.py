@@ -9,10 +9,10 @@ from scenarios.loader import load_scenario
 from strategies import keys
 from strategies.fedavg import FedAvgFull
 from strategies.fedavg_lora import FedAvgLora
-from strategies.recording import AllClientsFailed, RecordedStrategy
+from strategies.recording import AllClientsFailed, BudgetExhausted, RecordedStrategy
 from strategies.registry import build_strategy, strategy_class, trained_set
 from tests.conftest import ROOT
-from tests.strategies.replies import error_reply, train_reply
+from tests.strategies.replies import error_reply, refusal_reply, train_reply
 
 
 def test_weighted_mean_of_every_trained_tensor() -> None:
@@ -93,3 +93,25 @@ def test_a_store_outage_does_not_stop_training() -> None:
     strategy = RecordedStrategy(FedAvgLora(), FakeStore(broken=True), "run-1")
     arrays, _ = strategy.aggregate_train(1, [train_reply(1, 0, {"w": np.zeros(2)}, 5)])
     assert arrays is not None
+
+
+def test_refusals_are_recorded_and_left_out_of_the_average() -> None:
+    store = FakeStore()
+    strategy = RecordedStrategy(FedAvgLora(), store, "run-1", num_clients=3)
+    replies = [train_reply(1, 0, {"w": np.full(2, 4.0)}, 10, **{keys.EPSILON: 2.0}),
+               refusal_reply(2, 1, epsilon=5.9)]
+    arrays, metrics = strategy.aggregate_train(1, replies)
+    np.testing.assert_array_equal(arrays["w"].numpy(), np.full(2, 4.0))  # only the trainer
+    per_client = store.clients[0][2]
+    assert per_client[1][keys.REFUSED] == 1 and per_client[1][keys.EPSILON] == 5.9
+    train = store.rounds[0][3]
+    assert (train["clients"], train["refusals"], train["failures"]) == (1, 1, 0)
+
+
+def test_the_run_ends_when_every_client_has_refused() -> None:
+    store = FakeStore()
+    strategy = RecordedStrategy(FedAvgLora(), store, "run-1", num_clients=2)
+    arrays, _ = strategy.aggregate_train(1, [refusal_reply(1, 0, 6.0)])
+    assert arrays is None  # nobody trained: the global model stays as it was
+    with pytest.raises(BudgetExhausted, match="all 2 clients have spent their privacy budget"):
+        strategy.aggregate_train(2, [refusal_reply(2, 1, 6.0)])

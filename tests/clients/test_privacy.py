@@ -1,0 +1,143 @@
+"""DP-SGD accounting against Opacus's own accountants, and the DP training loop."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from opacus.accountants import PRVAccountant, RDPAccountant
+from torch.utils.data import TensorDataset
+
+from clients.dp_training import dp_train_steps
+from clients.models import build_model, trainable_state
+from clients.privacy import PrivacyState, epsilon_of, noise_for_budget, planned_rounds, sample_rate
+from clients.training import make_optimizer
+from scenarios.loader import load_scenario
+from scenarios.schema import OptimizerSpec, PrivacySpec
+from tests.conftest import ROOT
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize("name, oracle", [("rdp", RDPAccountant), ("prv", PRVAccountant)])
+def test_epsilon_matches_an_accountant_stepped_one_step_at_a_time(name, oracle) -> None:
+    history = [(1.1, 0.05, 40), (1.1, 0.05, 40), (1.1, 0.08, 25)]
+    acc = oracle()
+    for sigma, q, steps in history:
+        for _ in range(steps):  # what Opacus's optimizer hook does after every step
+            acc.step(noise_multiplier=sigma, sample_rate=q)
+    assert epsilon_of(history, 1e-5, name) == pytest.approx(acc.get_epsilon(1e-5), rel=1e-6)
+
+
+def test_sizing_for_the_whole_participation_stays_within_budget() -> None:
+    """PRIVACY_AND_MODELS.md's example: q = 0.1, 20 steps a round, 5 rounds, eps 6."""
+    spec = PrivacySpec(target_epsilon=6.0, delta=1e-5)
+    q, per_round, rounds = 0.1, 20, 5
+    sigma = noise_for_budget(spec, q, per_round * rounds)
+    ledger = PrivacyState(0, sigma)
+    spent = []
+    for _ in range(rounds):
+        assert ledger.can_train(spec, q, per_round)
+        ledger.history.append((sigma, q, per_round))
+        spent.append(ledger.epsilon(spec))
+    assert spent == sorted(spent) and spent[-1] <= 6.0 and spent[-1] > 5.9
+    assert not ledger.can_train(spec, q, per_round)  # a sixth round would pass the target
+    # The naive way: sigma sized for ONE round, reused every round, ends far over budget.
+    naive = noise_for_budget(spec, q, per_round)
+    naive_eps = epsilon_of([(naive, q, per_round)] * rounds, spec.delta, "rdp")
+    assert naive < sigma and naive_eps > 1.5 * spec.target_epsilon
+
+
+def test_ledger_round_trips_through_a_record() -> None:
+    ledger = PrivacyState(3, 1.25, [(1.25, 0.01, 10), (1.25, 0.02, 10)])
+    assert PrivacyState.from_record(ledger.to_record()) == ledger
+
+
+def test_planned_rounds_and_sample_rate() -> None:
+    scenario = load_scenario(ROOT / "scenarios" / "agnews-fedavg-lora.yaml")
+    assert planned_rounds(scenario) == 5  # 10 rounds x 3 of 6 clients
+    assert sample_rate(100, 32) == 1 / 4  # 1 / len(DataLoader), as Opacus takes it
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    scenario = load_scenario(ROOT / "scenarios" / "quick.yaml")
+    from clients.data import client_data
+    return scenario, client_data(scenario, 0)
+
+
+def no_dropout(model: torch.nn.Module) -> torch.nn.Module:
+    """Dropout off, so one-sample-at-a-time backward passes are an exact oracle."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    return model
+
+
+def first(data: TensorDataset, n: int) -> TensorDataset:
+    return TensorDataset(*[t[:n] for t in data.tensors])
+
+
+@pytest.mark.parametrize("trains", ["lora-b", "full"])
+def test_without_noise_or_clipping_dp_sgd_is_plain_sgd(tiny, trains) -> None:
+    """sigma = 0, C = inf, q = 1 (batch >= data): the DP step must be the plain step."""
+    scenario, data = tiny
+    batch, sgd = first(data.train, 16), OptimizerSpec(name="sgd", lr=0.1)
+    plain = no_dropout(build_model(scenario.model, 3, 0, trains))
+    from clients.training import train_steps
+    train_steps(plain, batch, 1, 16, make_optimizer(plain, sgd), torch.Generator(), CPU)
+    private = no_dropout(build_model(scenario.model, 3, 0, trains))
+    frozen = {n: p.detach().clone() for n, p in private.named_parameters() if not p.requires_grad}
+    spec = PrivacySpec(target_epsilon=1.0, max_grad_norm=1e9)
+    dp_train_steps(private, batch, 1, 16, make_optimizer(private, sgd), spec, 0.0, [], CPU)
+    want, got = trainable_state(plain), trainable_state(private)
+    start = trainable_state(build_model(scenario.model, 3, 0, trains))
+    assert any(not torch.equal(want[n], start[n]) for n in want)  # the step did something
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=0, atol=1e-7)
+    for name, param in private.named_parameters():
+        if not param.requires_grad:
+            assert torch.equal(param, frozen[name]), f"frozen {name} changed"
+    assert all(getattr(p, "grad_sample", None) is None for p in private.parameters())
+    assert not any(m._forward_hooks or m._backward_hooks for m in private.modules())
+
+
+def test_per_sample_clipping_matches_one_sample_at_a_time(tiny) -> None:
+    """sigma = 0, q = 1, small C: the update is -lr * mean_i clip_C(g_i), with each g_i
+    from its own backward pass (the oracle)."""
+    from clients.training import forward_loss
+
+    scenario, data = tiny
+    batch, clip, lr = first(data.train, 4), 1e-3, 1.0
+    oracle = no_dropout(build_model(scenario.model, 3, 0, "lora-b")).train()
+    params = {n: p for n, p in oracle.named_parameters() if p.requires_grad}
+    update = {n: torch.zeros_like(p) for n, p in params.items()}
+    for i in range(4):
+        oracle.zero_grad()
+        forward_loss(oracle, [t[i:i + 1] for t in batch.tensors])[0].backward()
+        norm = torch.sqrt(sum(p.grad.pow(2).sum() for p in params.values()))
+        assert norm > clip  # so clipping really acts
+        for n, p in params.items():
+            update[n] -= lr * p.grad * min(1.0, clip / norm.item()) / 4
+    private = no_dropout(build_model(scenario.model, 3, 0, "lora-b"))
+    start = trainable_state(private)
+    spec = PrivacySpec(target_epsilon=1.0, max_grad_norm=clip)
+    dp_train_steps(private, batch, 1, 4, make_optimizer(private, OptimizerSpec(name="sgd", lr=lr)),
+                   spec, 0.0, [], CPU)
+    scale = max(u.abs().max().item() for u in update.values())
+    assert scale > 1e-5
+    for name, value in trainable_state(private).items():  # float32: agree to ~1e-4 of the step
+        torch.testing.assert_close(value - start[name], update[name], rtol=1e-3, atol=1e-4 * scale)
+
+
+def test_empty_poisson_batches_are_counted_noise_only_steps(tiny) -> None:
+    scenario, data = tiny
+    few = TensorDataset(*[t[:3] for t in data.train.tensors])  # q = 1/3: empty batches happen
+    torch.manual_seed(0)
+    model = build_model(scenario.model, 3, 0, "lora-b")
+    before = trainable_state(model)
+    spec = PrivacySpec(target_epsilon=1000.0)
+    result, history = dp_train_steps(model, few, 30, 1, make_optimizer(model, OptimizerSpec()),
+                                     spec, 0.5, [], CPU)
+    assert history == [(0.5, 1 / 3, 30)]  # every step counted, the empty ones too
+    assert result.steps == 30 and result.examples_seen < 30  # some batches were empty
+    assert any(not torch.equal(v, before[n]) for n, v in trainable_state(model).items())
