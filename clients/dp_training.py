@@ -10,13 +10,15 @@ returns the accountant history with the new steps.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from opacus import PrivacyEngine
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from clients.privacy import Step
-from clients.training import TrainResult, forward_loss
+from clients.training import TrainResult, run_steps
 from scenarios.schema import PrivacySpec
 
 
@@ -37,27 +39,19 @@ def dp_train_steps(model: nn.Module, data: TensorDataset, steps: int, batch_size
         noise_multiplier=noise_multiplier, max_grad_norm=spec.max_grad_norm,
         poisson_sampling=True, grad_sample_mode=spec.grad_sample_mode, wrap_model=False,
     )
-    total, seen, done = 0.0, 0, 0
     try:
-        while done < steps:
-            for batch in loader:
-                if done == steps:
-                    break
-                batch = [t.to(device) for t in batch]
-                dp_optimizer.zero_grad(set_to_none=True)
-                if len(batch[0]) == 0:
-                    noise_only_step(dp_optimizer)
-                else:
-                    loss, _ = forward_loss(model, batch)
-                    loss.backward()
-                    dp_optimizer.step()
-                    total += loss.item() * len(batch[0])
-                    seen += len(batch[0])
-                done += 1
+        result = run_steps(model, forever(loader), steps, dp_optimizer, device,
+                           empty_step=noise_only_step)
     finally:
         hooks.cleanup()  # the model is the client's for the next round: no hooks left behind
         dp_optimizer.zero_grad(set_to_none=True)
-    return TrainResult(total / max(seen, 1), done, seen), list(engine.accountant.history)
+    return result, list(engine.accountant.history)
+
+
+def forever(loader: DataLoader) -> Iterator[list[torch.Tensor]]:
+    """Poisson batches, epoch after epoch (each batch is an independent draw)."""
+    while True:
+        yield from loader
 
 
 def noise_only_step(dp_optimizer) -> None:

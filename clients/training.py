@@ -6,6 +6,7 @@ wrappers (DP-SGD, OSFT projection) hook into the same loop.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,24 +56,38 @@ class TrainResult:
 def train_steps(model: nn.Module, data: TensorDataset, steps: int, batch_size: int,
                 optimizer: torch.optim.Optimizer, generator: torch.Generator,
                 device: torch.device) -> TrainResult:
-    """Run exactly `steps` optimizer steps on batches drawn with replacement across epochs."""
+    """Run exactly `steps` optimizer steps on batches drawn without replacement, epoch
+    after epoch (RandomSampler with num_samples = steps * batch_size)."""
     sampler = RandomSampler(data, replacement=False, num_samples=steps * batch_size,
                             generator=generator)
-    loader = DataLoader(data, batch_size=batch_size, sampler=sampler, drop_last=False)
+    return run_steps(model, iter(DataLoader(data, batch_size=batch_size, sampler=sampler)),
+                     steps, optimizer, device)
+
+
+def run_steps(model: nn.Module, batches: Iterator[list[torch.Tensor]], steps: int,
+              optimizer: torch.optim.Optimizer, device: torch.device,
+              empty_step: Callable[[torch.optim.Optimizer], None] | None = None) -> TrainResult:
+    """The loop every trainer shares: `steps` times, forward, backward, step.
+
+    `empty_step` handles a batch with no examples (Poisson sampling makes them; DP-SGD
+    must still take, and count, a step).
+    """
     model.train()
-    total, seen, done = 0.0, 0, 0
-    for batch in loader:
-        if done == steps:
-            break
-        batch = [t.to(device) for t in batch]
+    total, seen = 0.0, 0
+    for _ in range(steps):
+        batch = [t.to(device) for t in next(batches)]
         optimizer.zero_grad(set_to_none=True)
+        if len(batch[0]) == 0:
+            if empty_step is None:
+                raise ValueError("an empty batch, and no way to step on one")
+            empty_step(optimizer)
+            continue
         loss, _ = forward_loss(model, batch)
         loss.backward()
         optimizer.step()
         total += loss.item() * len(batch[0])
         seen += len(batch[0])
-        done += 1
-    return TrainResult(mean_loss=total / max(seen, 1), steps=done, examples_seen=seen)
+    return TrainResult(mean_loss=total / max(seen, 1), steps=steps, examples_seen=seen)
 
 
 @dataclass(frozen=True)
