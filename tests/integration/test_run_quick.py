@@ -169,13 +169,15 @@ def test_a_rotates_under_fedsvd_and_never_under_ffa_lora(tmp_path, runs_dir, str
         assert not any(a_changed)
 
 
-def test_dp_run_reports_epsilon_that_opacus_recomputes(tmp_path, runs_dir) -> None:
-    """DP-SGD through Flower: each client's epsilon grows round by round (its ledger
-    survives in context.state) and equals Opacus's accountant over its own history."""
+@pytest.mark.parametrize("strategy", ["fedsvd", "ffa-lora", "fedavg-lora", "fedavg"])
+def test_dp_run_reports_epsilon_that_opacus_recomputes(tmp_path, runs_dir, strategy) -> None:
+    """DP-SGD through Flower with each strategy: each client's epsilon grows round by
+    round (its ledger survives in context.state) and equals Opacus's accountant over its
+    own history."""
     from clients.privacy import epsilon_of
 
     doc = yaml.safe_load((ROOT / "scenarios" / "quick.yaml").read_text())
-    doc["strategy"] = {"name": "fedsvd"}
+    doc["strategy"] = {"name": strategy}
     doc["federation"].update(rounds=2, local_steps=5)
     doc["privacy"] = {"target_epsilon": 8.0, "delta": 1e-5, "max_grad_norm": 1.0}
     path = tmp_path / "dp.yaml"
