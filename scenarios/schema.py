@@ -249,9 +249,10 @@ class PrivacySpec(Spec):
     accountant: Literal["rdp", "prv"] = Field(
         "rdp", description="Opacus accountant: 'rdp' (Renyi DP) or 'prv' (tighter, numerical)."
     )
-    grad_sample_mode: Literal["hooks", "functorch", "ew"] = Field(
-        "hooks", description="How Opacus computes per-sample gradients; 'hooks' works for BERT "
-        "and Llama, LoRA and full fine-tuning (ew fails on Llama's RMSNorm)."
+    grad_sample_mode: Literal["hooks", "functorch"] = Field(
+        "hooks", description="How Opacus computes per-sample gradients; both work for BERT and "
+        "Llama, LoRA and full fine-tuning. (Opacus's 'ew' and 'ghost' need a wrapped model; "
+        "clients keep theirs unwrapped between rounds.)"
     )
 
 
