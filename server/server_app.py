@@ -87,10 +87,14 @@ def run_scenario(grid: Grid, scenario: Scenario, store: MetricsStore, run_id: st
                     strategy.task, eval=metrics)
         return MetricRecord(metrics)
 
-    random.seed(scenario.seed)  # FedAvg samples clients with `random`, nodes in partition order
-    result = strategy.start(grid=grid, initial_arrays=ArrayRecord(initial),
-                            num_rounds=fed.rounds, timeout=fed.round_timeout,
-                            train_config=train_config, evaluate_fn=evaluate_global)
     # The server-owned tensors before and after: the trained adapter (or model), to keep.
     torch.save(initial, run_dir / "global-initial.pt")
-    torch.save(result.arrays.to_torch_state_dict(), run_dir / "global-final.pt")
+    random.seed(scenario.seed)  # FedAvg samples clients with `random`, nodes in partition order
+    try:
+        strategy.start(grid=grid, initial_arrays=ArrayRecord(initial), num_rounds=fed.rounds,
+                       timeout=fed.round_timeout, train_config=train_config,
+                       evaluate_fn=evaluate_global)
+    finally:  # also when the run ends early (budget spent, a round failed)
+        final = strategy.latest_arrays
+        torch.save(final.to_torch_state_dict() if final is not None else initial,
+                   run_dir / "global-final.pt")

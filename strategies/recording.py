@@ -52,6 +52,7 @@ class RecordedStrategy(Strategy):
         self.task, self.round_offset = task, round_offset
         self.num_clients = num_clients
         self.out_of_budget: set[int] = set()  # partitions that refused: they stay refused
+        self.latest_arrays: ArrayRecord | None = None  # the newest global model
 
     def global_round(self, server_round: int) -> int:
         return self.round_offset + server_round
@@ -77,6 +78,7 @@ class RecordedStrategy(Strategy):
         trained = [m for m in replies if not m.has_error() and not is_refusal(m)]
         arrays, metrics = (self.inner.aggregate_train(server_round, trained) if trained
                            else (None, None))  # nobody trained: the global model stays
+        self.latest_arrays = arrays if arrays is not None else self.latest_arrays
         train = dict(metrics) if metrics is not None else {}
         train.update(clients=len(trained), failures=len(failures), refusals=len(refused))
         best_effort(self.store.record_round, self.run_id, round_, self.task, train=train)
