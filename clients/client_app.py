@@ -11,20 +11,33 @@ from __future__ import annotations
 import functools
 import traceback
 from logging import ERROR
-from pathlib import Path
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 from flwr.supercore import log
 
 from clients.data import client_data
 from clients.dp_training import dp_train_steps
-from clients.models import build_model, frozen_fingerprint, load_trainable, trainable_state
+from clients.models import (
+    build_model,
+    frozen_fingerprint,
+    load_trainable,
+    pick_device,
+    trainable_state,
+)
 from clients.privacy import PrivacyState, noise_for_budget, planned_rounds, sample_rate
 from clients.training import evaluate, make_optimizer, round_seed, train_steps
-from scenarios.loader import load_scenario
+from scenarios.loader import load_scenario, resolve_scenario_path
 from scenarios.schema import Scenario
 from strategies import keys
 from strategies.registry import trained_set
@@ -62,20 +75,6 @@ def scenario_of(context: Context) -> Scenario:
 @functools.lru_cache(maxsize=4)
 def cached_scenario(path: str) -> Scenario:
     return load_scenario(path)
-
-
-def resolve_scenario_path(path: str) -> Path:
-    """Absolute as given; else relative to the working directory, else to the app folder
-    (Flower runs apps from an unpacked copy of the project, which has scenarios/)."""
-    candidate = Path(path)
-    if candidate.is_absolute() or candidate.exists():
-        return candidate.resolve()
-    return Path(__file__).resolve().parents[1] / candidate
-
-
-def pick_device() -> torch.device:
-    """The GPU the node was given (CUDA_VISIBLE_DEVICES), else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @functools.lru_cache(maxsize=2)

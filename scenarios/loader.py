@@ -7,11 +7,11 @@ file sees all of its problems at once, each named by its path (`strategy.rank: .
 
 from __future__ import annotations
 
-import tomllib
 import typing
 from pathlib import Path
 from typing import Any
 
+import tomllib
 import yaml
 from pydantic import ValidationError
 
@@ -130,3 +130,12 @@ def resolve_paths(scenario: Scenario, base: Path) -> Scenario:
         )
     data = scenario.data.model_copy(update={"source": source})
     return scenario.model_copy(update={"data": data})
+
+
+def resolve_scenario_path(path: str) -> Path:
+    """Absolute as given; else relative to the working directory, else to the project
+    folder (Flower runs apps from an unpacked copy of the project, which has scenarios/)."""
+    candidate = Path(path)
+    if candidate.is_absolute() or candidate.exists():
+        return candidate.resolve()
+    return Path(__file__).resolve().parents[1] / candidate

@@ -16,11 +16,16 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
-from clients.client_app import pick_device, resolve_scenario_path
 from clients.data import cached_task, server_test_set
-from clients.models import build_model, frozen_fingerprint, global_state, load_trainable
+from clients.models import (
+    build_model,
+    frozen_fingerprint,
+    global_state,
+    load_trainable,
+    pick_device,
+)
 from clients.training import evaluate
-from scenarios.loader import load_scenario
+from scenarios.loader import load_scenario, resolve_scenario_path
 from scenarios.schema import Scenario
 from server.federation import PartitionOrderedGrid, discover_partitions, wait_for_nodes
 from server.store import MetricsStore

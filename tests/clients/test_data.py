@@ -11,7 +11,7 @@ from clients.data import client_data, load_task, partition, stratified_split, to
 from clients.models import build_tokenizer
 from clients.synthetic import make_examples
 from scenarios.loader import load_scenario
-from tests.conftest import ROOT, SHARED_DATA, needs_shared_data
+from tests.conftest import SHARED_DATA, needs_shared_data
 
 
 def test_generated_data_is_seeded_and_balanced() -> None:

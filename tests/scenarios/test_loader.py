@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,7 @@ import yaml
 from scenarios.checks import check_scenario
 from scenarios.loader import ScenarioError, load_scenario
 from scenarios.schema import Scenario
-from tests.conftest import ROOT, needs_shared_data
+from tests.conftest import ROOT
 
 SHIPPED = sorted((ROOT / "scenarios").glob("*.yaml"))
 
