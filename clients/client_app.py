@@ -26,8 +26,9 @@ from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 from flwr.supercore import log
 
-from clients.data import client_data
+from clients.data import client_data, label_counts
 from clients.dp_training import dp_train_steps
+from clients.heads import activate_task
 from clients.models import (
     build_model,
     frozen_fingerprint,
@@ -35,10 +36,12 @@ from clients.models import (
     pick_device,
     trainable_state,
 )
+from clients.osft_training import projected_updates, unpack_bases
 from clients.privacy import PrivacyState, noise_for_budget, planned_rounds, sample_rate
 from clients.training import evaluate, make_optimizer, round_seed, train_steps
 from scenarios.loader import load_scenario, resolve_scenario_path
 from scenarios.schema import Scenario
+from scenarios.stream import task_plans
 from strategies import keys
 from strategies.registry import trained_set
 
@@ -78,11 +81,13 @@ def cached_scenario(path: str) -> Scenario:
 
 
 @functools.lru_cache(maxsize=2)
-def cached_model(scenario: Scenario, num_labels: int, device: str) -> torch.nn.Module:
+def cached_model(scenario: Scenario, device: str) -> torch.nn.Module:
     """The client's model, built once per process; each round overwrites every tensor the
-    server owns with the global values, so reuse is safe."""
-    return build_model(scenario.model, num_labels, scenario.seed,
-                       trained_set(scenario.strategy.name), device)
+    server owns with the global values, so reuse is safe. A stream gets a head per task."""
+    counts = label_counts(scenario)
+    return build_model(scenario.model, counts[0], scenario.seed,
+                       trained_set(scenario.strategy.name), device,
+                       label_counts=counts if scenario.stream is not None else None)
 
 
 @functools.lru_cache(maxsize=8)
@@ -93,21 +98,27 @@ def cached_fingerprint(model: torch.nn.Module, sent: frozenset[str]) -> str:
 def train_round(scenario: Scenario, partition_id: int, content: RecordDict,
                 node_state: RecordDict) -> RecordDict:
     """One round of local training; returns the reply's records. `node_state` is the
-    node's context.state: it keeps the privacy ledger between rounds."""
+    node's context.state: it keeps the privacy ledger between rounds (and tasks)."""
     config = content[keys.CONFIG] if keys.CONFIG in content else ConfigRecord()
     server_round = int(config.get(keys.SERVER_ROUND, 0))
+    task_id = int(config.get(keys.TASK_ID, 0))
     device = pick_device()
-    data = client_data(scenario, partition_id)
-    model = cached_model(scenario, data.num_labels, str(device))
+    data = client_data(scenario, partition_id, task_id)
+    model = cached_model(scenario, str(device))
+    activate_task(model, task_id)
     received = content[keys.ARRAYS].to_torch_state_dict()
-    fingerprint = cached_fingerprint(model, frozenset(received))
+    base = (content[keys.BASE_WEIGHTS].to_torch_state_dict()
+            if keys.BASE_WEIGHTS in content else {})
+    fingerprint = cached_fingerprint(model, frozenset(received) | frozenset(base))
     expected = config.get(keys.FROZEN_FINGERPRINT)
     if expected is not None and expected != fingerprint:
         raise RuntimeError(
             f"frozen weights differ from the server's (fingerprint {fingerprint} != {expected}): "
             "the model files or library versions differ between server and client"
         )
+    load_trainable(model, base)  # a LoRA stream: earlier tasks' adapters folded in
     load_trainable(model, received)
+    bases = unpack_bases(content[keys.OSFT_BASES]) if keys.OSFT_BASES in content else {}
 
     seed = round_seed(scenario.seed, server_round, partition_id)
     torch.manual_seed(seed)  # dropout
@@ -116,23 +127,25 @@ def train_round(scenario: Scenario, partition_id: int, content: RecordDict,
     who = ConfigRecord({keys.PARTITION_ID: partition_id, keys.DEVICE: str(device)})
     optimizer = make_optimizer(model, fed.optimizer)
     dp: dict[str, float] = {}
-    if scenario.privacy is None:
-        result = train_steps(model, data.train, fed.local_steps, fed.batch_size, optimizer,
-                             generator, device)
-    else:
-        spec, ledger = scenario.privacy, privacy_ledger(node_state, scenario, partition_id,
-                                                        len(data.train))
-        q = sample_rate(len(data.train), fed.batch_size)
-        if not ledger.can_train(spec, q, fed.local_steps):
-            metrics = {keys.NUM_EXAMPLES: len(data.train), keys.REFUSED: 1,
-                       keys.EPSILON: ledger.epsilon(spec)}
-            return RecordDict({keys.METRICS: MetricRecord(metrics), keys.CLIENT: who})
-        result, ledger.history = dp_train_steps(model, data.train, fed.local_steps,
-                                                fed.batch_size, optimizer, spec,
-                                                ledger.noise_multiplier, ledger.history, device)
-        node_state[keys.PRIVACY_STATE] = ConfigRecord(ledger.to_record())
-        dp = {keys.EPSILON: ledger.epsilon(spec), keys.NOISE_MULTIPLIER: ledger.noise_multiplier,
-              keys.SAMPLE_RATE: q, keys.DP_STEPS: result.steps}
+    with projected_updates(model, optimizer, bases):  # OSFT; a no-op without bases
+        if scenario.privacy is None:
+            result = train_steps(model, data.train, fed.local_steps, fed.batch_size, optimizer,
+                                 generator, device)
+        else:
+            spec = scenario.privacy
+            ledger = privacy_ledger(node_state, scenario, partition_id)
+            q = sample_rate(len(data.train), fed.batch_size)
+            if not ledger.can_train(spec, q, fed.local_steps):
+                metrics = {keys.NUM_EXAMPLES: len(data.train), keys.REFUSED: 1,
+                           keys.EPSILON: ledger.epsilon(spec)}
+                return RecordDict({keys.METRICS: MetricRecord(metrics), keys.CLIENT: who})
+            result, ledger.history = dp_train_steps(model, data.train, fed.local_steps,
+                                                    fed.batch_size, optimizer, spec,
+                                                    ledger.noise_multiplier, ledger.history,
+                                                    device)
+            node_state[keys.PRIVACY_STATE] = ConfigRecord(ledger.to_record())
+            dp = {keys.EPSILON: ledger.epsilon(spec), keys.NOISE_MULTIPLIER: ledger.noise_multiplier,
+                  keys.SAMPLE_RATE: q, keys.DP_STEPS: result.steps}
     local = evaluate(model, data.local_eval, device)
     metrics = MetricRecord({
         keys.NUM_EXAMPLES: len(data.train),
@@ -145,10 +158,11 @@ def train_round(scenario: Scenario, partition_id: int, content: RecordDict,
     return RecordDict({keys.ARRAYS: arrays, keys.METRICS: metrics, keys.CLIENT: who})
 
 
-def privacy_ledger(node_state: RecordDict, scenario: Scenario, partition_id: int,
-                   num_examples: int) -> PrivacyState:
+def privacy_ledger(node_state: RecordDict, scenario: Scenario, partition_id: int) -> PrivacyState:
     """The node's ledger from context.state; on first use, sigma sized for the client's
-    whole planned participation (clients.privacy)."""
+    whole planned participation over every task of the stream (clients.privacy), at the
+    largest of its tasks' sampling rates (epsilon grows with q: the plan stays an upper
+    bound)."""
     if keys.PRIVACY_STATE in node_state:
         ledger = PrivacyState.from_record(dict(node_state[keys.PRIVACY_STATE]))
         if ledger.partition_id != partition_id:
@@ -156,6 +170,7 @@ def privacy_ledger(node_state: RecordDict, scenario: Scenario, partition_id: int
                                f"not {partition_id}'s")
         return ledger
     fed = scenario.federation
-    q = sample_rate(num_examples, fed.batch_size)
+    q = max(sample_rate(len(client_data(scenario, partition_id, t).train), fed.batch_size)
+            for t in range(len(task_plans(scenario))))
     steps = planned_rounds(scenario) * fed.local_steps
     return PrivacyState(partition_id, noise_for_budget(scenario.privacy, q, steps))

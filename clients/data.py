@@ -20,6 +20,7 @@ from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner
 from torch.utils.data import TensorDataset
 
 from clients.synthetic import make_examples
+from scenarios.stream import task_plan, task_plans
 from scenarios.schema import (
     ClBenchmarkSource,
     DataSpec,
@@ -47,8 +48,10 @@ def load_task(spec: DataSpec, seed: int) -> TaskData:
     """Read the dataset of `spec` and normalise its examples."""
     source = spec.source
     if isinstance(source, GeneratedSource):
-        train = make_examples(source.num_labels, source.train_size, seed, source.label_noise)
-        test = make_examples(source.num_labels, source.test_size, seed + 1)
+        train = make_examples(source.num_labels, source.train_size, seed, source.label_noise,
+                              source.first_topic)
+        test = make_examples(source.num_labels, source.test_size, seed + 1,
+                             first_topic=source.first_topic)
         names = tuple(str(i) for i in range(source.num_labels))
         return TaskData([_normalise(e, spec, names) for e in train],
                         [_normalise(e, spec, names) for e in test], names)
@@ -179,17 +182,18 @@ class ClientData:
     num_labels: int
 
 
-@functools.lru_cache(maxsize=8)
-def client_data(scenario: Scenario, partition_id: int) -> ClientData:
-    """Client `partition_id`'s tokenized train and local-eval sets, built once per process."""
+@functools.lru_cache(maxsize=32)
+def client_data(scenario: Scenario, partition_id: int, task_id: int = 0) -> ClientData:
+    """Client `partition_id`'s tokenized train and local-eval sets of task `task_id`,
+    built once per process."""
     from clients.models import build_tokenizer
 
-    task = cached_task(scenario.data, scenario.seed)
-    rows = partition(task, scenario.data, scenario.federation.num_clients, partition_id,
-                     scenario.seed)
+    spec = task_plan(scenario, task_id).data
+    task = cached_task(spec, scenario.seed)
+    rows = partition(task, spec, scenario.federation.num_clients, partition_id, scenario.seed)
     rows = rows[:]
     random.Random(scenario.seed + partition_id).shuffle(rows)
-    cut = int(len(rows) * scenario.data.local_eval_fraction)
+    cut = int(len(rows) * spec.local_eval_fraction)
     tokenizer = build_tokenizer(scenario.model)
     train = tokenize(rows[cut:], tokenizer, scenario.model.max_length)
     # No held-out share (local_eval_fraction 0): the local eval is on the training rows.
@@ -197,19 +201,38 @@ def client_data(scenario: Scenario, partition_id: int) -> ClientData:
     return ClientData(train=train, local_eval=local_eval, num_labels=len(task.label_names))
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=16)
 def cached_task(spec: DataSpec, seed: int) -> TaskData:
     """`load_task`, read from disk once per process."""
     return load_task(spec, seed)
 
 
-@functools.lru_cache(maxsize=4)
-def server_test_set(scenario: Scenario) -> TensorDataset:
-    """The test split the server evaluates the global model on (seeded subset if capped)."""
+def label_counts(scenario: Scenario) -> tuple[int, ...]:
+    """Number of labels of each task of the stream (the sizes of the task heads)."""
+    return tuple(len(cached_task(plan.data, scenario.seed).label_names)
+                 for plan in task_plans(scenario))
+
+
+@functools.lru_cache(maxsize=16)
+def server_test_set(scenario: Scenario, task_id: int = 0) -> TensorDataset:
+    """The test split of task `task_id` the server evaluates the global model on (a
+    seeded subset if data.server_eval_max caps it)."""
     from clients.models import build_tokenizer
 
-    test = cached_task(scenario.data, scenario.seed).test
-    cap = scenario.data.server_eval_max
+    spec = task_plan(scenario, task_id).data
+    test = cached_task(spec, scenario.seed).test
+    cap = spec.server_eval_max
     if cap is not None and cap < len(test):
         test = random.Random(scenario.seed).sample(test, cap)
     return tokenize(test, build_tokenizer(scenario.model), scenario.model.max_length)
+
+
+def server_sample(scenario: Scenario, task_id: int, count: int) -> TensorDataset:
+    """`count` training examples of task `task_id` (seeded): the server's calibration
+    sample for OSFT's layer importance. In simulation the server can read the task files;
+    a deployment whose data is private to the clients would use the schedule rule."""
+    from clients.models import build_tokenizer
+
+    train = cached_task(task_plan(scenario, task_id).data, scenario.seed).train
+    rows = random.Random(scenario.seed).sample(train, min(count, len(train)))
+    return tokenize(rows, build_tokenizer(scenario.model), scenario.model.max_length)

@@ -19,6 +19,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
+from clients.heads import HEADS, activate_task, install_task_heads
 from scenarios.schema import LoraSpec, ModelSpec
 
 # No hub at run time: everything must come from disk.
@@ -80,7 +81,7 @@ def build_classifier(spec: ModelSpec, num_labels: int, seed: int) -> nn.Module:
 def head_names(model: nn.Module) -> list[str]:
     """Parameter names of the classification head (BERT: classifier, Llama/others: score)."""
     return [n for n, _ in model.named_parameters()
-            if n.split(".")[-2] in ("classifier", "score") or ".classifier." in n]
+            if n.split(".")[-2] in ("classifier", "score") or ".classifier." in "." + n]
 
 
 def add_lora(model: nn.Module, spec: LoraSpec) -> nn.Module:
@@ -111,15 +112,24 @@ def set_trainable(model: nn.Module, trains: str, train_head: bool) -> None:
 
 
 def build_model(spec: ModelSpec, num_labels: int, seed: int, trains: str,
-                device: str | torch.device = "cpu") -> nn.Module:
+                device: str | torch.device = "cpu",
+                label_counts: tuple[int, ...] | None = None) -> nn.Module:
     """The model a method trains: classifier (+ LoRA when it trains adapters), frozen
     where the method does not train, on `device`. The base moves to the device BEFORE
-    PEFT wraps it: the other order silently corrupts LoRA updates (opacus #820)."""
+    PEFT wraps it: the other order silently corrupts LoRA updates (opacus #820).
+
+    `label_counts` (a task stream): one head per task (clients.heads), task 0 active.
+    """
     model = build_classifier(spec, num_labels, seed).to(device)
+    if label_counts is not None:
+        torch.manual_seed(seed + 2)  # the task heads, identical everywhere
+        install_task_heads(model, label_counts)
     if trains in ("lora", "lora-b"):
         torch.manual_seed(seed + 1)  # LoRA A init, identical everywhere
         model = add_lora(model, spec.lora)
     set_trainable(model, trains, spec.train_head)
+    if label_counts is not None:
+        activate_task(model, 0)
     return model
 
 
@@ -146,12 +156,32 @@ def load_trainable(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
             params[name].copy_(tensor)
 
 
+@torch.no_grad()
+def merge_adapters(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Fold every LoRA adapter into its base weight and restart it from B = 0:
+    W <- W + (alpha / r) B A (PEFT's `get_delta_weight`), B <- 0, A kept. The model
+    computes the same function before and after. Returns the new base weights by
+    parameter name: what a task stream sends clients from the next task on."""
+    from peft.tuners.lora import LoraLayer
+
+    merged = {}
+    for name, module in model.named_modules():
+        if isinstance(module, LoraLayer):
+            for adapter in module.active_adapters:
+                module.get_base_layer().weight += module.get_delta_weight(adapter)
+                module.lora_B[adapter].weight.zero_()
+            merged[f"{name}.base_layer.weight"] = module.get_base_layer().weight.detach().clone()
+    return merged
+
+
 def frozen_fingerprint(model: nn.Module, sent: frozenset[str] = frozenset()) -> str:
     """SHA-256 over the frozen parameters that are not sent each round (`sent`): the
     weights server and clients each build from the seed, which must be equal."""
     digest = hashlib.sha256()
     for name, param in sorted(model.named_parameters()):
-        if not param.requires_grad and name not in sent:
+        # Task heads other than the active one change on the server between tasks and
+        # are never used by the client while inactive.
+        if not param.requires_grad and name not in sent and HEADS not in name:
             digest.update(name.encode())
             digest.update(param.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]

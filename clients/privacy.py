@@ -22,6 +22,7 @@ from opacus.accountants import create_accountant
 from opacus.accountants.utils import get_noise_multiplier
 
 from scenarios.schema import PrivacySpec, Scenario
+from scenarios.stream import total_rounds
 
 Step = tuple[float, float, int]  # (noise_multiplier, sample_rate, steps): Opacus's history
 
@@ -32,9 +33,10 @@ def sample_rate(num_examples: int, batch_size: int) -> float:
 
 
 def planned_rounds(scenario: Scenario) -> int:
-    """Rounds a client expects to join: all rounds x the share of clients sampled."""
+    """Rounds a client expects to join: all rounds of every task x the share of clients
+    sampled."""
     fed = scenario.federation
-    return math.ceil(fed.rounds * fed.clients_per_round / fed.num_clients)
+    return math.ceil(total_rounds(scenario) * fed.clients_per_round / fed.num_clients)
 
 
 def epsilon_of(history: list[Step], delta: float, accountant: str) -> float:

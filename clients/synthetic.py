@@ -27,8 +27,11 @@ FILLER: tuple[str, ...] = (
 )
 
 
-def make_examples(num_labels: int, size: int, seed: int, label_noise: float = 0.0) -> list[dict]:
-    """`size` examples {"sentence": str, "label": int}, balanced over `num_labels` classes.
+def make_examples(num_labels: int, size: int, seed: int, label_noise: float = 0.0,
+                  first_topic: int = 0) -> list[dict]:
+    """`size` examples {"sentence": str, "label": int}, balanced over `num_labels` classes;
+    class c uses the words of topic (first_topic + c) mod 8, so tasks of a stream can
+    draw on different topics.
 
     `label_noise` flips that share of labels to another class (uniformly), so that the
     task is not trivially separable and accuracy stays informative.
@@ -39,7 +42,7 @@ def make_examples(num_labels: int, size: int, seed: int, label_noise: float = 0.
         label = i % num_labels
         words = [rng.choice(FILLER) for _ in range(rng.randint(6, 12))]
         for _ in range(rng.randint(2, 3)):
-            words.insert(rng.randrange(len(words) + 1), rng.choice(TOPICS[label]))
+            words.insert(rng.randrange(len(words) + 1), rng.choice(TOPICS[(first_topic + label) % len(TOPICS)]))
         if rng.random() < label_noise:
             label = (label + rng.randrange(1, num_labels)) % num_labels
         examples.append({"sentence": " ".join(words), "label": label})

@@ -19,23 +19,31 @@ def check_scenario(scenario: Scenario) -> list[str]:
 
 
 def check_data(scenario: Scenario) -> list[str]:
-    source, errors = scenario.data.source, []
+    """Each task's files exist (single task: data.source; stream: stream.tasks.N.source)."""
+    if scenario.stream is None:
+        return check_source(scenario.data.source, "data.source")
+    return [error for i, task in enumerate(scenario.stream.tasks)
+            for error in check_source(task.source, f"stream.tasks.{i}.source")]
+
+
+def check_source(source, where: str) -> list[str]:
+    errors: list[str] = []
     if isinstance(source, ClBenchmarkSource):
         if not source.path.is_dir():
-            return [f"data.source.path: no such folder {str(source.path)!r}"]
+            return [f"{where}.path: no such folder {str(source.path)!r}"]
         if not (source.path / "labels.json").is_file():
-            errors.append(f"data.source.path: {str(source.path)!r} has no labels.json")
+            errors.append(f"{where}.path: {str(source.path)!r} has no labels.json")
         if not any((source.path / f).is_file() for f in ("train.json", "test.json")):
-            errors.append(f"data.source.path: {str(source.path)!r} has neither train.json "
+            errors.append(f"{where}.path: {str(source.path)!r} has neither train.json "
                           "nor test.json")
     elif isinstance(source, JsonlSource):
         for i, path in enumerate(source.train):
             if not Path(path).is_file():
-                errors.append(f"data.source.train.{i}: no such file {str(path)!r}")
+                errors.append(f"{where}.train.{i}: no such file {str(path)!r}")
         if not Path(source.test).is_file():
-            errors.append(f"data.source.test: no such file {str(source.test)!r}")
+            errors.append(f"{where}.test: no such file {str(source.test)!r}")
     elif isinstance(source, HubSource) and _hub_offline():
-        errors.append(f"data.source.name: {source.name!r} needs the Hugging Face hub, which "
+        errors.append(f"{where}.name: {source.name!r} needs the Hugging Face hub, which "
                       "is offline here (HF_HUB_OFFLINE=1); use local files")
     return errors
 
@@ -55,10 +63,14 @@ def check_model(scenario: Scenario) -> list[str]:
         return [f"model.name: cannot load {spec.name!r}: {type(exc).__name__}: {exc}"]
     if scenario.strategy.name == "fedavg":
         return []  # full fine-tuning: no adapters
+    if scenario.strategy.name == "osft":
+        targets, where = scenario.strategy.target_modules, "strategy.target_modules"
+    else:
+        targets, where = spec.lora.target_modules, "model.lora.target_modules"
     leaves = {n.rsplit(".", 1)[-1] for n in names}
-    return [f"model.lora.target_modules: {t!r} is not a module of {spec.name!r} "
+    return [f"{where}: {t!r} is not a module of {spec.name!r} "
             f"(some of its modules: {sorted(leaves)[:12]})"
-            for t in spec.lora.target_modules
+            for t in targets
             if not any(n == t or n.endswith("." + t) for n in names)]
 
 

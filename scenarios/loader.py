@@ -116,20 +116,28 @@ def format_error(error: Any) -> str:
 
 
 def resolve_paths(scenario: Scenario, base: Path) -> Scenario:
-    """Make the data source's relative paths absolute, relative to `base`."""
-    source = scenario.data.source
+    """Make the data sources' relative paths (single task and stream) absolute,
+    relative to `base`."""
 
     def absolute(path: Path) -> Path:
         return path if path.is_absolute() else (base / path).resolve()
 
-    if isinstance(source, ClBenchmarkSource):
-        source = source.model_copy(update={"path": absolute(source.path)})
-    elif isinstance(source, JsonlSource):
-        source = source.model_copy(
-            update={"train": tuple(absolute(p) for p in source.train), "test": absolute(source.test)}
-        )
-    data = scenario.data.model_copy(update={"source": source})
-    return scenario.model_copy(update={"data": data})
+    def resolve_source(source):
+        if isinstance(source, ClBenchmarkSource):
+            return source.model_copy(update={"path": absolute(source.path)})
+        if isinstance(source, JsonlSource):
+            return source.model_copy(update={"train": tuple(absolute(p) for p in source.train),
+                                             "test": absolute(source.test)})
+        return source
+
+    data = scenario.data.model_copy(update={"source": resolve_source(scenario.data.source)})
+    stream = scenario.stream
+    if stream is not None:
+        tasks = tuple(t.model_copy(update={"source": resolve_source(t.source)})
+                      for t in stream.tasks)
+        root = absolute(stream.benchmark_dir) if stream.benchmark_dir else None
+        stream = stream.model_copy(update={"tasks": tasks, "benchmark_dir": root})
+    return scenario.model_copy(update={"data": data, "stream": stream})
 
 
 def resolve_scenario_path(path: str) -> Path:

@@ -68,6 +68,8 @@ class GeneratedSource(Spec):
     train_size: int = Field(600, ge=10, le=1_000_000, description="Training examples in all.")
     test_size: int = Field(200, ge=10, le=1_000_000, description="Test examples.")
     label_noise: float = Field(0.05, ge=0, lt=1, description="Fraction of training labels flipped.")
+    first_topic: int = Field(0, ge=0, le=7, description="Class c uses topic (first_topic + c) "
+                             "mod 8 of the 8 built-in topics: tasks of a stream can differ.")
 
 
 class ClBenchmarkSource(Spec):
@@ -146,7 +148,10 @@ Partitioning = Annotated[
 class DataSpec(Spec):
     """Where the examples come from and how they are split over clients."""
 
-    source: DataSource = Field(description="The dataset.")
+    source: DataSource | None = Field(
+        None, description="The dataset of a single-task scenario. Leave it out when `stream` "
+        "lists the tasks (each task names its own source)."
+    )
     partitioning: Partitioning = Field(
         default_factory=lambda: IidPartitioning(kind="iid"), description="Split over clients."
     )
@@ -234,9 +239,126 @@ class FedSvdSpec(Spec):
     )
 
 
+BERT_LINEAR_LAYERS = ("query", "key", "value", "attention.output.dense", "intermediate.dense",
+                      "output.dense")
+
+
+class OsftSpec(Spec):
+    """OSFT, "Sculpting Subspaces" (Nayak et al., 2025): full fine-tuning whose updates to
+    each target matrix stay orthogonal to its top-k singular directions, fixed at each
+    task start (ALGORITHMS.md section 2). The server averages the full weights (FedAvg)."""
+
+    name: Literal["osft"] = Field(
+        description="Full fine-tuning with every update of a target matrix projected off its "
+        "preserved singular subspace."
+    )
+    rank_rule: Literal["adaptive", "schedule"] = Field(
+        "adaptive", description="How many singular directions each matrix preserves at a task "
+        "start: 'adaptive' (layer importance from input-output cosine similarity on the previous "
+        "task) or 'schedule' (a fixed share that grows with the task index)."
+    )
+    mrr: float = Field(0.1, ge=0, le=1, description="Adaptive rule: minimum preserved share "
+                       "(r = mrr + I (trr - mrr)).")
+    trr: float = Field(0.8, ge=0, le=1, description="Adaptive rule: target preserved share, "
+                       "the mean over layers.")
+    schedule_fraction: float = Field(
+        0.07, gt=0, le=1, description="Schedule rule: task t (0-based) preserves "
+        "floor(max(d_out, d_in) * fraction * t) directions, capped below min(d_out, d_in)."
+    )
+    importance_samples: int = Field(
+        64, ge=1, le=100_000, description="Adaptive rule: examples of the previous task the "
+        "server runs through the model to measure layer importance."
+    )
+    target_modules: tuple[str, ...] = Field(
+        BERT_LINEAR_LAYERS, min_length=1,
+        description="Linear layers whose weights are projected (matched by name suffix). "
+        "Embeddings, norms and the heads never are.",
+    )
+
+    @model_validator(mode="after")
+    def _mrr_below_trr(self) -> OsftSpec:
+        if self.mrr > self.trr:
+            raise ValueError(f"mrr ({self.mrr}) must be <= trr ({self.trr})")
+        return self
+
+
 StrategySpec = Annotated[
-    FedAvgLoraSpec | FedAvgSpec | FfaLoraSpec | FedSvdSpec, Field(discriminator="name")
+    FedAvgLoraSpec | FedAvgSpec | FfaLoraSpec | FedSvdSpec | OsftSpec,
+    Field(discriminator="name"),
 ]
+
+
+# ---- continual task streams ---------------------------------------------------------
+
+# The CL benchmark's standard orders (O-LoRA, Sculpting Subspaces) with yelp in place of
+# yahoo, which ../shared/data does not have (its README suggests exactly this).
+NAMED_ORDERS: dict[str, tuple[str, ...]] = {
+    "order-1": ("dbpedia", "amazon", "yelp", "agnews"),
+    "order-2": ("dbpedia", "amazon", "agnews", "yelp"),
+    "order-3": ("yelp", "amazon", "agnews", "dbpedia"),
+}
+
+
+class TaskSpec(Spec):
+    """One task of a stream: its dataset (and label set) and how many rounds it gets."""
+
+    name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9._-]+$", description="Task name.")
+    source: DataSource = Field(description="The task's dataset; its labels are its own.")
+    rounds: int | None = Field(
+        None, ge=1, le=100_000, description="Rounds of this task; None: federation.rounds."
+    )
+
+
+class StreamSpec(Spec):
+    """An ordered stream of tasks, learned one after the other by the same federation.
+
+    Each task keeps its own classifier head (a head per task, chosen by the task id at
+    training and at test time): the benchmark is task-aware (its instructions name the
+    task and its options), so forgetting then measures the shared encoder's drift, which
+    is what OSFT protects, and amazon and yelp, which share label texts, do not overwrite
+    each other's head.
+    """
+
+    order: Literal["order-1", "order-2", "order-3"] | None = Field(
+        None, description="A standard order of the CL benchmark by name (" + "; ".join(
+            f"{k}: {' -> '.join(v)}" for k, v in NAMED_ORDERS.items()) + "), read from "
+        "`benchmark_dir`. Leave it out to list `tasks` yourself."
+    )
+    benchmark_dir: Path | None = Field(
+        None, description="With `order`: the folder holding one CL-benchmark folder per task "
+        "(e.g. ../shared/data/cl_benchmark; relative paths: from the scenario file)."
+    )
+    test_fraction: float = Field(
+        0.2, gt=0, lt=1, description="With `order`: the share held out as test for tasks that "
+        "ship one file only (dbpedia: test only, yelp: train only), seeded and stratified."
+    )
+    tasks: tuple[TaskSpec, ...] = Field(
+        (), description="The tasks in order (filled from `order` when that is given)."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_order(cls, data):
+        if isinstance(data, dict) and data.get("order") and not data.get("tasks"):
+            root, order = data.get("benchmark_dir"), data["order"]
+            if root is not None and order in NAMED_ORDERS:
+                fraction = data.get("test_fraction", 0.2)
+                data = {**data, "tasks": [
+                    {"name": task, "source": {"kind": "cl-json", "path": str(Path(root) / task),
+                                              "test_fraction": fraction}}
+                    for task in NAMED_ORDERS[order]]}
+        return data
+
+    @model_validator(mode="after")
+    def _tasks_given(self) -> StreamSpec:
+        if self.order is not None and self.benchmark_dir is None:
+            raise ValueError(f"order {self.order!r} needs benchmark_dir, the folder of the tasks")
+        if not self.tasks:
+            raise ValueError("a stream needs `tasks` (or `order` with `benchmark_dir`)")
+        names = [t.name for t in self.tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"task names must be unique, got {names}")
+        return self
 
 
 class PrivacySpec(Spec):
@@ -278,15 +400,27 @@ class Scenario(Spec):
     data: DataSpec = Field(description="The data.")
     federation: FederationSpec = Field(description="Rounds, clients and local training.")
     strategy: StrategySpec = Field(description="Aggregation method.")
+    stream: StreamSpec | None = Field(
+        None, description="A continual-learning stream of tasks; absent: one task, data.source."
+    )
     privacy: PrivacySpec | None = Field(
         None, description="DP-SGD on the clients; absent: non-private training."
     )
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Per client.")
 
     @model_validator(mode="after")
+    def _one_source_of_tasks(self) -> Scenario:
+        if (self.data.source is None) == (self.stream is None):
+            raise ValueError("give either data.source (one task) or stream (a task stream), "
+                             f"not {'both' if self.stream else 'neither'}")
+        if self.stream is not None and isinstance(self.data.partitioning, PresplitPartitioning):
+            raise ValueError("data.partitioning 'presplit' is for a single jsonl task, not a stream")
+        return self
+
+    @model_validator(mode="after")
     def _presplit_matches_clients(self) -> Scenario:
         source, parts = self.data.source, self.data.partitioning
-        if isinstance(parts, PresplitPartitioning):
+        if isinstance(parts, PresplitPartitioning) and source is not None:
             if not isinstance(source, JsonlSource):
                 raise ValueError("data.partitioning 'presplit' needs data.source.kind 'jsonl'")
             if len(source.train) != self.federation.num_clients:

@@ -1,13 +1,17 @@
 """The ServerApp: scenario -> global model -> strategy.start, recording every round.
 
-Reads top to bottom: load the scenario named in the run config, build the model and the
-strategy, run the rounds, mark the run completed (or failed, with the reason) in the
-store. Later issues extend `run_scenario` with task streams; the seams are the task id
-in the train config and the round offset of the recording wrapper.
+Reads top to bottom: load the scenario named in the run config, build the model, run
+its tasks one after the other (a single-task scenario is a stream of one), each with a
+fresh strategy whose rounds are numbered on from the previous task's, and mark the run
+completed (or failed, with the reason) in the store. In a stream, the global model is
+evaluated on every task before the stream and after each task (the accuracy matrix);
+LoRA methods fold their adapter into the base weights at each task end; OSFT gets its
+preserved bases at each task start (server.osft_plan).
 """
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from pathlib import Path
@@ -16,17 +20,21 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
-from clients.data import cached_task, server_test_set
+from clients.data import label_counts, server_sample, server_test_set
+from clients.heads import HEADS, activate_task
 from clients.models import (
     build_model,
     frozen_fingerprint,
     global_state,
     load_trainable,
+    merge_adapters,
     pick_device,
 )
 from clients.training import evaluate
 from scenarios.loader import load_scenario, resolve_scenario_path
 from scenarios.schema import Scenario
+from scenarios.stream import task_plans
+from server.osft_plan import task_bases
 from server.federation import PartitionOrderedGrid, discover_partitions, wait_for_nodes
 from server.store import MetricsStore
 from strategies import keys
@@ -64,25 +72,90 @@ def main(grid: Grid, context: Context) -> None:
 
 def run_scenario(grid: Grid, scenario: Scenario, store: MetricsStore, run_id: str,
                  run_dir: Path) -> None:
-    """Build the global model and run the scenario's rounds through its strategy."""
+    """Build the global model and run the scenario's task stream (a single-task scenario
+    is a stream of one): each task through its own strategy.start."""
     fed = scenario.federation
     nodes = wait_for_nodes(grid, fed.num_clients, NODE_WAIT_S)
     grid = PartitionOrderedGrid(grid, discover_partitions(grid, nodes, fed.round_timeout))
 
     torch.manual_seed(scenario.seed)
-    test_set = server_test_set(scenario)
-    num_labels = len(cached_task(scenario.data, scenario.seed).label_names)
+    plans = task_plans(scenario)
+    streaming = scenario.stream is not None
+    counts = label_counts(scenario)
     device = pick_device()
-    model = build_model(scenario.model, num_labels, scenario.seed,
-                        trained_set(scenario.strategy.name), device)
-    strategy = RecordedStrategy(build_strategy(scenario), store, run_id, task=0,
-                                num_clients=fed.num_clients)
-    initial = global_state(model)
-    train_config = ConfigRecord({keys.TASK_ID: 0,
-                                 keys.FROZEN_FINGERPRINT: frozen_fingerprint(model, frozenset(initial))})
+    model = build_model(scenario.model, counts[0], scenario.seed,
+                        trained_set(scenario.strategy.name), device,
+                        label_counts=counts if streaming else None)
+    torch.save(global_state(model), run_dir / "global-initial.pt")
+    random.seed(scenario.seed)  # FedAvg samples clients with `random`, nodes in partition order
+    if streaming:
+        record_task_evals(model, scenario, store, run_id, after_task=-1, device=device)
+    base_weights: dict[str, torch.Tensor] = {}  # LoRA streams: earlier tasks merged in
+    round_offset = 0
+    try:
+        for task_id, plan in enumerate(plans):
+            activate_task(model, task_id)
+            extra = task_records(model, scenario, task_id, base_weights, run_dir, device)
+            run_task(grid, model, scenario, store, run_id, task_id, round_offset, extra, device)
+            round_offset += plan.rounds
+            if streaming:
+                if trained_set(scenario.strategy.name) != "full":
+                    base_weights = merge_adapters(model)  # sequential LoRA: fold, restart B
+                torch.save(stream_checkpoint(model, base_weights),
+                           run_dir / f"global-after-task-{task_id}.pt")
+                record_task_evals(model, scenario, store, run_id, task_id, device)
+                activate_task(model, task_id)
+    finally:  # also when the run ends early (budget spent, a round failed)
+        final = stream_checkpoint(model, base_weights) if streaming else global_state(model)
+        torch.save(final, run_dir / "global-final.pt")
 
-    def evaluate_global(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        """Accuracy of the global model on the test split; recorded as the round's eval."""
+
+def stream_checkpoint(model: torch.nn.Module,
+                      base_weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Everything a stream's global model differs from its seed-built self in: what the
+    method trains, every task's head, and (LoRA methods) the merged base weights."""
+    heads = {n: p.detach().clone() for n, p in model.named_parameters() if HEADS in n}
+    return {**base_weights, **global_state(model), **heads}
+
+
+def task_records(model: torch.nn.Module, scenario: Scenario, task_id: int,
+                 base_weights: dict[str, torch.Tensor], run_dir: Path,
+                 device: torch.device) -> dict[str, ArrayRecord]:
+    """What every train message of the task carries besides the global arrays: OSFT's
+    preserved bases, or the merged base weights of a LoRA stream."""
+    if scenario.strategy.name == "osft":
+        previous = (server_sample(scenario, task_id - 1, scenario.strategy.importance_samples)
+                    if task_id > 0 and scenario.strategy.rank_rule == "adaptive" else None)
+        bases = task_bases(model, build_strategy(scenario), task_id, previous, device)
+        (run_dir / f"osft-task-{task_id}.json").write_text(json.dumps(
+            {"ranks": bases.ranks, "shapes": bases.shapes, "svd-seconds": bases.seconds},
+            indent=1))
+        return {keys.OSFT_BASES: bases.record}
+    if base_weights:
+        return {keys.BASE_WEIGHTS: ArrayRecord({k: v.cpu() for k, v in base_weights.items()})}
+    return {}
+
+
+def run_task(grid: Grid, model: torch.nn.Module, scenario: Scenario, store: MetricsStore,
+             run_id: str, task_id: int, round_offset: int, extra: dict[str, ArrayRecord],
+             device: torch.device) -> None:
+    """The rounds of one task; the global model ends holding the task's final arrays."""
+    fed = scenario.federation
+    plan = task_plans(scenario)[task_id]
+    strategy = RecordedStrategy(build_strategy(scenario), store, run_id, task=task_id,
+                                round_offset=round_offset, num_clients=fed.num_clients,
+                                extra_records=extra)
+    initial = global_state(model)
+    sent = frozenset(initial) | frozenset(extra.get(keys.BASE_WEIGHTS, {}))
+    train_config = ConfigRecord({keys.TASK_ID: task_id,
+                                 keys.FROZEN_FINGERPRINT: frozen_fingerprint(model, sent)})
+    test_set = server_test_set(scenario, task_id)
+
+    def evaluate_global(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        """Accuracy of the global model on the task's test split; the round's eval.
+        Round 0 of a later task is the previous task's last round: already evaluated."""
+        if server_round == 0 and task_id > 0:
+            return None
         started = time.perf_counter()
         load_trainable(model, arrays.to_torch_state_dict())
         result = evaluate(model, test_set, device)
@@ -92,14 +165,22 @@ def run_scenario(grid: Grid, scenario: Scenario, store: MetricsStore, run_id: st
                     strategy.task, eval=metrics)
         return MetricRecord(metrics)
 
-    # The server-owned tensors before and after: the trained adapter (or model), to keep.
-    torch.save(initial, run_dir / "global-initial.pt")
-    random.seed(scenario.seed)  # FedAvg samples clients with `random`, nodes in partition order
     try:
-        strategy.start(grid=grid, initial_arrays=ArrayRecord(initial), num_rounds=fed.rounds,
+        strategy.start(grid=grid, initial_arrays=ArrayRecord(initial), num_rounds=plan.rounds,
                        timeout=fed.round_timeout, train_config=train_config,
                        evaluate_fn=evaluate_global)
-    finally:  # also when the run ends early (budget spent, a round failed)
-        final = strategy.latest_arrays
-        torch.save(final.to_torch_state_dict() if final is not None else initial,
-                   run_dir / "global-final.pt")
+    finally:
+        if strategy.latest_arrays is not None:
+            load_trainable(model, strategy.latest_arrays.to_torch_state_dict())
+
+
+def record_task_evals(model: torch.nn.Module, scenario: Scenario, store: MetricsStore,
+                      run_id: str, after_task: int, device: torch.device) -> None:
+    """One row of the accuracy matrix: the global model on every task's test split,
+    each through its own head."""
+    results = []
+    for task_id, plan in enumerate(task_plans(scenario)):
+        activate_task(model, task_id)
+        result = evaluate(model, server_test_set(scenario, task_id), device)
+        results.append((plan.name, result.accuracy, result.loss))
+    best_effort(store.record_task_evals, run_id, after_task, results)

@@ -46,6 +46,16 @@ CREATE TABLE IF NOT EXISTS client_rounds (
     metrics TEXT NOT NULL,           -- the client's own metrics (JSON)
     PRIMARY KEY (run_id, round, partition_id)
 );
+CREATE TABLE IF NOT EXISTS task_evals (
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    after_task INTEGER NOT NULL,     -- -1: the initial model, before the stream
+    task INTEGER NOT NULL,           -- the task evaluated
+    name TEXT NOT NULL,              -- that task's name
+    accuracy REAL NOT NULL,
+    loss REAL NOT NULL,
+    recorded REAL NOT NULL,
+    PRIMARY KEY (run_id, after_task, task)
+);
 CREATE TABLE IF NOT EXISTS failures (
     run_id TEXT NOT NULL REFERENCES runs(id),
     round INTEGER NOT NULL,
@@ -149,6 +159,19 @@ class MetricsStore:
                 [(run_id, round_, pid, node, reason, now) for pid, node, reason in failures],
             )
 
+    def record_task_evals(self, run_id: str, after_task: int,
+                          results: list[tuple[str, float, float]]) -> None:
+        """One row of the accuracy matrix: after task `after_task` (-1: before the
+        stream), (name, accuracy, loss) of the global model on every task, in order."""
+        now = time.time()
+        with self._connect() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO task_evals (run_id, after_task, task, name, accuracy, "
+                "loss, recorded) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(run_id, after_task, task, name, acc, loss, now)
+                 for task, (name, acc, loss) in enumerate(results)],
+            )
+
     # ---- reads -----------------------------------------------------------------------
 
     def get_run(self, run_id: str) -> dict[str, Any] | None:
@@ -192,6 +215,15 @@ class MetricsStore:
             ).fetchall()
         return [{"round": r["round"], "partition_id": r["partition_id"],
                  "metrics": json.loads(r["metrics"])} for r in rows]
+
+    def task_evals(self, run_id: str) -> list[dict[str, Any]]:
+        """Every recorded evaluation of the stream, by (after_task, task)."""
+        with self._connect(write=False) as db:
+            rows = db.execute(
+                "SELECT after_task, task, name, accuracy, loss FROM task_evals WHERE run_id = ? "
+                "ORDER BY after_task, task", (run_id,),
+            ).fetchall()
+        return [dict(r) for r in rows]
 
     def failures(self, run_id: str) -> list[dict[str, Any]]:
         with self._connect(write=False) as db:

@@ -2,13 +2,15 @@
 
 Shape (DESIGN.md, Interfaces): {"run_id", "status", "message", "rounds": [{"round",
 "task", "train", "eval"}], "clients": {"<partition-id>": {"rounds", "failures",
-"refusals", "epsilon", "last"}}, "tasks": {}}. Sections that do not apply are empty.
+"refusals", "epsilon", "last"}}, "tasks": {"names", "initial", "matrix", "aa", "bwt",
+"fwt", "forgetting"}}. Sections that do not apply are empty.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from server.continual import task_summary
 from server.store import MetricsStore
 
 
@@ -42,5 +44,5 @@ def build_summary(store: MetricsStore, run_id: str) -> dict[str, Any]:
         "seconds": (run["ended"] - run["created"]) if run["ended"] else None,
         "rounds": store.rounds(run_id),
         "clients": dict(sorted(clients.items())),
-        "tasks": {},
+        "tasks": task_summary(store.task_evals(run_id)),
     }

@@ -8,6 +8,13 @@ SERVER_ROUND = "server-round"
 TASK_ID = "task-id"
 FROZEN_FINGERPRINT = "frozen-fingerprint"
 
+# Extra ArrayRecords of a train instruction in a task stream: the merged base weights of
+# LoRA methods (earlier tasks' adapters folded in), and OSFT's preserved bases, two
+# arrays per target weight named "<parameter>" + BASIS_U / BASIS_V.
+BASE_WEIGHTS = "base-weights"
+OSFT_BASES = "osft-bases"
+BASIS_U, BASIS_V = "|u-high", "|v-high"
+
 # Record names in instructions and replies.
 ARRAYS = "arrays"
 CONFIG = "config"

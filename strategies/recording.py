@@ -47,8 +47,12 @@ class RecordedStrategy(Strategy):
     """Delegates to `inner`; records round `round_offset + server_round` of task `task`."""
 
     def __init__(self, inner: Strategy, store: RoundRecorder, run_id: str,
-                 task: int = 0, round_offset: int = 0, num_clients: int | None = None) -> None:
+                 task: int = 0, round_offset: int = 0, num_clients: int | None = None,
+                 extra_records: dict[str, ArrayRecord] | None = None) -> None:
         self.inner, self.store, self.run_id = inner, store, run_id
+        # Sent with every train message, besides the global arrays (keys.BASE_WEIGHTS,
+        # keys.OSFT_BASES): fixed for the task, never averaged.
+        self.extra_records = dict(extra_records or {})
         self.task, self.round_offset = task, round_offset
         self.num_clients = num_clients
         self.out_of_budget: set[int] = set()  # partitions that refused: they stay refused
@@ -62,7 +66,11 @@ class RecordedStrategy(Strategy):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        return self.inner.configure_train(server_round, arrays, config, grid)
+        messages = list(self.inner.configure_train(server_round, arrays, config, grid))
+        for message in messages:
+            for name, record in self.extra_records.items():
+                message.content[name] = record
+        return messages
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message],
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:

@@ -10,12 +10,14 @@ from strategies.fedavg import FedAvgFull
 from strategies.fedavg_lora import FedAvgLora
 from strategies.fedsvd import FedSVD
 from strategies.ffa_lora import FfaLora
+from strategies.osft import Osft
 
 STRATEGIES: dict[str, type[FedAvg]] = {
     "fedavg-lora": FedAvgLora,
     "fedavg": FedAvgFull,
     "ffa-lora": FfaLora,
     "fedsvd": FedSVD,
+    "osft": Osft,
 }
 
 

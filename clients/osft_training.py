@@ -1,0 +1,65 @@
+"""OSFT plumbing: keep every optimizer step of the target weights in the allowed subspace.
+
+The projection (clients.osft.project) is applied to each step's UPDATE of a target
+weight, W <- W_before + P(W_after - W_before), not to its gradient: under Adam the step
+is the gradient rescaled coordinate by coordinate, which leaves the allowed subspace
+even when the gradient is in it. For plain SGD both forms are the same. Hooked on the
+optimizer's step, it also runs after Opacus has clipped and noised the gradient (Opacus
+calls the wrapped optimizer's step): projecting a private update is post-processing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from clients.osft import project
+from strategies import keys
+
+Bases = dict[str, tuple[torch.Tensor, torch.Tensor]]  # parameter name -> (u_high, v_high)
+
+
+@contextmanager
+def projected_updates(model: nn.Module, optimizer: torch.optim.Optimizer,
+                      bases: Bases) -> Iterator[None]:
+    """Inside the block, every `optimizer.step()` moves each parameter named in `bases`
+    only orthogonally to its preserved subspace. Parameters with an empty basis (k = 0)
+    are left alone."""
+    params = dict(model.named_parameters())
+    unknown = sorted(set(bases) - set(params))
+    if unknown:
+        raise KeyError(f"OSFT bases for parameters the model does not have: {unknown[:5]}")
+    guarded = {name: (params[name], u, v) for name, (u, v) in bases.items() if u.shape[1] > 0}
+    before: dict[str, torch.Tensor] = {}
+
+    def remember(*_) -> None:
+        for name, (param, _, _) in guarded.items():
+            before[name] = param.detach().clone()
+
+    @torch.no_grad()
+    def constrain(*_) -> None:
+        for name, (param, u, v) in guarded.items():
+            start = before.pop(name)
+            param.copy_(start + project(param - start, u, v))
+
+    pre = optimizer.register_step_pre_hook(remember)
+    post = optimizer.register_step_post_hook(constrain)
+    try:
+        yield
+    finally:
+        pre.remove()
+        post.remove()
+
+
+def unpack_bases(record) -> Bases:
+    """{parameter name: (u_high, v_high)} from a train message's keys.OSFT_BASES record."""
+    out = {}
+    for key, array in record.items():
+        if key.endswith(keys.BASIS_U):
+            name = key[: -len(keys.BASIS_U)]
+            out[name] = (torch.from_numpy(array.numpy()),
+                         torch.from_numpy(record[name + keys.BASIS_V].numpy()))
+    return out

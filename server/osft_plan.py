@@ -1,0 +1,103 @@
+"""OSFT at a task start, on the server: which matrices, how much of each to preserve,
+and their preserved bases (clients.osft), packed for the train messages.
+
+Task 0 preserves nothing (no earlier task of the stream relies on anything). Task t > 0
+preserves, per target matrix, the rank the scenario's rule gives: the adaptive rule
+measures layer importance on `importance_samples` examples of task t - 1, run through
+the global model as it is at the start of task t.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from flwr.app import Array, ArrayRecord
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from clients.osft import adaptive_ranks, basis, layer_importance, scheduled_rank
+from clients.training import forward_loss
+from strategies import keys
+from strategies.osft import Osft
+
+
+@dataclass(frozen=True)
+class TaskBases:
+    """The bases of one task start, as sent to clients, and what they cost."""
+
+    record: ArrayRecord
+    ranks: dict[str, int]
+    shapes: dict[str, tuple[int, int]]
+    seconds: float
+
+
+def target_weights(model: nn.Module, targets: tuple[str, ...]) -> dict[str, nn.Parameter]:
+    """{parameter name: weight} of every Linear whose module name ends with a target."""
+    found = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and any(name == t or name.endswith("." + t)
+                                                 for t in targets):
+            found[f"{name}.weight"] = module.weight
+    if not found:
+        raise ValueError(f"strategy.target_modules: none of {list(targets)} is a Linear layer "
+                         "of the model")
+    return found
+
+
+@torch.no_grad()
+def importance_by_layer(model: nn.Module, weights: dict[str, nn.Parameter],
+                        sample: TensorDataset, device: torch.device) -> dict[str, float]:
+    """Mean cos(x_i, W x_i) of each target layer over the (non-padding) token vectors x_i
+    that reach it when `sample` runs through the model."""
+    modules = {f"{n}.weight": m for n, m in model.named_modules() if f"{n}.weight" in weights}
+    sums = dict.fromkeys(weights, 0.0)
+    counts = dict.fromkeys(weights, 0)
+    keep: list[torch.Tensor] = []  # the current batch's attention mask, as a boolean index
+
+    def hook_for(name: str):
+        def hook(module: nn.Linear, inputs, _output) -> None:
+            x = inputs[0][keep[0]]                     # (tokens, d_in)
+            cos = layer_importance(x, x @ module.weight.T)  # W x, without the bias
+            sums[name] += cos * len(x)
+            counts[name] += len(x)
+        return hook
+
+    handles = [m.register_forward_hook(hook_for(n)) for n, m in modules.items()]
+    model.eval()
+    try:
+        for batch in DataLoader(sample, batch_size=32):
+            batch = [t.to(device) for t in batch]
+            keep[:] = [batch[1].bool()]
+            forward_loss(model, batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {n: sums[n] / max(counts[n], 1) for n in weights}
+
+
+def task_bases(model: nn.Module, strategy: Osft, task_id: int,
+               previous_sample: TensorDataset | None, device: torch.device) -> TaskBases:
+    """The preserved bases of every target weight at the start of task `task_id`."""
+    started = time.perf_counter()
+    weights = target_weights(model, strategy.target_modules)
+    shapes = {n: tuple(w.shape) for n, w in weights.items()}
+    if task_id == 0:
+        ranks = dict.fromkeys(weights, 0)
+    elif strategy.rank_rule == "schedule":
+        ranks = {n: scheduled_rank(shapes[n], task_id, strategy.schedule_fraction)
+                 for n in weights}
+    else:
+        if previous_sample is None:
+            raise ValueError("the adaptive rank rule needs a sample of the previous task")
+        importance = importance_by_layer(model, weights, previous_sample, device)
+        ranks = adaptive_ranks(importance, shapes, strategy.mrr, strategy.trr)
+    arrays = {}
+    for name, weight in weights.items():
+        if ranks[name] == 0:
+            continue  # nothing preserved: the client leaves this weight unconstrained
+        u_high, v_high = basis(weight.detach().cpu(), ranks[name])
+        arrays[name + keys.BASIS_U] = Array(u_high.numpy())
+        arrays[name + keys.BASIS_V] = Array(v_high.numpy())
+    return TaskBases(ArrayRecord(arrays), ranks, shapes, time.perf_counter() - started)

@@ -1,0 +1,27 @@
+"""OSFT in a federation: FedAvg over full weights whose updates clients keep orthogonal
+to the preserved subspaces (clients.osft, ALGORITHMS.md section 2, "In a federation").
+
+The projection is linear, so the weighted average of projected client updates is itself
+projected: plain FedAvg keeps every preserved singular triplet of the task start. The
+server computes the bases at each task start (server.osft_plan) and sends them with every
+train message of the task; a client joining mid-task may never have seen the task-start
+weights, so it could not compute them itself.
+"""
+
+from __future__ import annotations
+
+from strategies.fedavg import FedAvgFull
+
+
+class Osft(FedAvgFull):
+    """FedAvg of full weights; the OSFT settings ride along for the ServerApp's planner."""
+
+    trains = "full"
+
+    def __init__(self, rank_rule: str = "adaptive", mrr: float = 0.1, trr: float = 0.8,
+                 schedule_fraction: float = 0.07, importance_samples: int = 64,
+                 target_modules: tuple[str, ...] = (), **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.rank_rule, self.mrr, self.trr = rank_rule, mrr, trr
+        self.schedule_fraction, self.importance_samples = schedule_fraction, importance_samples
+        self.target_modules = tuple(target_modules)
