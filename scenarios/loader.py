@@ -94,6 +94,8 @@ def format_error(error: Any) -> str:
     parts = [str(p) for p in error["loc"] if str(p) not in _TAGS]
     where = ".".join(parts) or "(top level)"
     message = error["msg"].removeprefix("Value error, ")
+    if not parts and error["type"] == "value_error":
+        return message  # a whole-scenario rule: its message names the fields it relates
     if error["type"] == "extra_forbidden":
         return f"{where}: unknown key (check its spelling and section)"
     if error["type"] == "missing":

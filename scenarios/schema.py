@@ -411,8 +411,8 @@ class Scenario(Spec):
     @model_validator(mode="after")
     def _one_source_of_tasks(self) -> Scenario:
         if (self.data.source is None) == (self.stream is None):
-            raise ValueError("give either data.source (one task) or stream (a task stream), "
-                             f"not {'both' if self.stream else 'neither'}")
+            raise ValueError("data.source, stream: give either data.source (one task) or "
+                             f"stream (a task stream), not {'both' if self.stream else 'neither'}")
         if self.stream is not None and isinstance(self.data.partitioning, PresplitPartitioning):
             raise ValueError("data.partitioning 'presplit' is for a single jsonl task, not a stream")
         return self

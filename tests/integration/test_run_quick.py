@@ -27,15 +27,6 @@ from tests.integration.helpers import (
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def runs_dir(tmp_path):
-    path = tmp_path / "runs"
-    yield path
-    leftovers = processes_mentioning(str(tmp_path))
-    kill_all(leftovers)
-    assert leftovers == [], f"processes left running: {[p.pid for p in leftovers]}"
-
-
 def test_quick_scenario_runs_end_to_end(runs_dir) -> None:
     done = run_orthofed("run", "scenarios/quick.yaml", "--runs-dir", str(runs_dir), "--json")
     assert done.returncode == 0, done.stderr[-3000:]

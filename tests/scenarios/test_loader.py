@@ -153,3 +153,56 @@ def _models_in(annotation) -> list[type]:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return [annotation]
     return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
+
+
+# ---- task streams -------------------------------------------------------------------
+
+
+def stream_document(quick_document: dict, stream: dict) -> dict:
+    doc = dict(quick_document)
+    doc["data"] = {k: v for k, v in doc["data"].items() if k != "source"}
+    doc["stream"] = stream
+    return doc
+
+
+def test_a_named_order_expands_to_benchmark_task_folders(quick_document, write_scenario) -> None:
+    doc = stream_document(quick_document, {"order": "order-1", "benchmark_dir": "bench-data"})
+    path = write_scenario(doc)
+    scenario = load_scenario(path)
+    assert [t.name for t in scenario.stream.tasks] == ["dbpedia", "amazon", "yelp", "agnews"]
+    assert scenario.stream.tasks[2].source.path == path.parent / "bench-data" / "yelp"
+    errors = check_scenario(scenario)
+    assert f"stream.tasks.0.source.path: no such folder '{path.parent / 'bench-data' / 'dbpedia'}'" \
+        in errors
+
+
+def test_stream_mistakes_are_named(quick_document, write_scenario) -> None:
+    both = dict(quick_document, stream={"order": "order-2", "benchmark_dir": "x"})
+    with pytest.raises(ScenarioError) as caught:
+        load_scenario(write_scenario(both))
+    assert caught.value.errors == ["data.source, stream: give either data.source (one task) "
+                                   "or stream (a task stream), not both"]
+    for stream, message in [
+        ({"order": "order-9", "benchmark_dir": "x"}, "stream.order: "),
+        ({"order": "order-1"}, "stream: order 'order-1' needs benchmark_dir"),
+        ({}, "stream: a stream needs `tasks`"),
+        ({"tasks": [{"name": "a", "source": {"kind": "generated"}, "rounds": 0}]},
+         "stream.tasks.0.rounds: must be >= 1, got 0"),
+        ({"tasks": [{"name": "a", "source": {"kind": "generated"}},
+                    {"name": "a", "source": {"kind": "generated"}}]},
+         "stream: task names must be unique, got ['a', 'a']"),
+    ]:
+        with pytest.raises(ScenarioError) as caught:
+            load_scenario(write_scenario(stream_document(quick_document, stream)))
+        assert any(e.startswith(message) for e in caught.value.errors), caught.value.errors
+
+
+def test_osft_settings_are_checked(quick_document, write_scenario) -> None:
+    quick_document["strategy"] = {"name": "osft", "mrr": 0.9, "trr": 0.5}
+    with pytest.raises(ScenarioError) as caught:
+        load_scenario(write_scenario(quick_document))
+    assert caught.value.errors == ["strategy: mrr (0.9) must be <= trr (0.5)"]
+    quick_document["strategy"] = {"name": "osft", "target_modules": ["query", "gate_proj"]}
+    errors = check_scenario(load_scenario(write_scenario(quick_document)))
+    assert len(errors) == 1 and errors[0].startswith(
+        "strategy.target_modules: 'gate_proj' is not a module of 'tiny-bert'")
