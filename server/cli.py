@@ -60,13 +60,17 @@ def cmd_validate(file: Path) -> int:
     scenario = load_checked(file, console)
     if scenario is None:
         return EXIT_INVALID
+    from scenarios.stream import task_plans, total_rounds
+
+    tasks = f" over {len(task_plans(scenario))} tasks" if scenario.stream else ""
     print(f"{file}: valid ({scenario.name}: {scenario.strategy.name}, "
-                    f"{scenario.federation.num_clients} clients, {scenario.federation.rounds} rounds)")
+          f"{scenario.federation.num_clients} clients, {total_rounds(scenario)} rounds{tasks})")
     return 0
 
 
 def cmd_run(file: Path, runs_dir: Path | None, as_json: bool) -> int:
-    from server.progress import RoundProgress, clients_table, rounds_table
+    from scenarios.stream import total_rounds
+    from server.progress import RoundProgress, clients_table, rounds_table, tasks_table
     from server.runner import launch
     from server.store import MetricsStore
     from server.summary import build_summary
@@ -82,7 +86,7 @@ def cmd_run(file: Path, runs_dir: Path | None, as_json: bool) -> int:
     err.print(f"run {run_id}: logs in {runs_dir / run_id}", highlight=False)
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` cleans up like Ctrl-C does
     try:
-        with RoundProgress(store, run_id, scenario.federation.rounds, err) as progress:
+        with RoundProgress(store, run_id, total_rounds(scenario), err) as progress:
             launch(scenario, file, run_id, runs_dir, on_tick=progress.tick)
     except KeyboardInterrupt:
         err.print(f"run {run_id}: cancelled; Flower processes stopped")
@@ -95,6 +99,8 @@ def cmd_run(file: Path, runs_dir: Path | None, as_json: bool) -> int:
     out.print(rounds_table(summary))
     if scenario.privacy is not None or any(c["failures"] for c in summary["clients"].values()):
         out.print(clients_table(summary))
+    if summary["tasks"]:
+        out.print(tasks_table(summary))
     if summary["status"] != "completed":
         err.print(f"run {run_id}: {summary['status']}: {summary['message']}", highlight=False)
     for pid, client in summary["clients"].items():

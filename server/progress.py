@@ -75,3 +75,20 @@ def clients_table(summary: dict[str, Any]) -> Table:
         table.add_row(pid, str(len(client["rounds"])), str(client["failures"]),
                       str(client.get("refusals", 0)), _fmt(client.get("epsilon"), ".3f"))
     return table
+
+
+def tasks_table(summary: dict[str, Any]) -> Table:
+    """The accuracy matrix of a task stream (rows: after each task; "initial": before the
+    stream), with AA, BWT and FWT in the caption."""
+    tasks = summary["tasks"]
+    table = Table(title="accuracy on each task (columns) after each task (rows)",
+                  caption=f"AA {_fmt(tasks['aa'], '.4f')}   BWT {_fmt(tasks['bwt'], '.4f')}   "
+                          f"FWT {_fmt(tasks['fwt'], '.4f')}")
+    table.add_column("after", justify="right")
+    for name in tasks["names"]:
+        table.add_column(name, justify="right")
+    if tasks["initial"]:
+        table.add_row("initial", *(_fmt(a) for a in tasks["initial"]))
+    for name, row in zip(tasks["names"], tasks["matrix"], strict=False):
+        table.add_row(name, *(_fmt(a) for a in row))
+    return table
