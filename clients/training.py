@@ -38,12 +38,17 @@ def forward_loss(model: nn.Module, batch: list[torch.Tensor]) -> tuple[torch.Ten
     The loss is a mean over samples (never over tokens of the whole batch), which the
     DP-SGD analysis needs: each sample's gradient depends on that sample only.
     """
-    input_ids, attention_mask, token_type_ids, labels = batch
+    logits = forward_logits(model, batch)  # (B, C)
+    return nn.functional.cross_entropy(logits, batch[3]), logits
+
+
+def forward_logits(model: nn.Module, batch: list[torch.Tensor]) -> torch.Tensor:
+    """The model's logits (B, C) for a batch of tokenized tensors (labels unused)."""
+    input_ids, attention_mask, token_type_ids = batch[:3]
     # Explicit position ids: per-sample-gradient code needs (B, T) position tensors.
     positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask,
-                   token_type_ids=token_type_ids, position_ids=positions).logits  # (B, C)
-    return nn.functional.cross_entropy(logits, labels), logits
+    return model(input_ids=input_ids, attention_mask=attention_mask,
+                 token_type_ids=token_type_ids, position_ids=positions).logits
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from clients.osft import adaptive_ranks, basis, layer_importance, scheduled_rank
-from clients.training import forward_loss
+from clients.training import forward_logits
 from strategies import keys
 from strategies.osft import Osft
 
@@ -70,7 +70,7 @@ def importance_by_layer(model: nn.Module, weights: dict[str, nn.Parameter],
         for batch in DataLoader(sample, batch_size=32):
             batch = [t.to(device) for t in batch]
             keep[:] = [batch[1].bool()]
-            forward_loss(model, batch)
+            forward_logits(model, batch)  # the previous task's rows, through any head
     finally:
         for handle in handles:
             handle.remove()

@@ -27,19 +27,19 @@ def stream():
 
 
 def test_each_task_has_its_own_data_and_head(stream) -> None:
-    assert label_counts(stream) == (2, 3)
+    assert label_counts(stream) == (3, 2)
     first, second = client_data(stream, 0, 0), client_data(stream, 0, 1)
-    assert first.num_labels == 2 and second.num_labels == 3
-    assert set(second.train.tensors[3].tolist()) == {0, 1, 2}
+    assert first.num_labels == 3 and second.num_labels == 2
+    assert set(second.train.tensors[3].tolist()) == {0, 1}
     assert len(server_test_set(stream, 1)) == 100
     with pytest.raises(ValueError, match="task-id 2 is not a task of 'quick-stream'"):
         client_data(stream, 0, 2)
 
-    model = build_model(stream.model, 2, 0, "full", label_counts=(2, 3))
+    model = build_model(stream.model, 3, 0, "full", label_counts=(3, 2))
     x = torch.randint(0, 1000, (4, 8))
-    assert model(input_ids=x).logits.shape == (4, 2)
-    activate_task(model, 1)
     assert model(input_ids=x).logits.shape == (4, 3)
+    activate_task(model, 1)
+    assert model(input_ids=x).logits.shape == (4, 2)
     trained_heads = {n for n in trainable_state(model) if ".heads." in n}
     assert trained_heads == {"classifier.heads.1.weight", "classifier.heads.1.bias"}
     with pytest.raises(ValueError, match="task-id 5: the model has 2 task heads"):
@@ -49,8 +49,8 @@ def test_each_task_has_its_own_data_and_head(stream) -> None:
 def test_fingerprint_ignores_task_heads_but_not_the_encoder(stream) -> None:
     """The server trains head 0 during task 0; a client that never joined task 0 still
     holds head 0 as drawn from the seed. That must not count as a mismatch."""
-    server = build_model(stream.model, 2, 0, "lora-b", label_counts=(2, 3))
-    client = build_model(stream.model, 2, 0, "lora-b", label_counts=(2, 3))
+    server = build_model(stream.model, 2, 0, "lora-b", label_counts=(3, 2))
+    client = build_model(stream.model, 2, 0, "lora-b", label_counts=(3, 2))
     activate_task(server, 1)
     activate_task(client, 1)
     with torch.no_grad():
@@ -62,7 +62,7 @@ def test_fingerprint_ignores_task_heads_but_not_the_encoder(stream) -> None:
 
 
 def test_merging_lora_keeps_the_function_and_restarts_b(stream) -> None:
-    model = build_model(stream.model, 2, 0, "lora", label_counts=(2, 3)).eval()
+    model = build_model(stream.model, 2, 0, "lora", label_counts=(3, 2)).eval()
     with torch.no_grad():
         for name, param in model.named_parameters():
             if ".lora_B." in name:
@@ -77,7 +77,7 @@ def test_merging_lora_keeps_the_function_and_restarts_b(stream) -> None:
 
 def test_dp_sgd_never_touches_the_other_tasks_heads(stream) -> None:
     """Opacus adds noise to every parameter it trains: only the active head may train."""
-    model = build_model(stream.model, 2, 0, "full", label_counts=(2, 3))
+    model = build_model(stream.model, 2, 0, "full", label_counts=(3, 2))
     activate_task(model, 1)
     head0 = task_heads(model).heads[0].weight.detach().clone()
     head1 = task_heads(model).heads[1].weight.detach().clone()
