@@ -27,14 +27,15 @@ class ScenarioError(ValueError):
         super().__init__("\n".join(errors))
 
 
-def load_scenario(source: str | Path | dict[str, Any]) -> Scenario:
+def load_scenario(source: str | Path | dict[str, Any], base: Path | None = None) -> Scenario:
     """Parse and validate a scenario from a file path or an already-parsed mapping.
 
-    Relative data paths are resolved against the scenario file's folder (against the
-    current directory for a mapping). Raises `ScenarioError` listing every problem.
+    Relative data paths are resolved against the scenario file's folder (against `base`,
+    default the current directory, for a mapping). Raises `ScenarioError` listing every
+    problem.
     """
     if isinstance(source, dict):
-        document, base = source, Path.cwd()
+        document, base = source, (base or Path.cwd())
     else:
         path = Path(source)
         document, base = read_document(path), path.resolve().parent

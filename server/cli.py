@@ -31,10 +31,28 @@ def main(argv: list[str] | None = None) -> int:
                      help="where runs and the metrics store go (default: the scenario's runs_dir)")
     run.add_argument("--json", action="store_true",
                      help="print the run summary as one JSON object on the last line")
+    run.add_argument("--run-id", default=None,
+                     help="execute this pending run of the store (the API's queue uses it)")
+    serve = commands.add_parser("serve", help="the REST API (and dashboard) over the store")
+    serve.add_argument("--host", default=None, help="interface (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="TCP port (default 8000)")
+    serve.add_argument("--runs-dir", type=Path, default=None, help="runs and the store")
+    serve.add_argument("--concurrency", type=int, default=None, help="runs at once (default 1)")
+    serve.add_argument("--token", default=None,
+                       help="bearer token required by requests that change something")
     args = parser.parse_args(argv)
     if args.command == "validate":
         return cmd_validate(args.file)
-    return cmd_run(args.file, args.runs_dir, args.json)
+    if args.command == "serve":
+        from server.serve import cmd_serve
+
+        return cmd_serve(args)
+    return cmd_run(args.file, args.runs_dir, args.json, args.run_id)
+
+
+def new_run_id(name: str) -> str:
+    """<scenario name>-<local time>-<4 hex digits>: sortable, readable, unique enough."""
+    return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
 def load_checked(file: Path, console: Console):
@@ -68,7 +86,7 @@ def cmd_validate(file: Path) -> int:
     return 0
 
 
-def cmd_run(file: Path, runs_dir: Path | None, as_json: bool) -> int:
+def cmd_run(file: Path, runs_dir: Path | None, as_json: bool, run_id: str | None = None) -> int:
     from scenarios.stream import total_rounds
     from server.progress import RoundProgress, clients_table, rounds_table, tasks_table
     from server.runner import launch
@@ -78,11 +96,21 @@ def cmd_run(file: Path, runs_dir: Path | None, as_json: bool) -> int:
     err = Console(stderr=True)
     scenario = load_checked(file, err)
     if scenario is None:
+        if run_id is not None and runs_dir is not None:
+            MetricsStore.in_dir(runs_dir).set_status(run_id, "failed", "invalid scenario file")
         return EXIT_INVALID
     runs_dir = (runs_dir or scenario.runs_dir).resolve()
     store = MetricsStore.in_dir(runs_dir)
-    run_id = f"{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
-    store.create_run(run_id, scenario.name, scenario.model_dump(mode="json"), str(file.resolve()))
+    if run_id is None:
+        run_id = new_run_id(scenario.name)
+        store.create_run(run_id, scenario.name, scenario.model_dump(mode="json"),
+                         str(file.resolve()))
+    else:  # queued by the API: the row exists, pending
+        run = store.get_run(run_id)
+        if run is None or run["status"] != "pending":
+            err.print(f"run {run_id}: not a pending run of {store.path} "
+                      f"({'unknown' if run is None else run['status']})", highlight=False)
+            return EXIT_FAILED
     err.print(f"run {run_id}: logs in {runs_dir / run_id}", highlight=False)
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` cleans up like Ctrl-C does
     try:

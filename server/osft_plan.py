@@ -4,7 +4,7 @@ and their preserved bases (clients.osft), packed for the train messages.
 Task 0 preserves nothing (no earlier task of the stream relies on anything). Task t > 0
 preserves, per target matrix, the rank the scenario's rule gives: the adaptive rule
 measures layer importance on `importance_samples` examples of task t - 1, run through
-the global model as it is at the start of task t.
+the global model as it is at the start of task t (see `importance_by_layer`).
 """
 
 from __future__ import annotations
@@ -46,25 +46,49 @@ def target_weights(model: nn.Module, targets: tuple[str, ...]) -> dict[str, nn.P
     return found
 
 
+def blocks_of(model: nn.Module, weights: dict[str, nn.Parameter]) -> dict[str, nn.Module]:
+    """{weight name: the transformer block (an item of the model's layer list) it is in}."""
+    owners = {}
+    for list_name, module in model.named_modules():
+        if not isinstance(module, nn.ModuleList):
+            continue
+        for index, block in enumerate(module):
+            prefix = f"{list_name}.{index}."
+            owners.update({n: block for n in weights if n.startswith(prefix)})
+    missing = sorted(set(weights) - set(owners))
+    if missing:
+        raise ValueError(f"strategy.target_modules: {missing[:3]} are not inside a layer list "
+                         "of the model; use rank_rule 'schedule' for such models")
+    return owners
+
+
 @torch.no_grad()
 def importance_by_layer(model: nn.Module, weights: dict[str, nn.Parameter],
                         sample: TensorDataset, device: torch.device) -> dict[str, float]:
-    """Mean cos(x_i, W x_i) of each target layer over the (non-padding) token vectors x_i
-    that reach it when `sample` runs through the model."""
-    modules = {f"{n}.weight": m for n, m in model.named_modules() if f"{n}.weight" in weights}
-    sums = dict.fromkeys(weights, 0.0)
-    counts = dict.fromkeys(weights, 0)
+    """Layer importance for each target weight: mean cos(x_i, f_l(x_i)) between the
+    hidden state x_i entering its transformer block l and the one leaving it, over the
+    (non-padding) tokens of `sample`.
+
+    Measured per block, as AdaSVD (Li et al. 2025), where this rule comes from, does:
+    per matrix, cos(x, W x) compares unrelated coordinates (a query projection's output
+    is not in its input's basis) and on MiniLM it is -0.04..0.03, mean about 0, which
+    would make the mean-normalised importance meaningless (ranks 0 or full).
+    """
+    owners = blocks_of(model, weights)
+    blocks = {id(b): b for b in owners.values()}
+    sums = dict.fromkeys(blocks, 0.0)
+    counts = dict.fromkeys(blocks, 0)
     keep: list[torch.Tensor] = []  # the current batch's attention mask, as a boolean index
 
-    def hook_for(name: str):
-        def hook(module: nn.Linear, inputs, _output) -> None:
-            x = inputs[0][keep[0]]                     # (tokens, d_in)
-            cos = layer_importance(x, x @ module.weight.T)  # W x, without the bias
-            sums[name] += cos * len(x)
-            counts[name] += len(x)
+    def hook_for(key: int):
+        def hook(_module, inputs, output) -> None:
+            hidden_out = output[0] if isinstance(output, tuple) else output
+            x, y = inputs[0][keep[0]], hidden_out[keep[0]]       # (tokens, d_model)
+            sums[key] += layer_importance(x, y) * len(x)
+            counts[key] += len(x)
         return hook
 
-    handles = [m.register_forward_hook(hook_for(n)) for n, m in modules.items()]
+    handles = [b.register_forward_hook(hook_for(k)) for k, b in blocks.items()]
     model.eval()
     try:
         for batch in DataLoader(sample, batch_size=32):
@@ -74,7 +98,7 @@ def importance_by_layer(model: nn.Module, weights: dict[str, nn.Parameter],
     finally:
         for handle in handles:
             handle.remove()
-    return {n: sums[n] / max(counts[n], 1) for n in weights}
+    return {n: sums[id(b)] / max(counts[id(b)], 1) for n, b in owners.items()}
 
 
 def task_bases(model: nn.Module, strategy: Osft, task_id: int,

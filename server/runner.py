@@ -178,8 +178,8 @@ def launch(scenario: Scenario, scenario_path: Path, run_id: str, runs_dir: Path,
         while flwr.poll() is None:
             on_tick()
             time.sleep(tick_s)
-            if store.get_run(run_id)["status"] in ("completed", "failed"):
-                break  # the ServerApp is done; `flwr run --stream` may still be draining logs
+            if store.get_run(run_id)["status"] in ("completed", "failed", "cancelled"):
+                break  # done (or cancelled over HTTP); `flwr run --stream` may still be draining
         on_tick()
     except KeyboardInterrupt:
         store.set_status(run_id, "cancelled", "interrupted by the user (Ctrl-C)")

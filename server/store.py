@@ -28,7 +28,8 @@ CREATE TABLE IF NOT EXISTS runs (
     message TEXT,                    -- why it failed, for humans
     created REAL NOT NULL,
     started REAL,
-    ended REAL
+    ended REAL,
+    pid INTEGER                      -- the `orthofed run` process of a run the API started
 );
 CREATE TABLE IF NOT EXISTS rounds (
     run_id TEXT NOT NULL REFERENCES runs(id),
@@ -80,6 +81,9 @@ class MetricsStore:
         try:
             db.execute("PRAGMA journal_mode=WAL")  # persistent: set once per file
             db.executescript(SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
+            if "pid" not in columns:  # a store written before the API existed
+                db.execute("ALTER TABLE runs ADD COLUMN pid INTEGER")
         finally:
             db.close()
 
@@ -129,6 +133,11 @@ class MetricsStore:
                 "WHERE id = ? AND status NOT IN ('completed', 'failed', 'cancelled')",
                 (status, message, status, now, status, now, run_id),
             )
+
+    def set_pid(self, run_id: str, pid: int) -> None:
+        """The process that runs `run_id` (the API watches it; gone = failed)."""
+        with self._connect() as db:
+            db.execute("UPDATE runs SET pid = ? WHERE id = ?", (pid, run_id))
 
     def record_round(self, run_id: str, round_: int, task: int,
                      train: dict[str, float] | None = None,
@@ -183,19 +192,38 @@ class MetricsStore:
         run["scenario"] = json.loads(run["scenario"])
         return run
 
-    def list_runs(self, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+    def list_runs(self, limit: int = 100, offset: int = 0,
+                  statuses: tuple[str, ...] | None = None,
+                  oldest_first: bool = False) -> list[dict[str, Any]]:
+        """Runs, newest first (or oldest first), optionally only those in `statuses`."""
+        where, args = self._status_filter(statuses)
+        order = "ASC" if oldest_first else "DESC"
         with self._connect(write=False) as db:
             rows = db.execute(
-                "SELECT id, name, status, message, created, started, ended FROM runs "
-                "ORDER BY created DESC LIMIT ? OFFSET ?", (limit, offset),
+                "SELECT id, name, status, message, created, started, ended, pid, scenario_path "
+                f"FROM runs {where} ORDER BY created {order}, rowid {order} LIMIT ? OFFSET ?",
+                (*args, limit, offset),
             ).fetchall()
         return [dict(r) for r in rows]
 
-    def rounds(self, run_id: str) -> list[dict[str, Any]]:
+    def count_runs(self, statuses: tuple[str, ...] | None = None) -> int:
+        where, args = self._status_filter(statuses)
+        with self._connect(write=False) as db:
+            return db.execute(f"SELECT COUNT(*) FROM runs {where}", args).fetchone()[0]
+
+    @staticmethod
+    def _status_filter(statuses: tuple[str, ...] | None) -> tuple[str, tuple]:
+        if not statuses:
+            return "", ()
+        return f"WHERE status IN ({', '.join('?' * len(statuses))})", tuple(statuses)
+
+    def rounds(self, run_id: str, after: int = -1, limit: int = -1) -> list[dict[str, Any]]:
+        """Rounds of a run in order; only those numbered above `after`, at most `limit`
+        (-1: all)."""
         with self._connect(write=False) as db:
             rows = db.execute(
-                "SELECT round, task, train, eval FROM rounds WHERE run_id = ? ORDER BY round",
-                (run_id,),
+                "SELECT round, task, train, eval FROM rounds WHERE run_id = ? AND round > ? "
+                "ORDER BY round LIMIT ?", (run_id, after, limit),
             ).fetchall()
         return [{"round": r["round"], "task": r["task"], "train": _loads(r["train"]),
                  "eval": _loads(r["eval"])} for r in rows]

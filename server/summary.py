@@ -19,6 +19,21 @@ def build_summary(store: MetricsStore, run_id: str) -> dict[str, Any]:
     run = store.get_run(run_id)
     if run is None:
         raise KeyError(f"no run {run_id!r} in {store.path}")
+    return {
+        "run_id": run_id,
+        "name": run["name"],
+        "status": run["status"],
+        "message": run["message"],
+        "seconds": (run["ended"] - run["created"]) if run["ended"] else None,
+        "rounds": store.rounds(run_id),
+        "clients": client_summaries(store, run_id),
+        "tasks": task_summary(store.task_evals(run_id)),
+    }
+
+
+def client_summaries(store: MetricsStore, run_id: str) -> dict[str, dict[str, Any]]:
+    """Per partition id (as a string): rounds trained, failures (and their reasons),
+    refusals, the epsilon spent so far and the last round's metrics."""
     clients: dict[str, dict[str, Any]] = {}
     for row in store.client_rounds(run_id):
         entry = clients.setdefault(str(row["partition_id"]),
@@ -36,13 +51,4 @@ def build_summary(store: MetricsStore, run_id: str) -> dict[str, Any]:
         entry = clients.setdefault(key, {"rounds": [], "failures": 0, "refusals": 0})
         entry["failures"] += 1
         entry.setdefault("reasons", []).append(failure["reason"])
-    return {
-        "run_id": run_id,
-        "name": run["name"],
-        "status": run["status"],
-        "message": run["message"],
-        "seconds": (run["ended"] - run["created"]) if run["ended"] else None,
-        "rounds": store.rounds(run_id),
-        "clients": dict(sorted(clients.items())),
-        "tasks": task_summary(store.task_evals(run_id)),
-    }
+    return dict(sorted(clients.items()))

@@ -1,0 +1,82 @@
+"""The API's response bodies: typed, so /docs shows them and clients can rely on them."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+Status = Literal["pending", "running", "completed", "failed", "cancelled"]
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+    runs_dir: str = Field(description="Where this server keeps runs and the store.")
+    executing: int = Field(description="Runs pending or running now.")
+
+
+class RunInfo(BaseModel):
+    id: str
+    name: str = Field(description="The scenario's name.")
+    status: Status
+    message: str | None = Field(None, description="Why it failed or stopped, for humans.")
+    created: float = Field(description="Unix time the run was queued.")
+    started: float | None = None
+    ended: float | None = None
+
+
+class RunList(BaseModel):
+    runs: list[RunInfo]
+    total: int = Field(description="Runs matching the filter, over all pages.")
+    limit: int
+    offset: int
+
+
+class RunDetail(RunInfo):
+    scenario: dict[str, Any] = Field(description="The scenario as validated.")
+    rounds: int = Field(description="Rounds recorded so far (round 0: the initial model).")
+
+
+class Round(BaseModel):
+    round: int = Field(description="Global round, counted across the tasks of a stream.")
+    task: int
+    train: dict[str, float] = Field(description="Aggregated client metrics of the round.")
+    eval: dict[str, float] = Field(description="The global model on the test split.")
+
+
+class RoundList(BaseModel):
+    run_id: str
+    rounds: list[Round]
+
+
+class Client(BaseModel):
+    partition_id: str
+    rounds: list[int] = Field(description="Rounds this client trained in.")
+    failures: int
+    refusals: int = Field(description="Rounds refused because they would pass its DP budget.")
+    epsilon: float | None = Field(None, description="DP budget spent so far (DP runs only).")
+    last: dict[str, Any] | None = Field(None, description="Its metrics in its last round.")
+    reasons: list[str] = Field(default_factory=list, description="Why it failed, per failure.")
+
+
+class ClientList(BaseModel):
+    run_id: str
+    clients: list[Client]
+
+
+class Tasks(BaseModel):
+    run_id: str
+    names: list[str] = Field(default_factory=list)
+    initial: list[float] = Field(default_factory=list, description="Before the stream.")
+    matrix: list[list[float]] = Field(
+        default_factory=list, description="Row i: accuracy on every task after task i.")
+    aa: float | None = None
+    bwt: float | None = None
+    fwt: float | None = None
+    forgetting: list[float] = Field(default_factory=list)
+
+
+class Problem(BaseModel):
+    """An error: what went wrong, and for a scenario every problem by its path."""
+
+    detail: str | list[str]

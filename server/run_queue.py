@@ -1,0 +1,113 @@
+"""Runs started over HTTP: a queue that executes them as `orthofed run` processes.
+
+Each run is its own `orthofed run FILE --run-id ID` process (its own session, so it
+and its Flower processes outlive an API restart and finish writing to the store). The
+queue starts pending runs oldest first, at most `concurrency` at once, and watches the
+ones executing: a run whose process is gone while the store still says pending or
+running is marked failed with the reason. State lives in the store only, so a new API
+process picks up where the last one stopped.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import psutil
+
+from server.settings import PROJECT_ROOT
+from server.store import MetricsStore
+
+ACTIVE = ("pending", "running")
+
+
+class RunQueue:
+    """Start and watch the runs of one runs directory."""
+
+    def __init__(self, store: MetricsStore, runs_dir: Path, concurrency: int = 1,
+                 poll_s: float = 0.5) -> None:
+        self.store, self.runs_dir = store, runs_dir.resolve()
+        self.concurrency, self.poll_s = concurrency, poll_s
+        self.children: dict[str, subprocess.Popen] = {}  # started by this process
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="run-queue", daemon=True)
+
+    def start(self) -> None:
+        self.tick()  # recover from a previous API process before serving
+        self.thread.start()
+
+    def stop(self) -> None:
+        """Stop watching. Runs keep executing (their processes are their own); the next
+        API process adopts them."""
+        self.stopping.set()
+        if self.thread.is_alive():
+            self.thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        while not self.stopping.wait(self.poll_s):
+            try:
+                self.tick()
+            except Exception as exc:  # noqa: BLE001 - the watcher must outlive a bad tick
+                print(f"run queue: {type(exc).__name__}: {exc}", file=sys.stderr)
+
+    def tick(self) -> None:
+        """Mark vanished runs failed, then start pending runs while there is room."""
+        with self.lock:
+            executing = 0
+            for run in self.store.list_runs(limit=-1, statuses=ACTIVE, oldest_first=True):
+                if run["pid"] is None:
+                    continue
+                if self._alive(run["id"], run["pid"]):
+                    executing += 1
+                else:
+                    self.store.set_status(run["id"], "failed", (
+                        f"its process (pid {run['pid']}) ended without finishing the run; "
+                        f"see {self.runs_dir / run['id'] / 'orthofed.log'}"))
+            waiting = [r for r in self.store.list_runs(limit=-1, statuses=("pending",),
+                                                       oldest_first=True) if r["pid"] is None]
+            for run in waiting[: max(self.concurrency - executing, 0)]:
+                self._launch(run["id"], Path(run["scenario_path"]))
+
+    def _launch(self, run_id: str, scenario_path: Path) -> None:
+        run_dir = self.runs_dir / run_id
+        run_dir.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, "-m", "server.cli", "run", str(scenario_path),
+                   "--runs-dir", str(self.runs_dir), "--run-id", run_id]
+        with (run_dir / "orthofed.log").open("ab") as log:
+            process = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=log,
+                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                       start_new_session=True)
+        self.children[run_id] = process
+        self.store.set_pid(run_id, process.pid)
+
+    def _alive(self, run_id: str, pid: int) -> bool:
+        """Whether `pid` is still this run's process (not a reused pid)."""
+        child = self.children.get(run_id)
+        if child is not None:
+            if child.poll() is None:  # poll() also reaps our exited children
+                return True
+            del self.children[run_id]
+            return False
+        try:
+            return run_id in " ".join(psutil.Process(pid).cmdline())
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            return False
+
+    def cancel(self, run_id: str) -> bool:
+        """Cancel a pending or executing run; False when it had already ended. What was
+        recorded stays; the run's process gets SIGTERM and stops its Flower processes."""
+        with self.lock:
+            run = self.store.get_run(run_id)
+            if run is None or run["status"] not in ACTIVE:
+                return False
+            self.store.set_status(run_id, "cancelled", "cancelled over HTTP")
+            if run["pid"] is not None and self._alive(run_id, run["pid"]):
+                try:
+                    psutil.Process(run["pid"]).send_signal(signal.SIGTERM)
+                except psutil.NoSuchProcess:
+                    pass
+            return True

@@ -1,0 +1,32 @@
+"""`orthofed serve`: settings from flags and environment, then uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pydantic import ValidationError
+
+from scenarios.loader import format_error
+from server.settings import ServeSettings
+
+FLAGS = ("host", "port", "runs_dir", "concurrency", "token")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from server.api import create_app
+
+    given = {k: getattr(args, k) for k in FLAGS if getattr(args, k, None) is not None}
+    try:
+        settings = ServeSettings(**given)
+    except ValidationError as exc:
+        for error in exc.errors():
+            print(f"serve: {format_error(error)}", file=sys.stderr)
+        return 2
+    print(f"orthofed serve: http://{settings.host}:{settings.port} (runs in "
+          f"{settings.runs_dir.resolve()}, {settings.concurrency} at once, "
+          f"{'token required for changes' if settings.token else 'no token'})", file=sys.stderr)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    return 0

@@ -1,0 +1,38 @@
+"""Settings of `orthofed serve`: flags, else ORTHOFED_* environment variables, else defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+class ServeSettings(BaseSettings):
+    """What the API server may do and where."""
+
+    model_config = SettingsConfigDict(env_prefix="ORTHOFED_", extra="forbid", frozen=True)
+
+    runs_dir: Path = Field(Path("runs"), description="Runs and the metrics store.")
+    host: str = Field("127.0.0.1", description="Interface to bind (loopback by default).")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port (0: any free port).")
+    concurrency: int = Field(1, ge=1, le=64, description="Runs executing at once; more wait.")
+    token: SecretStr | None = Field(
+        None, description="When set, requests that change something need "
+        "`Authorization: Bearer <token>`; reads stay open."
+    )
+    scenarios_dir: Path = Field(
+        PROJECT_ROOT / "scenarios",
+        description="Shipped scenarios (POST /runs?shipped=NAME) and the folder relative data "
+        "paths of a posted scenario resolve against.",
+    )
+    data_dirs: tuple[Path, ...] = Field(
+        (PROJECT_ROOT.parent / "shared" / "data",),
+        description="Besides scenarios_dir, the only folders a posted scenario may read.",
+    )
+    max_body_bytes: int = Field(1_000_000, ge=1, description="Largest scenario body accepted.")
+
+    def readable_roots(self) -> list[Path]:
+        return [self.scenarios_dir, *self.data_dirs]
