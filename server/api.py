@@ -155,19 +155,19 @@ def create_app(settings: ServeSettings) -> FastAPI:
         get_run(run_id)
         return Tasks(run_id=run_id, **task_summary(store.task_evals(run_id)))
 
-    @app.get("/runs/{run_id}/events", response_class=EventSourceResponse, responses=not_found)
+    def existing_run(run_id: str) -> dict[str, Any]:
+        return get_run(run_id)  # a dependency: a 404 before the event stream starts
+
+    @app.get("/runs/{run_id}/events", response_class=EventSourceResponse, responses=not_found,
+             dependencies=[Depends(existing_run)])
     async def events(run_id: str, after: Annotated[int, Query(ge=-1)] = -1,
                      last_event_id: Annotated[str | None, Header()] = None,
                      ) -> AsyncIterator[ServerSentEvent]:
         """`round` events (id = the round) as rounds are recorded, `status` events as the
         run moves on; the stream ends after the run's final status. Reconnecting with
         Last-Event-ID resumes after that round."""
-        get_run(run_id)
         if last_event_id is not None and last_event_id.lstrip("-").isdigit():
             after = max(after, int(last_event_id))
-        return follow(run_id, after)
-
-    async def follow(run_id: str, after: int) -> AsyncIterator[ServerSentEvent]:
         status = None
         while True:
             run = await run_in_threadpool(store.get_run, run_id)
@@ -176,11 +176,10 @@ def create_app(settings: ServeSettings) -> FastAPI:
             for i, r in enumerate(new):
                 # A round is written in two steps (train, then the server's eval): send it
                 # once it is whole, or once a later round or the end shows it will stay so.
-                if r["eval"] or i + 1 < len(new) or ended:
-                    after = r["round"]
-                    yield ServerSentEvent(event="round", id=str(r["round"]), data=r)
-                else:
+                if not (r["eval"] or i + 1 < len(new) or ended):
                     break
+                after = r["round"]
+                yield ServerSentEvent(event="round", id=str(r["round"]), data=r)
             if run["status"] != status:
                 status = run["status"]
                 yield ServerSentEvent(event="status", data=RunInfo(**run).model_dump())

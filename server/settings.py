@@ -18,7 +18,8 @@ class ServeSettings(BaseSettings):
     runs_dir: Path = Field(Path("runs"), description="Runs and the metrics store.")
     host: str = Field("127.0.0.1", description="Interface to bind (loopback by default).")
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0: any free port).")
-    concurrency: int = Field(1, ge=1, le=64, description="Runs executing at once; more wait.")
+    concurrency: int = Field(1, ge=0, le=64, description="Runs executing at once; more wait "
+                             "(0: accept and queue runs but start none, a paused server).")
     token: SecretStr | None = Field(
         None, description="When set, requests that change something need "
         "`Authorization: Bearer <token>`; reads stay open."
