@@ -158,7 +158,11 @@ def create_app(settings: ServeSettings) -> FastAPI:
     def existing_run(run_id: str) -> dict[str, Any]:
         return get_run(run_id)  # a dependency: a 404 before the event stream starts
 
-    @app.get("/runs/{run_id}/events", response_class=EventSourceResponse, responses=not_found,
+    json_not_found = {404: {"description": "No such run.", "content": {
+        "application/json": {"schema": Problem.model_json_schema()}}}}
+
+    @app.get("/runs/{run_id}/events", response_class=EventSourceResponse,
+             responses=json_not_found,
              dependencies=[Depends(existing_run)])
     async def events(run_id: str, after: Annotated[int, Query(ge=-1)] = -1,
                      last_event_id: Annotated[str | None, Header()] = None,

@@ -77,6 +77,7 @@ class Tasks(BaseModel):
 
 
 class Problem(BaseModel):
-    """An error: what went wrong, and for a scenario every problem by its path."""
+    """An error: what went wrong; for a scenario, every problem by its path; for a bad
+    query parameter, FastAPI's own validation records."""
 
-    detail: str | list[str]
+    detail: str | list[str] | list[dict[str, Any]]
