@@ -33,6 +33,10 @@ def main(argv: list[str] | None = None) -> int:
                      help="print the run summary as one JSON object on the last line")
     run.add_argument("--run-id", default=None,
                      help="execute this pending run of the store (the API's queue uses it)")
+    report = commands.add_parser("report", help="a run's tables, and PNG plots in its folder")
+    report.add_argument("run_id")
+    report.add_argument("--runs-dir", type=Path, default=Path("runs"),
+                        help="where the run's store is (default: runs)")
     serve = commands.add_parser("serve", help="the REST API (and dashboard) over the store")
     serve.add_argument("--host", default=None, help="interface (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="TCP port (default 8000)")
@@ -43,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "validate":
         return cmd_validate(args.file)
+    if args.command == "report":
+        return cmd_report(args.run_id, args.runs_dir)
     if args.command == "serve":
         from server.serve import cmd_serve
 
@@ -141,6 +147,34 @@ def cmd_run(file: Path, runs_dir: Path | None, as_json: bool, run_id: str | None
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+
+def cmd_report(run_id: str, runs_dir: Path) -> int:
+    """Print the run's tables and write its plots; exit 2 for an unknown run."""
+    from server.progress import clients_table, rounds_table, tasks_table
+    from server.report import write_plots
+    from server.store import STORE_FILE, MetricsStore
+    from server.summary import build_summary
+
+    runs_dir = runs_dir.resolve()
+    if not (runs_dir / STORE_FILE).is_file():
+        print(f"report: no metrics store in {runs_dir} (give --runs-dir)", file=sys.stderr)
+        return EXIT_INVALID
+    store = MetricsStore.in_dir(runs_dir)
+    if store.get_run(run_id) is None:
+        recent = [r["id"] for r in store.list_runs(limit=5)]
+        print(f"report: no run {run_id!r} in {runs_dir}; recent runs: {recent}", file=sys.stderr)
+        return EXIT_INVALID
+    summary = build_summary(store, run_id)
+    out = Console()
+    out.print(rounds_table(summary))
+    out.print(clients_table(summary))
+    if summary["tasks"]:
+        out.print(tasks_table(summary))
+    for path in write_plots(store, summary, runs_dir / run_id):
+        out.print(f"wrote {path}", highlight=False)
+    return 0
 
 
 if __name__ == "__main__":
