@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import psutil
+
+from server.runner import free_port
 
 from tests.conftest import ROOT
 
@@ -51,3 +57,47 @@ def kill_all(procs: list[psutil.Process]) -> None:
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+
+
+@contextmanager
+def serving(runs_dir: Path, token: str = "it-token"):
+    """`orthofed serve` in its own process; stopped (SIGTERM, then SIGKILL) afterwards."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--runs-dir",
+         str(runs_dir), "--token", token], cwd=ROOT, start_new_session=True,
+        env=dict(os.environ, HF_HUB_OFFLINE="1"),
+        stdout=subprocess.DEVNULL, stderr=(runs_dir.parent / "serve.log").open("wb"))
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).is_success:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, \
+                (runs_dir.parent / "serve.log").read_text()[-2000:]
+            time.sleep(0.2)
+        yield base
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def wait_gone(pid: int, timeout: float = 60) -> None:
+    """Until the run's `orthofed run` process has exited (it is the server's child)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return
+        except psutil.NoSuchProcess:
+            return
+        assert time.monotonic() < deadline, f"run process {pid} still alive"
+        time.sleep(0.3)

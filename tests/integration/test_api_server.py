@@ -5,53 +5,17 @@ the store; a run cancelled over HTTP stops every process it started."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
-from contextlib import contextmanager
 
 import httpx
 import pytest
 
-from server.runner import free_port
 from server.store import MetricsStore
 from tests.conftest import ROOT
+from tests.integration.helpers import serving, wait_gone
 
 pytestmark = pytest.mark.integration
 TOKEN = {"Authorization": "Bearer it-token"}
-
-
-@contextmanager
-def serving(runs_dir):
-    """`orthofed serve` in its own process; stopped (SIGTERM, then SIGKILL) afterwards."""
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--runs-dir",
-         str(runs_dir), "--token", "it-token"], cwd=ROOT, start_new_session=True,
-        env=dict(os.environ, HF_HUB_OFFLINE="1"),
-        stdout=subprocess.DEVNULL, stderr=(runs_dir.parent / "serve.log").open("wb"))
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).is_success:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert server.poll() is None and time.monotonic() < deadline, \
-                (runs_dir.parent / "serve.log").read_text()[-2000:]
-            time.sleep(0.2)
-        yield base
-    finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
 
 
 def follow(base: str, run_id: str, timeout: float = 300) -> list[tuple[str, dict]]:
@@ -106,18 +70,3 @@ def test_cancel_over_http_stops_the_run_and_keeps_its_rounds(tmp_path, runs_dir)
         kept = store.rounds(run_id)
         assert len(kept) >= 3 and store.get_run(run_id)["status"] == "cancelled"
         assert store.get_run(run_id)["message"] == "cancelled over HTTP"
-
-
-def wait_gone(pid: int, timeout: float = 60) -> None:
-    """Until the run's `orthofed run` process has exited (it is the server's child)."""
-    import psutil
-
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                return
-        except psutil.NoSuchProcess:
-            return
-        assert time.monotonic() < deadline, f"run process {pid} still alive"
-        time.sleep(0.3)
