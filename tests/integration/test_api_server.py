@@ -33,7 +33,8 @@ def follow(base: str, run_id: str, timeout: float = 300) -> list[tuple[str, dict
 def test_a_run_posted_over_http_streams_its_rounds_to_the_end(tmp_path, runs_dir) -> None:
     runs_dir.mkdir(parents=True)
     with serving(runs_dir) as base:
-        posted = httpx.post(f"{base}/runs", params={"shipped": "quick"}, headers=TOKEN)
+        posted = httpx.post(f"{base}/runs", params={"shipped": "quick"}, headers=TOKEN,
+                            timeout=120)
         assert posted.status_code == 202, posted.text
         run_id = posted.json()["id"]
         events = follow(base, run_id)
@@ -43,8 +44,8 @@ def test_a_run_posted_over_http_streams_its_rounds_to_the_end(tmp_path, runs_dir
         streamed = [d for e, d in events if e == "round"]
         assert [r["round"] for r in streamed] == [0, 1, 2, 3]
         assert streamed == MetricsStore.in_dir(runs_dir).rounds(run_id)
-        assert httpx.get(f"{base}/runs/{run_id}/rounds").json()["rounds"] == streamed
-        clients = httpx.get(f"{base}/runs/{run_id}/clients").json()["clients"]
+        assert httpx.get(f"{base}/runs/{run_id}/rounds", timeout=60).json()["rounds"] == streamed
+        clients = httpx.get(f"{base}/runs/{run_id}/clients", timeout=60).json()["clients"]
         assert [c["rounds"] for c in clients] == [[1, 2, 3]] * 3
         # The run's process stops its Flower processes after the last round: wait for it.
         wait_gone(MetricsStore.in_dir(runs_dir).get_run(run_id)["pid"])
@@ -56,7 +57,7 @@ def test_cancel_over_http_stops_the_run_and_keeps_its_rounds(tmp_path, runs_dir)
         doc_path = ROOT / "scenarios" / "quick.yaml"
         body = doc_path.read_text().replace("rounds: 3", "rounds: 40")
         posted = httpx.post(f"{base}/runs", content=body,
-                            headers={**TOKEN, "Content-Type": "application/yaml"})
+                            headers={**TOKEN, "Content-Type": "application/yaml"}, timeout=120)
         assert posted.status_code == 202, posted.text
         run_id = posted.json()["id"]
         store = MetricsStore.in_dir(runs_dir)
@@ -64,7 +65,7 @@ def test_cancel_over_http_stops_the_run_and_keeps_its_rounds(tmp_path, runs_dir)
         while len(store.rounds(run_id)) < 3:  # wait for a couple of real rounds
             assert time.monotonic() < deadline, store.get_run(run_id)
             time.sleep(0.5)
-        cancelled = httpx.post(f"{base}/runs/{run_id}/cancel", headers=TOKEN)
+        cancelled = httpx.post(f"{base}/runs/{run_id}/cancel", headers=TOKEN, timeout=60)
         assert cancelled.status_code == 202 and cancelled.json()["status"] == "cancelled"
         wait_gone(store.get_run(run_id)["pid"])
         kept = store.rounds(run_id)
