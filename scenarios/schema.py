@@ -383,7 +383,12 @@ class ResourcesSpec(Spec):
 
     num_cpus: int = Field(1, ge=1, description="CPUs per client (Flower takes whole CPUs); "
                           "sets how many clients train at once.")
-    num_gpus: float = Field(0.0, ge=0, description="GPUs per client; fractions share a GPU.")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per client in simulation; fractions "
+                            "share a GPU.")
+    devices: tuple[Annotated[int, Field(ge=0)], ...] = Field(
+        (), description="Deployment engine: GPU ids for the SuperNodes, client i gets "
+        "devices[i mod len] as its CUDA_VISIBLE_DEVICES; empty: inherit the environment."
+    )
 
 
 class Scenario(Spec):

@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
                      help="where runs and the metrics store go (default: the scenario's runs_dir)")
     run.add_argument("--json", action="store_true",
                      help="print the run summary as one JSON object on the last line")
+    run.add_argument("--deployment", action="store_true",
+                     help="use Flower's deployment engine: a SuperLink and one SuperNode per "
+                     "client on this host (resources.devices pins their GPUs)")
     run.add_argument("--run-id", default=None,
                      help="execute this pending run of the store (the API's queue uses it)")
     report = commands.add_parser("report", help="a run's tables, and PNG plots in its folder")
@@ -53,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         from server.serve import cmd_serve
 
         return cmd_serve(args)
-    return cmd_run(args.file, args.runs_dir, args.json, args.run_id)
+    return cmd_run(args.file, args.runs_dir, args.json, args.run_id, args.deployment)
 
 
 def new_run_id(name: str) -> str:
@@ -92,7 +95,8 @@ def cmd_validate(file: Path) -> int:
     return 0
 
 
-def cmd_run(file: Path, runs_dir: Path | None, as_json: bool, run_id: str | None = None) -> int:
+def cmd_run(file: Path, runs_dir: Path | None, as_json: bool, run_id: str | None = None,
+            deployment: bool = False) -> int:
     from scenarios.stream import total_rounds
     from server.progress import RoundProgress, clients_table, rounds_table, tasks_table
     from server.runner import launch
@@ -121,7 +125,8 @@ def cmd_run(file: Path, runs_dir: Path | None, as_json: bool, run_id: str | None
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` cleans up like Ctrl-C does
     try:
         with RoundProgress(store, run_id, total_rounds(scenario), err) as progress:
-            launch(scenario, file, run_id, runs_dir, on_tick=progress.tick)
+            launch(scenario, file, run_id, runs_dir, on_tick=progress.tick,
+                   deployment=deployment)
     except KeyboardInterrupt:
         err.print(f"run {run_id}: cancelled; Flower processes stopped")
         return EXIT_INTERRUPTED

@@ -79,11 +79,12 @@ def write_connection(paths: RunPaths, port: int) -> None:
     )
 
 
-def start_superlink(paths: RunPaths, port: int) -> subprocess.Popen:
-    """A simulation SuperLink on `port`, its state in the run folder."""
+def start_superlink(paths: RunPaths, port: int, simulation: bool = True) -> subprocess.Popen:
+    """A SuperLink on `port` (simulation engine, or deployment engine waiting for
+    SuperNodes), its state in the run folder."""
     command = [
-        "flower-superlink", "--insecure", "--simulation", "--isolation", "subprocess",
-        "--host", "127.0.0.1", "--port", str(port),
+        "flower-superlink", "--insecure", *(["--simulation"] if simulation else []),
+        "--isolation", "subprocess", "--host", "127.0.0.1", "--port", str(port),
         "--control-api-address", f"127.0.0.1:{free_port()}",
         "--database", str(paths.run_dir / "superlink.db"),
         "--disable-runtime-dependency-installation",
@@ -108,8 +109,28 @@ def start_superlink(paths: RunPaths, port: int) -> subprocess.Popen:
                        f"see {paths.superlink_log}")
 
 
+def start_supernodes(paths: RunPaths, superlink_port: int, scenario: Scenario,
+                     ) -> list[subprocess.Popen]:
+    """One SuperNode per client partition, each with its partition in --node-config,
+    its own port, and CUDA_VISIBLE_DEVICES from resources.devices (round-robin)."""
+    nodes = []
+    count = scenario.federation.num_clients
+    devices = scenario.resources.devices
+    for partition in range(count):
+        env = flower_env(paths)
+        if devices:
+            env["CUDA_VISIBLE_DEVICES"] = str(devices[partition % len(devices)])
+        command = ["flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{superlink_port}",
+                   "--port", str(free_port()), "--isolation", "subprocess",
+                   "--node-config", f"partition-id={partition} num-partitions={count}"]
+        with (paths.run_dir / f"supernode-{partition}.log").open("ab") as log:
+            nodes.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                          start_new_session=True, cwd=paths.run_dir))
+    return nodes
+
+
 def submit(paths: RunPaths, scenario: Scenario, scenario_path: Path, run_id: str,
-           runs_dir: Path) -> subprocess.Popen:
+           runs_dir: Path, deployment: bool = False) -> subprocess.Popen:
     """`flwr run` of this project against the run's SuperLink, following its logs."""
     run_config = (f"scenario='{scenario_path}' run-id='{run_id}' runs-dir='{runs_dir}'")
     federation_config = (
@@ -118,7 +139,8 @@ def submit(paths: RunPaths, scenario: Scenario, scenario_path: Path, run_id: str
         f"client-resources-num-gpus={scenario.resources.num_gpus}"
     )
     command = ["flwr", "run", str(PROJECT_ROOT), CONNECTION, "--stream",
-               "--run-config", run_config, "--federation-config", federation_config]
+               "--run-config", run_config,
+               *([] if deployment else ["--federation-config", federation_config])]
     with paths.flower_log.open("ab") as log:
         return subprocess.Popen(command, env=flower_env(paths), stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True,
@@ -159,8 +181,11 @@ def log_tail(path: Path, lines: int = 6) -> str:
 
 
 def launch(scenario: Scenario, scenario_path: Path, run_id: str, runs_dir: Path,
-           on_tick: Callable[[], None] = lambda: None, tick_s: float = 0.5) -> str:
-    """Run a scenario to the end through Flower's simulation engine; return its status.
+           on_tick: Callable[[], None] = lambda: None, tick_s: float = 0.5,
+           deployment: bool = False) -> str:
+    """Run a scenario to the end through Flower's simulation engine (or, `deployment`,
+    its deployment engine: a SuperLink and one SuperNode per client on this host);
+    return its status.
 
     The run's row must exist in the store (pending). The ServerApp marks it running and
     then completed or failed; if Flower ends without the ServerApp saying so (it could
@@ -170,11 +195,15 @@ def launch(scenario: Scenario, scenario_path: Path, run_id: str, runs_dir: Path,
     paths = RunPaths(runs_dir / run_id)
     paths.run_dir.mkdir(parents=True, exist_ok=True)
     superlink = flwr = None
+    supernodes: list[subprocess.Popen] = []
     try:
         port = free_port()
         write_connection(paths, port)
-        superlink = start_superlink(paths, port)
-        flwr = submit(paths, scenario, scenario_path.resolve(), run_id, runs_dir.resolve())
+        superlink = start_superlink(paths, port, simulation=not deployment)
+        if deployment:
+            supernodes = start_supernodes(paths, port, scenario)
+        flwr = submit(paths, scenario, scenario_path.resolve(), run_id, runs_dir.resolve(),
+                      deployment)
         while flwr.poll() is None:
             on_tick()
             time.sleep(tick_s)
@@ -192,6 +221,8 @@ def launch(scenario: Scenario, scenario_path: Path, run_id: str, runs_dir: Path,
         # Short grace: the ServerApp has already recorded everything that matters, and
         # Ray's raylet otherwise lingers 5 s on SIGTERM.
         stop_tree(flwr, grace_s=1.0)
+        for node in supernodes:
+            stop_tree(node, grace_s=1.0)
         stop_tree(superlink, grace_s=1.0)
         with (paths.run_dir / "runner.log").open("a") as log:
             log.write(f"stopped Flower processes in {time.monotonic() - stopping:.1f} s\n")
