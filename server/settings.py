@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -34,6 +34,11 @@ class ServeSettings(BaseSettings):
         description="Besides scenarios_dir, the only folders a posted scenario may read.",
     )
     max_body_bytes: int = Field(1_000_000, ge=1, description="Largest scenario body accepted.")
+
+    @field_validator("token", mode="before")
+    @classmethod
+    def _empty_token_is_none(cls, value):
+        return None if value == "" else value  # compose passes ORTHOFED_TOKEN= when unset
 
     def readable_roots(self) -> list[Path]:
         return [self.scenarios_dir, *self.data_dirs]

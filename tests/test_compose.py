@@ -1,0 +1,69 @@
+"""compose.yaml parses, pins one GPU per SuperNode, and every command and flag in it is
+accepted by the installed Flower 1.42 executables and by orthofed (docker itself does
+not run here)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+
+COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())
+SERVICES = COMPOSE["services"]
+
+
+def flower_parser(executable: str):
+    """The argparse parser behind a Flower executable (private, but it is exactly what
+    the executable parses its argv with)."""
+    if executable == "flower-superlink":
+        from flwr.superlink.cli.flower_superlink import _parse_args_run_superlink
+        return _parse_args_run_superlink()
+    if executable == "flower-supernode":
+        from flwr.supernode.cli.flower_supernode import _parse_args_run_supernode
+        return _parse_args_run_supernode()
+    raise AssertionError(f"unexpected executable {executable}")
+
+
+def test_services_and_gpu_pinning() -> None:
+    assert set(SERVICES) == {"superlink", "api", *(f"supernode-{i}" for i in range(4))}
+    seen = set()
+    for i in range(4):
+        node = SERVICES[f"supernode-{i}"]
+        command = node["command"]
+        assert command[command.index("--node-config") + 1] == f"partition-id={i} num-partitions=4"
+        (device,) = node["deploy"]["resources"]["reservations"]["devices"]
+        assert device["capabilities"] == ["gpu"] and device["device_ids"] == [str(i)]
+        seen.add(device["device_ids"][0])
+        assert node["depends_on"] == ["superlink"] and "runs:/runs" in node["volumes"]
+    assert seen == {"0", "1", "2", "3"}
+    assert "runs" in COMPOSE["volumes"] and "runs:/runs" in SERVICES["api"]["volumes"]
+
+
+@pytest.mark.parametrize("service", sorted(s for s in SERVICES if s != "api"))
+def test_flower_accepts_every_flag(service: str) -> None:
+    executable, *args = SERVICES[service]["command"]
+    help_text = subprocess.run([executable, "--help"], capture_output=True, text=True,
+                               check=True).stdout
+    for flag in (a for a in args if a.startswith("--")):
+        assert flag in help_text, f"{service}: {executable} has no {flag}"
+    parsed = flower_parser(executable).parse_args(args)  # exits on a bad flag or value
+    assert parsed.insecure and parsed.isolation == "subprocess"
+
+
+def test_orthofed_serve_accepts_its_flags() -> None:
+    executable, *args = SERVICES["api"]["command"]
+    assert executable == "orthofed" and args[0] == "serve"
+    help_text = subprocess.run([sys.executable, "-m", "server.cli", "serve", "--help"],
+                               cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    for flag in (a for a in args if a.startswith("--")):
+        assert flag in help_text
+
+
+def test_the_image_installs_the_pinned_stack() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert dockerfile.startswith("#") and "FROM nvidia/cuda:" in dockerfile
+    assert "pip install torch==2.13.0" in dockerfile and "pip install -e ." in dockerfile
