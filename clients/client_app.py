@@ -102,6 +102,10 @@ def train_round(scenario: Scenario, partition_id: int, content: RecordDict,
     config = content[keys.CONFIG] if keys.CONFIG in content else ConfigRecord()
     server_round = int(config.get(keys.SERVER_ROUND, 0))
     task_id = int(config.get(keys.TASK_ID, 0))
+    # The scenario's CPUs per client, on either engine (Ray sets 1 thread per CPU in
+    # simulation; a SuperNode's ClientApp process would take every core): the same
+    # thread count keeps results identical between engines.
+    torch.set_num_threads(scenario.resources.num_cpus)
     device = pick_device()
     data = client_data(scenario, partition_id, task_id)
     model = cached_model(scenario, str(device))

@@ -53,16 +53,28 @@ def discover_partitions(grid: Grid, node_ids: list[int], timeout_s: float) -> di
 
 
 class PartitionOrderedGrid:
-    """A Grid whose `get_node_ids` lists nodes by partition id; all else delegated."""
+    """A Grid whose `get_node_ids` lists nodes by partition id; all else delegated.
 
-    def __init__(self, grid: Grid, node_by_partition: dict[int, int]) -> None:
+    A SuperNode that restarts comes back with a new node id: an unknown live node is
+    asked its partition, and takes that partition's place (the old id is dropped, so a
+    dead node is not sampled again).
+    """
+
+    def __init__(self, grid: Grid, node_by_partition: dict[int, int],
+                 timeout_s: float = 60.0) -> None:
         self._grid = grid
-        self._order = list(node_by_partition.values())
+        self._by_partition = dict(node_by_partition)
+        self._timeout_s = timeout_s
 
     def get_node_ids(self) -> Iterable[int]:
         live = set(self._grid.get_node_ids())
-        known = [n for n in self._order if n in live]
-        return known + sorted(live - set(known))  # nodes that joined later go last
+        new = sorted(live - set(self._by_partition.values()))
+        if new:
+            try:
+                self._by_partition.update(discover_partitions(self._grid, new, self._timeout_s))
+            except RuntimeError:
+                pass  # a node that cannot say its partition is not sampled
+        return [n for _, n in sorted(self._by_partition.items()) if n in live]
 
     def __getattr__(self, name: str):
         return getattr(self._grid, name)

@@ -76,7 +76,8 @@ def run_scenario(grid: Grid, scenario: Scenario, store: MetricsStore, run_id: st
     is a stream of one): each task through its own strategy.start."""
     fed = scenario.federation
     nodes = wait_for_nodes(grid, fed.num_clients, NODE_WAIT_S)
-    grid = PartitionOrderedGrid(grid, discover_partitions(grid, nodes, fed.round_timeout))
+    grid = PartitionOrderedGrid(grid, discover_partitions(grid, nodes, fed.round_timeout),
+                                min(fed.round_timeout, NODE_WAIT_S))
 
     torch.manual_seed(scenario.seed)
     plans = task_plans(scenario)

@@ -35,9 +35,24 @@ def test_same_seed_samples_the_same_partitions_whatever_the_node_ids() -> None:
     assert sampled_partitions(1) == sampled_partitions(2) == sampled_partitions(3)
 
 
-def test_late_nodes_are_listed_and_everything_else_is_delegated() -> None:
+def test_a_restarted_supernode_takes_its_partition_back(monkeypatch) -> None:
+    """Node 12 (partition 1) dies and comes back as node 99: 99 is asked its partition
+    (a `query` message, here answered by a stand-in for the ClientApp) and replaces 12,
+    which is never listed again even while Flower still lists it."""
+    import server.federation as federation
+
+    asked = []
+
+    def answer(grid, node_ids, timeout_s):
+        asked.append(list(node_ids))
+        return {1: 99}
+
+    monkeypatch.setattr(federation, "discover_partitions", answer)
     inner = ShuffledGrid({0: 11, 1: 12}, seed=0)
     grid = PartitionOrderedGrid(inner, {0: 11, 1: 12})
-    inner.ids.append(99)  # joined after discovery
-    assert list(grid.get_node_ids()) == [11, 12, 99]
+    assert list(grid.get_node_ids()) == [11, 12] and asked == []
+    inner.ids.append(99)
+    assert list(grid.get_node_ids()) == [11, 99] and asked == [[99]]
+    inner.ids.remove(12)
+    assert list(grid.get_node_ids()) == [11, 99] and asked == [[99]]  # asked once
     assert grid.run_label() == "delegated"
