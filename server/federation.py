@@ -76,5 +76,9 @@ class PartitionOrderedGrid:
                 pass  # a node that cannot say its partition is not sampled
         return [n for _, n in sorted(self._by_partition.items()) if n in live]
 
+    def partition_of(self, node_id: int) -> int | None:
+        """The partition a node holds (None for a node never asked)."""
+        return next((p for p, n in self._by_partition.items() if n == node_id), None)
+
     def __getattr__(self, name: str):
         return getattr(self._grid, name)

@@ -57,6 +57,7 @@ class RecordedStrategy(Strategy):
         self.num_clients = num_clients
         self.out_of_budget: set[int] = set()  # partitions that refused: they stay refused
         self.latest_arrays: ArrayRecord | None = None  # the newest global model
+        self.sampled: dict[int, int | None] = {}  # this round's node id -> partition id
 
     def global_round(self, server_round: int) -> int:
         return self.round_offset + server_round
@@ -67,6 +68,9 @@ class RecordedStrategy(Strategy):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         messages = list(self.inner.configure_train(server_round, arrays, config, grid))
+        partition_of = getattr(grid, "partition_of", lambda _: None)
+        self.sampled = {m.metadata.dst_node_id: partition_of(m.metadata.dst_node_id)
+                        for m in messages}
         for message in messages:
             for name, record in self.extra_records.items():
                 message.content[name] = record
@@ -77,6 +81,7 @@ class RecordedStrategy(Strategy):
         replies = list(replies)
         round_ = self.global_round(server_round)
         per_client, failures = split_replies(replies)
+        failures += silent_nodes(self.sampled, replies)
         best_effort(self.store.record_clients, self.run_id, round_, per_client, failures)
         refused = {p for p, m in per_client.items() if m.get(keys.REFUSED)}
         self.out_of_budget |= refused
@@ -112,6 +117,16 @@ def best_effort(write, *args, **kwargs) -> None:
         write(*args, **kwargs)
     except Exception as exc:  # noqa: BLE001 - any store error is only logged
         log(WARNING, "metrics store write failed (%s): %s", write.__name__, exc)
+
+
+def silent_nodes(sampled: dict[int, int | None], replies: list[Message],
+                 ) -> list[tuple[int | None, str, str]]:
+    """Failures for the sampled nodes that sent nothing back: Flower drops a message
+    whose node vanished or hung past the round timeout without a reply of any kind."""
+    answered = {msg.metadata.src_node_id for msg in replies}
+    return [(partition, str(node), "no reply within the round timeout (the node "
+             "disappeared or hung)")
+            for node, partition in sampled.items() if node not in answered]
 
 
 def is_refusal(msg: Message) -> bool:

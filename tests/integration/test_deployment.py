@@ -8,13 +8,13 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import psutil
 import pytest
 import yaml
 
+from server.runner import stop_tree
 from server.store import MetricsStore
 from tests.conftest import ROOT
 from tests.integration.helpers import last_json_line, run_orthofed
@@ -96,11 +96,11 @@ def test_a_supernode_killed_mid_run_rejoins_and_the_run_finishes(tmp_path, runs_
             run.send_signal(signal.SIGINT)
             run.wait(timeout=60)
         for proc in restarted:
-            threading.Thread(target=proc.kill).start()
-            proc.wait(timeout=30)
+            stop_tree(proc, grace_s=2.0)  # the SuperNode and any ClientApp it started
     summary = last_json_line(out)
     assert summary["status"] == "completed", summary["message"]
     assert [r["round"] for r in summary["rounds"]] == [0, 1, 2, 3, 4, 5]
     partition_1 = summary["clients"]["1"]
     assert partition_1["rounds"][-1] == 5, partition_1  # back after the restart
     assert len(partition_1["rounds"]) < 5 and partition_1["failures"] >= 1, partition_1
+    assert any("no reply" in r or "partition-id=1" in r for r in partition_1["reasons"])

@@ -12,7 +12,7 @@ from strategies.fedavg_lora import FedAvgLora
 from strategies.recording import AllClientsFailed, BudgetExhausted, RecordedStrategy
 from strategies.registry import build_strategy, strategy_class, trained_set
 from tests.conftest import ROOT
-from tests.strategies.replies import error_reply, refusal_reply, train_reply
+from tests.strategies.replies import as_server, error_reply, refusal_reply, train_reply
 
 
 def test_weighted_mean_of_every_trained_tensor() -> None:
@@ -115,3 +115,27 @@ def test_the_run_ends_when_every_client_has_refused() -> None:
     assert arrays is None  # nobody trained: the global model stays as it was
     with pytest.raises(BudgetExhausted, match="all 2 clients have spent their privacy budget"):
         strategy.aggregate_train(2, [refusal_reply(2, 1, 6.0)])
+
+
+def test_a_sampled_node_that_never_replies_is_a_recorded_failure() -> None:
+    """Flower drops the message of a node that vanished: no reply of any kind arrives."""
+    from server.federation import PartitionOrderedGrid
+
+    class TwoNodes:
+        def get_node_ids(self):
+            return [7, 8]
+
+    store = FakeStore()
+    strategy = RecordedStrategy(FedAvgLora(), store, "run-1")
+    grid = PartitionOrderedGrid(TwoNodes(), {0: 7, 1: 8})
+    from flwr.app import Array, ArrayRecord, ConfigRecord
+
+    as_server()
+    sent = strategy.configure_train(1, ArrayRecord({"w": Array(np.zeros(3))}), ConfigRecord(),
+                                    grid)
+    assert sorted(m.metadata.dst_node_id for m in sent) == [7, 8]
+    strategy.aggregate_train(1, [train_reply(7, 0, {"w": np.ones(3)}, 10)])
+    (_, _, per_client, failures), = store.clients
+    assert list(per_client) == [0]
+    assert failures == [(1, "8", "no reply within the round timeout (the node disappeared "
+                                 "or hung)")]
