@@ -143,7 +143,16 @@ def partition(task: TaskData, spec: DataSpec, num_clients: int, partition_id: in
     if spec.partitioning.kind == "presplit":
         path = task.train_files[partition_id]
         return [_normalise(r, spec, task.label_names) for r in _read_jsonl(path)]
-    dataset = Dataset.from_list(task.train)
+    return partitioner_for(spec, num_clients, seed).load_partition(partition_id).to_list()
+
+
+@functools.lru_cache(maxsize=4)
+def partitioner_for(spec: DataSpec, num_clients: int, seed: int):
+    """The flwr-datasets partitioner over the task's training rows (`cached_task`, the
+    same rows `load_task` gives), built once per process: a simulated client process
+    serves many partitions, and rebuilding the dataset for each would cost O(rows) per
+    client per round."""
+    dataset = Dataset.from_list(cached_task(spec, seed).train)
     parts = spec.partitioning
     if isinstance(parts, IidPartitioning):
         partitioner = IidPartitioner(num_partitions=num_clients)
@@ -155,7 +164,7 @@ def partition(task: TaskData, spec: DataSpec, num_clients: int, partition_id: in
     else:
         raise TypeError(f"unknown partitioning {parts.kind!r}")
     partitioner.dataset = dataset
-    return partitioner.load_partition(partition_id).to_list()
+    return partitioner
 
 
 def tokenize(examples: list[dict], tokenizer, max_length: int) -> TensorDataset:
