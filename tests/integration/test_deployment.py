@@ -22,20 +22,24 @@ from tests.integration.helpers import last_json_line, run_orthofed
 pytestmark = pytest.mark.integration
 
 
-def small_scenario(tmp_path, rounds: int, name: str = "deploy") -> str:
+def small_scenario(tmp_path, rounds: int, name: str = "deploy", private: bool = False) -> str:
     """quick.yaml with 2 clients: each deployment message starts a ClientApp process
     (torch import and model build, several seconds), so keep the rounds few."""
     doc = yaml.safe_load((ROOT / "scenarios" / "quick.yaml").read_text())
     doc["name"] = name
     doc["federation"].update(num_clients=2, clients_per_round=2, rounds=rounds, local_steps=20,
                              round_timeout=60.0)
+    if private:
+        doc["privacy"] = {"target_epsilon": 8.0, "delta": 1e-5, "max_grad_norm": 1.0}
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(doc))
     return str(path)
 
 
 def test_deployment_engine_matches_the_simulation_engine(tmp_path, runs_dir) -> None:
-    scenario = small_scenario(tmp_path, rounds=2)
+    """Under DP, so the privacy ledger must survive between rounds in each SuperNode's
+    context.state as it does in simulation."""
+    scenario = small_scenario(tmp_path, rounds=2, private=True)
     results = {}
     for engine, flags in (("simulation", []), ("deployment", ["--deployment"])):
         done = run_orthofed("run", scenario, "--runs-dir", str(runs_dir), "--json", *flags,
@@ -48,6 +52,12 @@ def test_deployment_engine_matches_the_simulation_engine(tmp_path, runs_dir) -> 
     for a, b in zip(sim["rounds"], dep["rounds"], strict=True):
         assert b["eval"]["eval-acc"] == a["eval"]["eval-acc"]
         assert b["eval"]["eval-loss"] == pytest.approx(a["eval"]["eval-loss"], rel=1e-5)
+    for partition in ("0", "1"):
+        assert dep["clients"][partition]["epsilon"] == pytest.approx(
+            sim["clients"][partition]["epsilon"], rel=1e-12)
+    spent = [r["metrics"]["epsilon"] for r in MetricsStore.in_dir(runs_dir).client_rounds(
+        dep["run_id"]) if r["partition_id"] == 0]
+    assert len(spent) == 2 and 0 < spent[0] < spent[1] <= 8.0  # the ledger carried over
     run_dir = runs_dir / dep["run_id"]
     assert sorted(p.name for p in run_dir.glob("supernode-*.log")) == [
         "supernode-0.log", "supernode-1.log"]
