@@ -46,6 +46,27 @@ def load_scenario(source: str | Path | dict[str, Any], base: Path | None = None)
     return resolve_paths(scenario, base)
 
 
+MAX_SCENARIO_BYTES = 1_000_000  # real scenarios are a few KB; a bigger file is a mistake
+
+
+class NoAliasLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without aliases: `*name` references can expand a small file
+    into an exponentially large document ("billion laughs"); scenarios never need them."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, "YAML aliases (*name) are not allowed in scenario files",
+                event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML text -> data, aliases refused (NoAliasLoader)."""
+    return yaml.load(text, Loader=NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def read_document(path: Path) -> dict[str, Any]:
     """Read YAML (.yaml/.yml) or TOML (.toml) into a mapping, with readable errors."""
     if not path.is_file():
@@ -53,9 +74,13 @@ def read_document(path: Path) -> dict[str, Any]:
     suffix = path.suffix.lower()
     if suffix not in (".yaml", ".yml", ".toml"):
         raise ScenarioError([f"{path}: unknown scenario format {suffix!r}; use .yaml, .yml or .toml"])
+    size = path.stat().st_size
+    if size > MAX_SCENARIO_BYTES:
+        raise ScenarioError([f"{path}: {size} bytes; a scenario file must be at most "
+                             f"{MAX_SCENARIO_BYTES} bytes"])
     try:
         text = path.read_text(encoding="utf-8")
-        document = tomllib.loads(text) if suffix == ".toml" else yaml.safe_load(text)
+        document = tomllib.loads(text) if suffix == ".toml" else parse_yaml(text)
     except UnicodeDecodeError as exc:
         raise ScenarioError([f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})"]) from None
     except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:

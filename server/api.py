@@ -24,6 +24,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
+from scenarios.loader import parse_yaml
 from server.api_models import (
     Client,
     ClientList,
@@ -216,7 +217,7 @@ def parse_body(body: bytes, content_type: str | None) -> Any:
     try:
         text = body.decode("utf-8")
         if kind in ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml"):
-            return yaml.safe_load(text)
+            return parse_yaml(text)
         if kind == "application/json":
             return json.loads(text) if text.strip() else None
     except (UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as exc:
