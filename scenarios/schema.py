@@ -194,6 +194,11 @@ class FederationSpec(Spec):
     round_timeout: float = Field(
         3600.0, gt=0, description="Seconds the server waits for the replies of one round."
     )
+    min_replies: int = Field(
+        1, ge=1, description="A round completes when at least this many sampled clients "
+        "reply with a result (failed, hung or vanished clients are recorded); else the run "
+        "fails naming each failed client and why. At most clients_per_round."
+    )
 
     @model_validator(mode="after")
     def _sample_fits(self) -> FederationSpec:
@@ -202,6 +207,9 @@ class FederationSpec(Spec):
                 f"clients_per_round ({self.clients_per_round}) must be <= num_clients "
                 f"({self.num_clients})"
             )
+        if self.min_replies > self.clients_per_round:
+            raise ValueError(f"min_replies ({self.min_replies}) must be <= clients_per_round "
+                             f"({self.clients_per_round})")
         return self
 
 

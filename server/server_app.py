@@ -145,7 +145,7 @@ def run_task(grid: Grid, model: torch.nn.Module, scenario: Scenario, store: Metr
     plan = task_plans(scenario)[task_id]
     strategy = RecordedStrategy(build_strategy(scenario), store, run_id, task=task_id,
                                 round_offset=round_offset, num_clients=fed.num_clients,
-                                extra_records=extra)
+                                extra_records=extra, min_replies=fed.min_replies)
     initial = global_state(model)
     sent = frozenset(initial) | frozenset(extra.get(keys.BASE_WEIGHTS, {}))
     train_config = ConfigRecord({keys.TASK_ID: task_id,

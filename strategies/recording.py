@@ -36,7 +36,8 @@ class RoundRecorder(Protocol):
 
 
 class AllClientsFailed(RuntimeError):
-    """No client of a round replied with a result."""
+    """Fewer clients of a round replied with a result than the scenario's minimum
+    (federation.min_replies, default 1: a round in which every client failed)."""
 
 
 class BudgetExhausted(RuntimeError):
@@ -48,11 +49,13 @@ class RecordedStrategy(Strategy):
 
     def __init__(self, inner: Strategy, store: RoundRecorder, run_id: str,
                  task: int = 0, round_offset: int = 0, num_clients: int | None = None,
-                 extra_records: dict[str, ArrayRecord] | None = None) -> None:
+                 extra_records: dict[str, ArrayRecord] | None = None,
+                 min_replies: int = 1) -> None:
         self.inner, self.store, self.run_id = inner, store, run_id
         # Sent with every train message, besides the global arrays (keys.BASE_WEIGHTS,
         # keys.OSFT_BASES): fixed for the task, never averaged.
         self.extra_records = dict(extra_records or {})
+        self.min_replies = min_replies
         self.task, self.round_offset = task, round_offset
         self.num_clients = num_clients
         self.out_of_budget: set[int] = set()  # partitions that refused: they stay refused
@@ -85,9 +88,13 @@ class RecordedStrategy(Strategy):
         best_effort(self.store.record_clients, self.run_id, round_, per_client, failures)
         refused = {p for p, m in per_client.items() if m.get(keys.REFUSED)}
         self.out_of_budget |= refused
-        if not per_client:
-            reasons = "; ".join(r for _, _, r in failures) or "no replies before the timeout"
-            raise AllClientsFailed(f"round {round_}: every client failed: {reasons}")
+        if len(per_client) < self.min_replies:
+            reasons = "; ".join(f"partition {p if p is not None else '?'} (node {n}): {r}"
+                                for p, n, r in failures) or "no replies before the timeout"
+            what = ("every client failed" if not per_client else
+                    f"{len(per_client)} replied, fewer than federation.min_replies = "
+                    f"{self.min_replies}")
+            raise AllClientsFailed(f"round {round_}: {what}: {reasons}")
         trained = [m for m in replies if not m.has_error() and not is_refusal(m)]
         arrays, metrics = (self.inner.aggregate_train(server_round, trained) if trained
                            else (None, None))  # nobody trained: the global model stays

@@ -84,7 +84,8 @@ def test_wrapper_records_clients_failures_and_the_aggregate() -> None:
 def test_a_round_where_every_client_failed_fails_loudly() -> None:
     store = FakeStore()
     strategy = RecordedStrategy(FedAvgLora(), store, "run-1")
-    with pytest.raises(AllClientsFailed, match="round 1: every client failed: partition-id=0: boom"):
+    with pytest.raises(AllClientsFailed,
+                       match="round 1: every client failed: partition 0 .node 3.: partition-id=0: boom"):
         strategy.aggregate_train(1, [error_reply(3, "partition-id=0: boom")])
     assert store.clients[0][3] == [(0, "3", "partition-id=0: boom")]  # recorded before failing
 
@@ -139,3 +140,17 @@ def test_a_sampled_node_that_never_replies_is_a_recorded_failure() -> None:
     assert list(per_client) == [0]
     assert failures == [(1, "8", "no reply within the round timeout (the node disappeared "
                                  "or hung)")]
+
+
+def test_a_round_with_fewer_results_than_the_minimum_fails_naming_who_and_why() -> None:
+    store = FakeStore()
+    strategy = RecordedStrategy(FedAvgLora(), store, "run-1", min_replies=2)
+    replies = [train_reply(7, 0, {"w": np.ones(3)}, 10),
+               error_reply(8, "partition-id=1: ValueError: bad row")]
+    with pytest.raises(AllClientsFailed) as failed:
+        strategy.aggregate_train(1, replies)
+    assert str(failed.value) == ("round 1: 1 replied, fewer than federation.min_replies = 2: "
+                                 "partition 1 (node 8): partition-id=1: ValueError: bad row")
+    ok = RecordedStrategy(FedAvgLora(), FakeStore(), "run-1", min_replies=1)
+    arrays, _ = ok.aggregate_train(1, replies)  # one result is enough at the default
+    np.testing.assert_array_equal(arrays["w"].numpy(), np.ones(3))
