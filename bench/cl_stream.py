@@ -40,12 +40,9 @@ def scenario_for(method: str, rounds: int | None, steps: int | None, tmp: Path) 
     fed = scenario.federation.model_copy(update={
         "rounds": rounds or scenario.federation.rounds,
         "local_steps": steps or scenario.federation.local_steps})
-    update = {"federation": fed}
-    if method == "fedsvd":
-        update.update(name="fedsvd-cl-4task",
-                      strategy={"name": "fedsvd", "svd_period": 1})
     document = scenario.model_copy(update={"federation": fed}).model_dump(mode="json")
-    document.update({k: v for k, v in update.items() if k != "federation"})
+    if method == "fedsvd":
+        document.update(name="fedsvd-cl-4task", strategy={"name": "fedsvd", "svd_period": 1})
     path = tmp / f"{method}.yaml"
     path.write_text(yaml.safe_dump(document))
     return path

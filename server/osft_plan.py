@@ -19,8 +19,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from clients.osft import adaptive_ranks, basis, layer_importance, scheduled_rank
 from clients.training import forward_logits
+from scenarios.schema import OsftSpec
 from strategies import keys
-from strategies.osft import Osft
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ def importance_by_layer(model: nn.Module, weights: dict[str, nn.Parameter],
     return {n: sums[id(b)] / max(counts[id(b)], 1) for n, b in owners.items()}
 
 
-def task_bases(model: nn.Module, strategy: Osft, task_id: int,
+def task_bases(model: nn.Module, strategy: OsftSpec, task_id: int,
                previous_sample: TensorDataset | None, device: torch.device) -> TaskBases:
     """The preserved bases of every target weight at the start of task `task_id`."""
     started = time.perf_counter()

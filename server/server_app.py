@@ -127,7 +127,7 @@ def task_records(model: torch.nn.Module, scenario: Scenario, task_id: int,
     if scenario.strategy.name == "osft":
         previous = (server_sample(scenario, task_id - 1, scenario.strategy.importance_samples)
                     if task_id > 0 and scenario.strategy.rank_rule == "adaptive" else None)
-        bases = task_bases(model, build_strategy(scenario), task_id, previous, device)
+        bases = task_bases(model, scenario.strategy, task_id, previous, device)
         (run_dir / f"osft-task-{task_id}.json").write_text(json.dumps(
             {"ranks": bases.ranks, "shapes": bases.shapes, "svd-seconds": bases.seconds},
             indent=1))

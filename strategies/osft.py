@@ -14,14 +14,13 @@ from strategies.fedavg import FedAvgFull
 
 
 class Osft(FedAvgFull):
-    """FedAvg of full weights; the OSFT settings ride along for the ServerApp's planner."""
+    """FedAvg of full weights. The OSFT settings (rank rule, targets) are the ServerApp's
+    business at each task start (server.osft_plan reads them from the scenario); the
+    aggregation itself needs none of them."""
 
     trains = "full"
 
     def __init__(self, rank_rule: str = "adaptive", mrr: float = 0.1, trr: float = 0.8,
                  schedule_fraction: float = 0.07, importance_samples: int = 64,
                  target_modules: tuple[str, ...] = (), **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.rank_rule, self.mrr, self.trr = rank_rule, mrr, trr
-        self.schedule_fraction, self.importance_samples = schedule_fraction, importance_samples
-        self.target_modules = tuple(target_modules)
+        super().__init__(**kwargs)  # the OSFT settings arrive with the spec and are not used

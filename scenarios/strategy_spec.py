@@ -1,0 +1,92 @@
+"""Scenario sections naming the aggregation method, one spec per strategy."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from scenarios.spec_base import Spec
+
+
+class FedAvgLoraSpec(Spec):
+    """FedAvg over LoRA A and B (McMahan et al. 2017; Hu et al. 2021)."""
+
+    name: Literal["fedavg-lora"] = Field(
+        description="Clients train LoRA A and B; the server averages each separately."
+    )
+
+
+class FedAvgSpec(Spec):
+    """FedAvg over every weight: full fine-tuning."""
+
+    name: Literal["fedavg"] = Field(
+        description="Full fine-tuning; the server averages the full weights."
+    )
+
+
+class FfaLoraSpec(Spec):
+    """FFA-LoRA (Sun et al., ICLR 2024): A frozen at its init, only B trained and averaged."""
+
+    name: Literal["ffa-lora"] = Field(description="A fixed; clients train and send only B.")
+
+
+class FedSvdSpec(Spec):
+    """FedSVD (arXiv 2505.12805): FFA-LoRA, then B_bar A = U S V^T gives B = U S, A = V^T."""
+
+    name: Literal["fedsvd"] = Field(
+        description="Clients train only B; the server averages B and re-factorizes B A by SVD."
+    )
+    svd_period: int = Field(
+        1, ge=1, le=1_000_000,
+        description="Re-factorize every this many rounds (1: every round, as in the paper).",
+    )
+
+
+BERT_LINEAR_LAYERS = ("query", "key", "value", "attention.output.dense", "intermediate.dense",
+                      "output.dense")
+
+
+class OsftSpec(Spec):
+    """OSFT, "Sculpting Subspaces" (Nayak et al., 2025): full fine-tuning whose updates to
+    each target matrix stay orthogonal to its top-k singular directions, fixed at each
+    task start (ALGORITHMS.md section 2). The server averages the full weights (FedAvg)."""
+
+    name: Literal["osft"] = Field(
+        description="Full fine-tuning with every update of a target matrix projected off its "
+        "preserved singular subspace."
+    )
+    rank_rule: Literal["adaptive", "schedule"] = Field(
+        "adaptive", description="How many singular directions each matrix preserves at a task "
+        "start: 'adaptive' (layer importance from input-output cosine similarity on the previous "
+        "task) or 'schedule' (a fixed share that grows with the task index)."
+    )
+    mrr: float = Field(0.1, ge=0, le=1, description="Adaptive rule: minimum preserved share "
+                       "(r = mrr + I (trr - mrr)).")
+    trr: float = Field(0.8, ge=0, le=1, description="Adaptive rule: target preserved share, "
+                       "the mean over layers.")
+    schedule_fraction: float = Field(
+        0.07, gt=0, le=1, description="Schedule rule: task t (0-based) preserves "
+        "floor(max(d_out, d_in) * fraction * t) directions, capped below min(d_out, d_in)."
+    )
+    importance_samples: int = Field(
+        64, ge=1, le=100_000, description="Adaptive rule: examples of the previous task the "
+        "server runs through the model to measure layer importance."
+    )
+    target_modules: tuple[str, ...] = Field(
+        BERT_LINEAR_LAYERS, min_length=1,
+        description="Linear layers whose weights are projected (matched by name suffix). "
+        "Embeddings, norms and the heads never are.",
+    )
+
+    @model_validator(mode="after")
+    def _mrr_below_trr(self) -> OsftSpec:
+        if self.mrr > self.trr:
+            raise ValueError(f"mrr ({self.mrr}) must be <= trr ({self.trr})")
+        return self
+
+
+StrategySpec = Annotated[
+    FedAvgLoraSpec | FedAvgSpec | FfaLoraSpec | FedSvdSpec | OsftSpec,
+    Field(discriminator="name"),
+]
