@@ -131,23 +131,27 @@ def train_round(scenario: Scenario, partition_id: int, content: RecordDict,
     who = ConfigRecord({keys.PARTITION_ID: partition_id, keys.DEVICE: str(device)})
     optimizer = make_optimizer(model, fed.optimizer)
     dp: dict[str, float] = {}
+    ledger_record: dict[str, ConfigRecord] = {}  # DP: the ledger goes back to the server
     with projected_updates(model, optimizer, bases):  # OSFT; a no-op without bases
         if scenario.privacy is None:
             result = train_steps(model, data.train, fed.local_steps, fed.batch_size, optimizer,
                                  generator, device)
         else:
             spec = scenario.privacy
-            ledger = privacy_ledger(node_state, scenario, partition_id)
+            sent = content[keys.PRIVACY_STATE] if keys.PRIVACY_STATE in content else None
+            ledger = privacy_ledger(node_state, scenario, partition_id, sent)
             q = sample_rate(len(data.train), fed.batch_size)
             if not ledger.can_train(spec, q, fed.local_steps):
                 metrics = {keys.NUM_EXAMPLES: len(data.train), keys.REFUSED: 1,
                            keys.EPSILON: ledger.epsilon(spec)}
-                return RecordDict({keys.METRICS: MetricRecord(metrics), keys.CLIENT: who})
+                return RecordDict({keys.METRICS: MetricRecord(metrics), keys.CLIENT: who,
+                                   keys.PRIVACY_STATE: ConfigRecord(ledger.to_record())})
             result, ledger.history = dp_train_steps(model, data.train, fed.local_steps,
                                                     fed.batch_size, optimizer, spec,
                                                     ledger.noise_multiplier, ledger.history,
                                                     device)
             node_state[keys.PRIVACY_STATE] = ConfigRecord(ledger.to_record())
+            ledger_record = {keys.PRIVACY_STATE: ConfigRecord(ledger.to_record())}
             dp = {keys.EPSILON: ledger.epsilon(spec), keys.NOISE_MULTIPLIER: ledger.noise_multiplier,
                   keys.SAMPLE_RATE: q, keys.DP_STEPS: result.steps}
     local = evaluate(model, data.local_eval, device)
@@ -159,19 +163,24 @@ def train_round(scenario: Scenario, partition_id: int, content: RecordDict,
         **dp,
     })
     arrays = ArrayRecord({k: v.cpu() for k, v in trainable_state(model).items()})
-    return RecordDict({keys.ARRAYS: arrays, keys.METRICS: metrics, keys.CLIENT: who})
+    return RecordDict({keys.ARRAYS: arrays, keys.METRICS: metrics, keys.CLIENT: who,
+                       **ledger_record})
 
 
-def privacy_ledger(node_state: RecordDict, scenario: Scenario, partition_id: int) -> PrivacyState:
-    """The node's ledger from context.state; on first use, sigma sized for the client's
-    whole planned participation over every task of the stream (clients.privacy), at the
-    largest of its tasks' sampling rates (epsilon grows with q: the plan stays an upper
-    bound)."""
-    if keys.PRIVACY_STATE in node_state:
-        ledger = PrivacyState.from_record(dict(node_state[keys.PRIVACY_STATE]))
+def privacy_ledger(node_state: RecordDict, scenario: Scenario, partition_id: int,
+                   sent: ConfigRecord | None = None) -> PrivacyState:
+    """The node's ledger from context.state; else the one the server sent back (this
+    client's own last report: its process lost its state, a restarted SuperNode or a
+    resumed run); else a new one, sigma sized for the client's whole planned
+    participation over every task of the stream (clients.privacy), at the largest of its
+    tasks' sampling rates (epsilon grows with q: the plan stays an upper bound)."""
+    for record in (node_state.get(keys.PRIVACY_STATE), sent):
+        if record is None:
+            continue
+        ledger = PrivacyState.from_record(dict(record))
         if ledger.partition_id != partition_id:
-            raise RuntimeError(f"this node's privacy ledger is partition {ledger.partition_id}'s, "
-                               f"not {partition_id}'s")
+            raise RuntimeError(f"the privacy ledger given to partition {partition_id} is "
+                               f"partition {ledger.partition_id}'s")
         return ledger
     fed = scenario.federation
     q = max(sample_rate(len(client_data(scenario, partition_id, t).train), fed.batch_size)

@@ -42,7 +42,7 @@ from scenarios.strategy_spec import (
 # The sections live in spec_base, data_spec and strategy_spec; every name is importable
 # from here, the one place the rest of the project imports scenario types from.
 __all__ = [
-    "BERT_LINEAR_LAYERS", "NAMED_ORDERS", "ClBenchmarkSource", "DataSource", "DataSpec",
+    "BERT_LINEAR_LAYERS", "NAMED_ORDERS", "CheckpointSpec", "ClBenchmarkSource", "DataSource", "DataSpec",
     "DirichletPartitioning", "FedAvgLoraSpec", "FedAvgSpec", "FedSvdSpec", "FederationSpec",
     "FfaLoraSpec", "GeneratedSource", "HubSource", "IidPartitioning", "JsonlSource",
     "LoraSpec", "ModelSpec", "OptimizerSpec", "OsftSpec", "Partitioning", "PresplitPartitioning",
@@ -160,6 +160,14 @@ class ResourcesSpec(Spec):
     )
 
 
+class CheckpointSpec(Spec):
+    """Per-round checkpoints, what `orthofed resume` continues a run from."""
+
+    keep: int = Field(2, ge=1, le=1000, description="Checkpoints kept, newest first: one is "
+                      "written after every completed round (write, then rename), older ones "
+                      "are deleted.")
+
+
 class Scenario(Spec):
     """One experiment, as read from a scenario file."""
 
@@ -181,6 +189,8 @@ class Scenario(Spec):
         None, description="DP-SGD on the clients; absent: non-private training."
     )
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Per client.")
+    checkpoints: CheckpointSpec = Field(default_factory=CheckpointSpec,
+                                        description="Per-round checkpoints for resume.")
 
     @model_validator(mode="after")
     def _one_source_of_tasks(self) -> Scenario:

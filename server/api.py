@@ -4,7 +4,8 @@ HTTP lives only here. Everything is read from the metrics store (the same one
 `orthofed run` writes), and runs started over HTTP go through the same command, queued
 by server.run_queue. Paths (DESIGN.md, Interfaces): GET /healthz, GET /runs, POST /runs,
 GET /runs/{id}, GET /runs/{id}/rounds, GET /runs/{id}/clients, GET /runs/{id}/tasks,
-GET /runs/{id}/events (server-sent events), POST /runs/{id}/cancel; the dashboard at /.
+GET /runs/{id}/events (server-sent events), POST /runs/{id}/cancel,
+POST /runs/{id}/resume; the dashboard at /.
 """
 
 from __future__ import annotations
@@ -201,6 +202,20 @@ def create_app(settings: ServeSettings) -> FastAPI:
         run = get_run(run_id)
         if not queue.cancel(run_id):
             raise HTTPException(409, f"run {run_id!r} has already ended ({run['status']})")
+        return RunInfo(**store.get_run(run_id))
+
+    @app.post("/runs/{run_id}/resume", status_code=202, response_model=RunInfo,
+              dependencies=[Depends(require_token)],
+              responses={**not_found, 401: {"model": Problem},
+                         409: {"model": Problem, "description": "The run completed, is "
+                               "waiting to run, or is still running."}})
+    def resume(run_id: str) -> RunInfo:
+        """Queue a failed, cancelled or abandoned run to continue from its newest
+        checkpoint: recorded rounds stay, later ones are redone, epsilon carries on."""
+        get_run(run_id)
+        refusal = queue.resume(run_id)
+        if refusal is not None:
+            raise HTTPException(409, f"run {run_id!r} cannot be resumed: {refusal}")
         return RunInfo(**store.get_run(run_id))
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)

@@ -1,4 +1,4 @@
-"""`orthofed validate | run`: the command line of orthofed.
+"""`orthofed validate | run | resume | report | serve`: the command line of orthofed.
 
 Exit status: 0 success, 1 the run failed, 2 the scenario is invalid (every error listed,
 one per line, by its path in the file), 130 interrupted. User mistakes never print a
@@ -14,8 +14,12 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from scenarios.schema import Scenario
 
 EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED = 1, 2, 130
 
@@ -36,6 +40,15 @@ def main(argv: list[str] | None = None) -> int:
                      "client on this host (resources.devices pins their GPUs)")
     run.add_argument("--run-id", default=None,
                      help="execute this pending run of the store (the API's queue uses it)")
+    resume = commands.add_parser("resume", help="continue a killed, failed or cancelled run "
+                                 "from its newest checkpoint")
+    resume.add_argument("run_id")
+    resume.add_argument("--runs-dir", type=Path, default=Path("runs"),
+                        help="where the run's store is (default: runs)")
+    resume.add_argument("--json", action="store_true",
+                        help="print the run summary as one JSON object on the last line")
+    resume.add_argument("--deployment", action="store_true",
+                        help="continue on Flower's deployment engine (see run --deployment)")
     report = commands.add_parser("report", help="a run's tables, and PNG plots in its folder")
     report.add_argument("run_id")
     report.add_argument("--runs-dir", type=Path, default=Path("runs"),
@@ -52,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_validate(args.file)
     if args.command == "report":
         return cmd_report(args.run_id, args.runs_dir)
+    if args.command == "resume":
+        return cmd_resume(args.run_id, args.runs_dir, args.json, args.deployment)
     if args.command == "serve":
         from server.serve import cmd_serve
 
@@ -97,11 +112,7 @@ def cmd_validate(file: Path) -> int:
 
 def cmd_run(file: Path, runs_dir: Path | None, as_json: bool, run_id: str | None = None,
             deployment: bool = False) -> int:
-    from scenarios.stream import total_rounds
-    from server.progress import RoundProgress, clients_table, rounds_table, tasks_table
-    from server.runner import launch
     from server.store import MetricsStore
-    from server.summary import build_summary
 
     err = Console(stderr=True)
     scenario = load_checked(file, err)
@@ -121,12 +132,57 @@ def cmd_run(file: Path, runs_dir: Path | None, as_json: bool, run_id: str | None
             err.print(f"run {run_id}: not a pending run of {store.path} "
                       f"({'unknown' if run is None else run['status']})", highlight=False)
             return EXIT_FAILED
-    err.print(f"run {run_id}: logs in {runs_dir / run_id}", highlight=False)
+    return execute(scenario, file, run_id, runs_dir, as_json, deployment, resume=False)
+
+
+def cmd_resume(run_id: str, runs_dir: Path, as_json: bool, deployment: bool) -> int:
+    """Continue a run from its newest checkpoint, with the scenario it was validated with.
+    Exit 2 when there is nothing to resume (unknown, completed, still running)."""
+    from server.resume import resume_refusal, write_snapshot
+    from server.store import STORE_FILE, MetricsStore
+
+    err = Console(stderr=True)
+    runs_dir = runs_dir.resolve()
+    if not (runs_dir / STORE_FILE).is_file():
+        print(f"resume: no metrics store in {runs_dir} (give --runs-dir)", file=sys.stderr)
+        return EXIT_INVALID
+    store = MetricsStore.in_dir(runs_dir)
+    run = store.get_run(run_id)
+    if run is None:
+        print(f"resume: no run {run_id!r} in {runs_dir}", file=sys.stderr)
+        return EXIT_INVALID
+    if run["status"] != "pending":  # pending: queued for resume by the API, ours to execute
+        refusal = resume_refusal(run, runs_dir)
+        if refusal:
+            print(f"resume: run {run_id}: {refusal}", file=sys.stderr)
+            return EXIT_INVALID
+        store.reopen(run_id)
+    snapshot = write_snapshot(run, runs_dir)
+    scenario = load_checked(snapshot, err)  # its data files may have gone since
+    if scenario is None:
+        store.set_status(run_id, "failed", "resume: the scenario no longer validates")
+        return EXIT_INVALID
+    return execute(scenario, snapshot, run_id, runs_dir, as_json, deployment, resume=True)
+
+
+def execute(scenario: Scenario, file: Path, run_id: str, runs_dir: Path, as_json: bool,
+            deployment: bool, resume: bool) -> int:
+    """Launch the run with Flower, show its progress, then print its summary."""
+    from scenarios.stream import total_rounds
+    from server.progress import RoundProgress, clients_table, rounds_table, tasks_table
+    from server.runner import launch
+    from server.store import MetricsStore
+    from server.summary import build_summary
+
+    err = Console(stderr=True)
+    store = MetricsStore.in_dir(runs_dir)
+    err.print(f"run {run_id}: {'resuming; ' if resume else ''}logs in {runs_dir / run_id}",
+              highlight=False)
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` cleans up like Ctrl-C does
     try:
         with RoundProgress(store, run_id, total_rounds(scenario), err) as progress:
             launch(scenario, file, run_id, runs_dir, on_tick=progress.tick,
-                   deployment=deployment)
+                   deployment=deployment, resume=resume)
     except KeyboardInterrupt:
         err.print(f"run {run_id}: cancelled; Flower processes stopped")
         return EXIT_INTERRUPTED

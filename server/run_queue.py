@@ -1,7 +1,8 @@
 """Runs started over HTTP: a queue that executes them as `orthofed run` processes.
 
-Each run is its own `orthofed run FILE --run-id ID` process (its own session, so it
-and its Flower processes outlive an API restart and finish writing to the store). The
+Each run is its own `orthofed run FILE --run-id ID` process, or `orthofed resume ID`
+for a run that ran before (its own session, so it and its Flower processes outlive an
+API restart and finish writing to the store). The
 queue starts pending runs oldest first, at most `concurrency` at once, and watches the
 ones executing: a run whose process is gone while the store still says pending or
 running is marked failed with the reason. State lives in the store only, so a new API
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import psutil
 
+from server.resume import resume_refusal
 from server.settings import PROJECT_ROOT
 from server.store import MetricsStore
 
@@ -70,13 +72,18 @@ class RunQueue:
             waiting = [r for r in self.store.list_runs(limit=-1, statuses=("pending",),
                                                        oldest_first=True) if r["pid"] is None]
             for run in waiting[: max(self.concurrency - executing, 0)]:
-                self._launch(run["id"], Path(run["scenario_path"]))
+                self._launch(run)
 
-    def _launch(self, run_id: str, scenario_path: Path) -> None:
+    def _launch(self, run: dict) -> None:
+        run_id = run["id"]
         run_dir = self.runs_dir / run_id
         run_dir.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", "server.cli", "run", str(scenario_path),
-                   "--runs-dir", str(self.runs_dir), "--run-id", run_id]
+        if run["started"] is not None:  # it ran before: continue from its checkpoint
+            command = [sys.executable, "-m", "server.cli", "resume", run_id,
+                       "--runs-dir", str(self.runs_dir)]
+        else:
+            command = [sys.executable, "-m", "server.cli", "run", str(run["scenario_path"]),
+                       "--runs-dir", str(self.runs_dir), "--run-id", run_id]
         with (run_dir / "orthofed.log").open("ab") as log:
             process = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=log,
                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -96,6 +103,16 @@ class RunQueue:
             return run_id in " ".join(psutil.Process(pid).cmdline())
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             return False
+
+    def resume(self, run_id: str) -> str | None:
+        """Queue an ended or abandoned run to continue from its newest checkpoint; the
+        reason why not, or None when queued."""
+        with self.lock:
+            run = self.store.get_run(run_id)
+            refusal = resume_refusal(run, self.runs_dir)
+            if refusal is None and not self.store.reopen(run_id):
+                refusal = "it changed state meanwhile; try again"
+            return refusal
 
     def cancel(self, run_id: str) -> bool:
         """Cancel a pending or executing run; False when it had already ended. What was

@@ -130,9 +130,10 @@ def start_supernodes(paths: RunPaths, superlink_port: int, scenario: Scenario,
 
 
 def submit(paths: RunPaths, scenario: Scenario, scenario_path: Path, run_id: str,
-           runs_dir: Path, deployment: bool = False) -> subprocess.Popen:
+           runs_dir: Path, deployment: bool = False, resume: bool = False) -> subprocess.Popen:
     """`flwr run` of this project against the run's SuperLink, following its logs."""
-    run_config = (f"scenario='{scenario_path}' run-id='{run_id}' runs-dir='{runs_dir}'")
+    run_config = (f"scenario='{scenario_path}' run-id='{run_id}' runs-dir='{runs_dir}' "
+                  f"resume={'true' if resume else 'false'}")
     federation_config = (
         f"num-supernodes={scenario.federation.num_clients} "
         f"client-resources-num-cpus={scenario.resources.num_cpus} "
@@ -182,10 +183,10 @@ def log_tail(path: Path, lines: int = 6) -> str:
 
 def launch(scenario: Scenario, scenario_path: Path, run_id: str, runs_dir: Path,
            on_tick: Callable[[], None] = lambda: None, tick_s: float = 0.5,
-           deployment: bool = False) -> str:
+           deployment: bool = False, resume: bool = False) -> str:
     """Run a scenario to the end through Flower's simulation engine (or, `deployment`,
     its deployment engine: a SuperLink and one SuperNode per client on this host);
-    return its status.
+    return its status. `resume`: the ServerApp continues from the run's newest checkpoint.
 
     The run's row must exist in the store (pending). The ServerApp marks it running and
     then completed or failed; if Flower ends without the ServerApp saying so (it could
@@ -203,7 +204,7 @@ def launch(scenario: Scenario, scenario_path: Path, run_id: str, runs_dir: Path,
         if deployment:
             supernodes = start_supernodes(paths, port, scenario)
         flwr = submit(paths, scenario, scenario_path.resolve(), run_id, runs_dir.resolve(),
-                      deployment)
+                      deployment, resume)
         while flwr.poll() is None:
             on_tick()
             time.sleep(tick_s)

@@ -6,7 +6,8 @@ fresh strategy whose rounds are numbered on from the previous task's, and mark t
 completed (or failed, with the reason) in the store. In a stream, the global model is
 evaluated on every task before the stream and after each task (the accuracy matrix);
 LoRA methods fold their adapter into the base weights at each task end; OSFT gets its
-preserved bases at each task start (server.osft_plan).
+preserved bases at each task start (server.osft_plan). After every round a checkpoint
+(server.checkpoint) records where the run stands; a resumed run continues from it.
 """
 
 from __future__ import annotations
@@ -14,11 +15,15 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from logging import INFO
 from pathlib import Path
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
+from flwr.supercore import log
 
 from clients.data import label_counts, server_sample, server_test_set
 from clients.heads import HEADS, activate_task
@@ -34,6 +39,7 @@ from clients.training import evaluate
 from scenarios.loader import load_scenario, resolve_scenario_path
 from scenarios.schema import Scenario
 from scenarios.stream import task_plans
+from server.checkpoint import Checkpoints, RunState, restore_rng, rng_state, scenario_digest
 from server.osft_plan import task_bases
 from server.federation import PartitionOrderedGrid, discover_partitions, wait_for_nodes
 from server.store import MetricsStore
@@ -47,11 +53,13 @@ NODE_WAIT_S = 60.0  # simulation registers nodes at once; deployment SuperNodes 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Run the scenario of `context.run_config["scenario"]` to the end."""
+    """Run the scenario of `context.run_config["scenario"]` to the end; with
+    `resume = true`, continue it from its newest checkpoint."""
     scenario_path = resolve_scenario_path(str(context.run_config["scenario"]))
     scenario = load_scenario(scenario_path)
     run_id = str(context.run_config.get("run-id") or f"flwr-{context.run_id}")
     runs_dir = Path(str(context.run_config.get("runs-dir") or scenario.runs_dir)).resolve()
+    resume = bool(context.run_config.get("resume", False))
     store = MetricsStore.in_dir(runs_dir)
     if store.get_run(run_id) is None:  # launched by plain `flwr run`, not by orthofed
         store.create_run(run_id, scenario.name, scenario.model_dump(mode="json"),
@@ -61,7 +69,7 @@ def main(grid: Grid, context: Context) -> None:
     try:
         run_dir = runs_dir / run_id
         run_dir.mkdir(parents=True, exist_ok=True)
-        run_scenario(grid, scenario, store, run_id, run_dir)
+        run_scenario(grid, scenario, store, run_id, run_dir, resume)
     except BudgetExhausted as exc:
         message = str(exc)  # a planned end under DP, not a failure
     except BaseException as exc:
@@ -70,10 +78,27 @@ def main(grid: Grid, context: Context) -> None:
     store.set_status(run_id, "completed", message)
 
 
+@dataclass
+class RunContext:
+    """What every task of one run shares."""
+
+    grid: Grid
+    model: torch.nn.Module
+    scenario: Scenario
+    store: MetricsStore
+    run_id: str
+    run_dir: Path
+    device: torch.device
+    checkpoints: Checkpoints
+    digest: str
+    ledgers: dict[int, dict] = field(default_factory=dict)  # clients' privacy ledgers
+
+
 def run_scenario(grid: Grid, scenario: Scenario, store: MetricsStore, run_id: str,
-                 run_dir: Path) -> None:
+                 run_dir: Path, resume: bool = False) -> None:
     """Build the global model and run the scenario's task stream (a single-task scenario
-    is a stream of one): each task through its own strategy.start."""
+    is a stream of one): each task through its own strategy.start. `resume`: restore the
+    newest checkpoint, drop what the store holds past it, and go on from there."""
     fed = scenario.federation
     nodes = wait_for_nodes(grid, fed.num_clients, NODE_WAIT_S)
     grid = PartitionOrderedGrid(grid, discover_partitions(grid, nodes, fed.round_timeout),
@@ -87,18 +112,38 @@ def run_scenario(grid: Grid, scenario: Scenario, store: MetricsStore, run_id: st
     model = build_model(scenario.model, counts[0], scenario.seed,
                         trained_set(scenario.strategy.name), device,
                         label_counts=counts if streaming else None)
-    torch.save(global_state(model), run_dir / "global-initial.pt")
-    random.seed(scenario.seed)  # FedAvg samples clients with `random`, nodes in partition order
-    if streaming:
-        record_task_evals(model, scenario, store, run_id, after_task=-1, device=device)
+    run = RunContext(grid, model, scenario, store, run_id, run_dir, device,
+                     Checkpoints(run_dir, scenario.checkpoints.keep), scenario_digest(scenario))
+    state = run.checkpoints.latest(run.digest) if resume else None
+    if resume:  # rounds past the checkpoint are redone: drop what the store has of them
+        store.truncate_after(run_id, state.round if state else -1, state.task if state else -1)
+    if state is None:
+        torch.save(global_state(model), run_dir / "global-initial.pt")
+        random.seed(scenario.seed)  # FedAvg samples clients with `random`, nodes in partition order
+        if streaming:
+            record_task_evals(model, scenario, store, run_id, after_task=-1, device=device)
+        state = RunState(round=0, task=0, task_rounds=0, model={}, scenario_digest=run.digest)
+    else:
+        load_trainable(model, state.model)
+        restore_rng(state.rng)
+        run.ledgers.update(state.ledgers)
+        log(INFO, "resuming %s after round %d (task %d, %d of its rounds done)", run_id,
+            state.round, state.task, state.task_rounds)
     base_weights: dict[str, torch.Tensor] = {}  # LoRA streams: earlier tasks merged in
-    round_offset = 0
+    round_offset = sum(plan.rounds for plan in plans[:state.task])
     try:
-        for task_id, plan in enumerate(plans):
+        for task_id in range(state.task, len(plans)):
+            resumed = task_id == state.task
+            rounds_done = state.task_rounds if resumed else 0
             activate_task(model, task_id)
-            extra = task_records(model, scenario, task_id, base_weights, run_dir, device)
-            run_task(grid, model, scenario, store, run_id, task_id, round_offset, extra, device)
-            round_offset += plan.rounds
+            extra = task_setup(run, task_id, base_weights)
+            if keys.BASE_WEIGHTS in extra:
+                base_weights = extra[keys.BASE_WEIGHTS].to_torch_state_dict()
+                load_trainable(model, base_weights)  # a no-op unless restored from disk
+            if rounds_done < plans[task_id].rounds:
+                run_task(run, task_id, round_offset, extra, rounds_done,
+                         state.out_of_budget if resumed else ())
+            round_offset += plans[task_id].rounds
             if streaming:
                 if trained_set(scenario.strategy.name) != "full":
                     base_weights = merge_adapters(model)  # sequential LoRA: fold, restart B
@@ -119,6 +164,21 @@ def stream_checkpoint(model: torch.nn.Module,
     return {**base_weights, **global_state(model), **heads}
 
 
+def task_setup(run: RunContext, task_id: int,
+               base_weights: dict[str, torch.Tensor]) -> dict[str, ArrayRecord]:
+    """What every train message of the task carries besides the global arrays: OSFT's
+    preserved bases, or the merged base weights of a LoRA stream. Computed at the
+    task's start and saved with the checkpoints, so a resumed task reuses them."""
+    saved = run.checkpoints.load_task(task_id)
+    if saved is not None:
+        return {name: ArrayRecord(state) for name, state in saved.items()}
+    extra = task_records(run.model, run.scenario, task_id, base_weights, run.run_dir,
+                         run.device)
+    run.checkpoints.save_task(task_id, {name: record.to_torch_state_dict()
+                                        for name, record in extra.items()})
+    return extra
+
+
 def task_records(model: torch.nn.Module, scenario: Scenario, task_id: int,
                  base_weights: dict[str, torch.Tensor], run_dir: Path,
                  device: torch.device) -> dict[str, ArrayRecord]:
@@ -137,15 +197,18 @@ def task_records(model: torch.nn.Module, scenario: Scenario, task_id: int,
     return {}
 
 
-def run_task(grid: Grid, model: torch.nn.Module, scenario: Scenario, store: MetricsStore,
-             run_id: str, task_id: int, round_offset: int, extra: dict[str, ArrayRecord],
-             device: torch.device) -> None:
-    """The rounds of one task; the global model ends holding the task's final arrays."""
+def run_task(run: RunContext, task_id: int, round_offset: int, extra: dict[str, ArrayRecord],
+             rounds_done: int = 0, out_of_budget: Iterable[int] = ()) -> None:
+    """The rounds of one task after its first `rounds_done`; the global model ends
+    holding the task's final arrays. A checkpoint follows every round."""
+    scenario, model, store, run_id = run.scenario, run.model, run.store, run.run_id
     fed = scenario.federation
     plan = task_plans(scenario)[task_id]
     strategy = RecordedStrategy(build_strategy(scenario), store, run_id, task=task_id,
                                 round_offset=round_offset, num_clients=fed.num_clients,
-                                extra_records=extra, min_replies=fed.min_replies)
+                                extra_records=extra, min_replies=fed.min_replies,
+                                rounds_done=rounds_done, ledgers=run.ledgers,
+                                out_of_budget=out_of_budget)
     initial = global_state(model)
     sent = frozenset(initial) | frozenset(extra.get(keys.BASE_WEIGHTS, {}))
     train_config = ConfigRecord({keys.TASK_ID: task_id,
@@ -153,23 +216,31 @@ def run_task(grid: Grid, model: torch.nn.Module, scenario: Scenario, store: Metr
     test_set = server_test_set(scenario, task_id)
 
     def evaluate_global(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        """Accuracy of the global model on the task's test split; the round's eval.
-        Round 0 of a later task is the previous task's last round: already evaluated."""
-        if server_round == 0 and task_id > 0:
+        """Accuracy of the global model on the task's test split; the round's eval, then
+        the round's checkpoint. Round 0 of a later (or resumed) task is an earlier round:
+        already evaluated."""
+        if server_round == 0 and (task_id > 0 or rounds_done > 0):
             return None
         started = time.perf_counter()
         load_trainable(model, arrays.to_torch_state_dict())
-        result = evaluate(model, test_set, device)
+        result = evaluate(model, test_set, run.device)
         metrics = {keys.EVAL_ACC: result.accuracy, keys.EVAL_LOSS: result.loss,
                    "eval-seconds": time.perf_counter() - started}
         best_effort(store.record_round, run_id, strategy.global_round(server_round),
                     strategy.task, eval=metrics)
+        if server_round > 0:
+            run.checkpoints.save(RunState(
+                round=strategy.global_round(server_round), task=task_id,
+                task_rounds=strategy.task_round(server_round),
+                model=stream_checkpoint(model, {}), scenario_digest=run.digest,
+                ledgers=dict(run.ledgers), out_of_budget=sorted(strategy.out_of_budget),
+                rng=rng_state()))
         return MetricRecord(metrics)
 
     try:
-        strategy.start(grid=grid, initial_arrays=ArrayRecord(initial), num_rounds=plan.rounds,
-                       timeout=fed.round_timeout, train_config=train_config,
-                       evaluate_fn=evaluate_global)
+        strategy.start(grid=run.grid, initial_arrays=ArrayRecord(initial),
+                       num_rounds=plan.rounds - rounds_done, timeout=fed.round_timeout,
+                       train_config=train_config, evaluate_fn=evaluate_global)
     finally:
         if strategy.latest_arrays is not None:
             load_trainable(model, strategy.latest_arrays.to_torch_state_dict())

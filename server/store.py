@@ -181,6 +181,29 @@ class MetricsStore:
                  for task, (name, acc, loss) in enumerate(results)],
             )
 
+    def reopen(self, run_id: str) -> bool:
+        """Make an ended (or abandoned) run pending again, to be resumed: its message
+        and end time are cleared, its start time and records stay. False when the run
+        is unknown, completed or already pending."""
+        with self._connect() as db:
+            changed = db.execute(
+                "UPDATE runs SET status = 'pending', message = NULL, ended = NULL, pid = NULL "
+                "WHERE id = ? AND status IN ('failed', 'cancelled', 'running')", (run_id,),
+            ).rowcount
+        return changed == 1
+
+    def truncate_after(self, run_id: str, round_: int, task: int) -> None:
+        """Forget everything recorded after global round `round_` of task `task`, in one
+        transaction: a resumed run redoes those rounds, so keeping them would count them
+        twice. Task evaluations after task `task` (or of it: they are redone when its
+        rounds end) go too. round_ = -1, task = -1: everything."""
+        with self._connect() as db:
+            for table in ("rounds", "client_rounds", "failures"):
+                db.execute(f"DELETE FROM {table} WHERE run_id = ? AND round > ?",
+                           (run_id, round_))
+            db.execute("DELETE FROM task_evals WHERE run_id = ? AND after_task >= ?",
+                       (run_id, task))
+
     # ---- reads -----------------------------------------------------------------------
 
     def get_run(self, run_id: str) -> dict[str, Any] | None:

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from logging import WARNING
 from typing import Protocol
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
@@ -45,38 +45,61 @@ class BudgetExhausted(RuntimeError):
 
 
 class RecordedStrategy(Strategy):
-    """Delegates to `inner`; records round `round_offset + server_round` of task `task`."""
+    """Delegates to `inner`; records round `round_offset + rounds_done + server_round`
+    of task `task`.
+
+    `rounds_done` > 0 continues a task after a resume: Flower's `start` counts its rounds
+    from 1 again, the inner strategy and the clients see the task's own round numbers
+    (FedSVD's svd_period and the clients' per-round seeds depend on them).
+    """
 
     def __init__(self, inner: Strategy, store: RoundRecorder, run_id: str,
                  task: int = 0, round_offset: int = 0, num_clients: int | None = None,
                  extra_records: dict[str, ArrayRecord] | None = None,
-                 min_replies: int = 1) -> None:
+                 min_replies: int = 1, rounds_done: int = 0,
+                 ledgers: dict[int, dict] | None = None,
+                 out_of_budget: Iterable[int] = ()) -> None:
         self.inner, self.store, self.run_id = inner, store, run_id
         # Sent with every train message, besides the global arrays (keys.BASE_WEIGHTS,
         # keys.OSFT_BASES): fixed for the task, never averaged.
         self.extra_records = dict(extra_records or {})
         self.min_replies = min_replies
-        self.task, self.round_offset = task, round_offset
+        self.task, self.round_offset, self.rounds_done = task, round_offset, rounds_done
         self.num_clients = num_clients
-        self.out_of_budget: set[int] = set()  # partitions that refused: they stay refused
+        # The clients' privacy ledgers as they last reported them, by partition; each
+        # goes back with that partition's next train message, so a client process that
+        # lost its context.state (a restarted SuperNode, a resumed run) carries on
+        # spending from its recorded history instead of from zero. Shared across tasks.
+        self.ledgers = ledgers if ledgers is not None else {}
+        self.out_of_budget: set[int] = set(out_of_budget)  # refused: they stay refused
         self.latest_arrays: ArrayRecord | None = None  # the newest global model
         self.sampled: dict[int, int | None] = {}  # this round's node id -> partition id
 
+    def task_round(self, server_round: int) -> int:
+        """The round's number within its task (what the inner strategy and clients see)."""
+        return self.rounds_done + server_round
+
     def global_round(self, server_round: int) -> int:
-        return self.round_offset + server_round
+        return self.round_offset + self.task_round(server_round)
 
     def summary(self) -> None:
         self.inner.summary()
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        messages = list(self.inner.configure_train(server_round, arrays, config, grid))
+        messages = list(self.inner.configure_train(self.task_round(server_round), arrays,
+                                                   config, grid))
         partition_of = getattr(grid, "partition_of", lambda _: None)
         self.sampled = {m.metadata.dst_node_id: partition_of(m.metadata.dst_node_id)
                         for m in messages}
         for message in messages:
-            for name, record in self.extra_records.items():
-                message.content[name] = record
+            # Flower's FedAvg gives every message the same RecordDict: this one's own
+            # content is a new dict over the same (shared, read-only) records.
+            content = RecordDict({**message.content, **self.extra_records})
+            ledger = self.ledgers.get(self.sampled[message.metadata.dst_node_id])
+            if ledger is not None:
+                content[keys.PRIVACY_STATE] = ConfigRecord(ledger)
+            message.content = content
         return messages
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message],
@@ -84,6 +107,7 @@ class RecordedStrategy(Strategy):
         replies = list(replies)
         round_ = self.global_round(server_round)
         per_client, failures = split_replies(replies)
+        self.ledgers.update(reported_ledgers(replies))
         failures += silent_nodes(self.sampled, replies)
         best_effort(self.store.record_clients, self.run_id, round_, per_client, failures)
         refused = {p for p, m in per_client.items() if m.get(keys.REFUSED)}
@@ -95,9 +119,12 @@ class RecordedStrategy(Strategy):
                     f"{len(per_client)} replied, fewer than federation.min_replies = "
                     f"{self.min_replies}")
             raise AllClientsFailed(f"round {round_}: {what}: {reasons}")
-        trained = [m for m in replies if not m.has_error() and not is_refusal(m)]
-        arrays, metrics = (self.inner.aggregate_train(server_round, trained) if trained
-                           else (None, None))  # nobody trained: the global model stays
+        # In partition order: a float sum depends on its order, and replies arrive in
+        # whatever order the clients finish; sorted, a resumed run adds up the same.
+        trained = sorted((m for m in replies if not m.has_error() and not is_refusal(m)),
+                         key=partition_of_reply)
+        arrays, metrics = (self.inner.aggregate_train(self.task_round(server_round), trained)
+                           if trained else (None, None))  # nobody trained: the model stays
         self.latest_arrays = arrays if arrays is not None else self.latest_arrays
         train = dict(metrics) if metrics is not None else {}
         train.update(clients=len(trained), failures=len(failures), refusals=len(refused))
@@ -110,11 +137,12 @@ class RecordedStrategy(Strategy):
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
-        return self.inner.configure_evaluate(server_round, arrays, config, grid)
+        return self.inner.configure_evaluate(self.task_round(server_round), arrays, config,
+                                             grid)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message],
                            ) -> MetricRecord | None:
-        return self.inner.aggregate_evaluate(server_round, replies)
+        return self.inner.aggregate_evaluate(self.task_round(server_round), replies)
 
 
 
@@ -134,6 +162,17 @@ def silent_nodes(sampled: dict[int, int | None], replies: list[Message],
     return [(partition, str(node), "no reply within the round timeout (the node "
              "disappeared or hung)")
             for node, partition in sampled.items() if node not in answered]
+
+
+def partition_of_reply(msg: Message) -> int:
+    who = msg.content.config_records.get(keys.CLIENT, ConfigRecord())
+    return int(who.get(keys.PARTITION_ID, -1))
+
+
+def reported_ledgers(replies: list[Message]) -> dict[int, dict]:
+    """{partition: privacy ledger} of the replies that carry one (DP clients)."""
+    return {partition_of_reply(m): dict(m.content[keys.PRIVACY_STATE])
+            for m in replies if not m.has_error() and keys.PRIVACY_STATE in m.content}
 
 
 def is_refusal(msg: Message) -> bool:
@@ -157,5 +196,5 @@ def split_replies(replies: list[Message],
         who = msg.content.config_records.get(keys.CLIENT, ConfigRecord())
         metrics = dict(next(iter(msg.content.metric_records.values()), MetricRecord()))
         metrics.update({k: v for k, v in who.items() if k != keys.PARTITION_ID})
-        per_client[int(who.get(keys.PARTITION_ID, -1))] = metrics
+        per_client[partition_of_reply(msg)] = metrics
     return per_client, failures

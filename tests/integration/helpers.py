@@ -55,6 +55,16 @@ def kill_all(procs: list[psutil.Process]) -> None:
     psutil.wait_procs(procs, timeout=10)
 
 
+def kill_tree_now(pid: int) -> None:
+    """SIGKILL a process and all its descendants at once, as a power cut would."""
+    try:
+        root = psutil.Process(pid)
+        family = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    kill_all(family)
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
 

@@ -1,10 +1,15 @@
 """Task streams end to end through `orthofed run` (Flower's simulation engine, a real
-store): the accuracy matrix, OSFT's preserved triplets across a real federated task, and
-a private LoRA stream whose budget spans every task."""
+store): the accuracy matrix, OSFT's preserved triplets across a real federated task, a
+private LoRA stream whose budget spans every task, and the same stream SIGKILLed and
+resumed."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -13,7 +18,13 @@ import yaml
 from server.continual import cl_metrics
 from server.store import MetricsStore
 from tests.conftest import ROOT
-from tests.integration.helpers import last_json_line, run_orthofed
+from tests.integration.helpers import (
+    kill_all,
+    kill_tree_now,
+    last_json_line,
+    processes_mentioning,
+    run_orthofed,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -49,12 +60,11 @@ def test_osft_stream_keeps_the_preserved_triplets_and_reports_the_matrix(runs_di
         assert (w - start[name].double()).norm() > 1e-4 * w.norm(), f"{name} did not train"
 
 
-def test_private_lora_stream_budget_spans_every_task(tmp_path, runs_dir) -> None:
-    """FedSVD-LoRA per task under DP: the adapter is folded into the base at the task
-    end (clients get the merged base), task 0's head is untouched by task 1, and each
-    client's ledger carries across tasks: epsilon keeps growing and ends within budget."""
-    from clients.privacy import epsilon_of
-
+@pytest.fixture(scope="module")
+def private_lora_stream(tmp_path_factory):
+    """FedSVD-LoRA per task under DP over quick-stream's 2 tasks, run once to the end:
+    (scenario path, its runs folder, the run's summary)."""
+    tmp_path = tmp_path_factory.mktemp("dp-stream")
     doc = yaml.safe_load((ROOT / "scenarios" / "quick-stream.yaml").read_text())
     doc["name"] = "dp-lora-stream"
     doc["model"]["lora"] = {"rank": 4, "alpha": 8}
@@ -64,9 +74,24 @@ def test_private_lora_stream_budget_spans_every_task(tmp_path, runs_dir) -> None
     doc["privacy"] = {"target_epsilon": 4.0, "delta": 1e-5, "max_grad_norm": 1.0}
     path = tmp_path / "dp-stream.yaml"
     path.write_text(yaml.safe_dump(doc))
-    done = run_orthofed("run", str(path), "--runs-dir", str(runs_dir), "--json")
-    assert done.returncode == 0, done.stderr[-3000:]
-    summary = last_json_line(done.stdout)
+    runs_dir = tmp_path / "runs"
+    try:
+        done = run_orthofed("run", str(path), "--runs-dir", str(runs_dir), "--json")
+        assert done.returncode == 0, done.stderr[-3000:]
+        yield path, runs_dir, last_json_line(done.stdout)
+    finally:
+        leftovers = processes_mentioning(str(tmp_path))
+        kill_all(leftovers)
+        assert leftovers == [], f"processes left running: {[p.pid for p in leftovers]}"
+
+
+def test_private_lora_stream_budget_spans_every_task(private_lora_stream) -> None:
+    """The adapter is folded into the base at the task end (clients get the merged
+    base), task 0's head is untouched by task 1, and each client's ledger carries across
+    tasks: epsilon keeps growing and ends within budget."""
+    from clients.privacy import epsilon_of
+
+    _, runs_dir, summary = private_lora_stream
     assert summary["status"] == "completed" and len(summary["tasks"]["matrix"]) == 2
 
     run_dir = runs_dir / summary["run_id"]
@@ -86,3 +111,49 @@ def test_private_lora_stream_budget_spans_every_task(tmp_path, runs_dir) -> None
         assert spent == sorted(spent) and spent[-1] <= 4.0
         assert spent[-1] == pytest.approx(epsilon_of(history, 1e-5, "rdp"), rel=1e-9)
         assert summary["clients"][str(partition)]["epsilon"] == spent[-1]
+
+
+def without_timings(rounds: list[dict]) -> list[dict]:
+    """Rounds with their wall-clock fields left out (the only ones that may differ)."""
+    return [{**r, "eval": {k: v for k, v in r["eval"].items() if "seconds" not in k},
+             "train": {k: v for k, v in r["train"].items() if "seconds" not in k}}
+            for r in rounds]
+
+
+def test_a_stream_sigkilled_at_a_task_end_and_resumed_equals_the_uninterrupted_run(
+        private_lora_stream, tmp_path, runs_dir) -> None:
+    """The same scenario, every process of it SIGKILLed the moment the checkpoint of
+    task 0's last round lands (the server is then folding the adapter, evaluating the
+    matrix row, starting task 1), then `orthofed resume`: no round lost or doubled, and
+    the metrics, every client's epsilon, the accuracy matrix and the final model are
+    those of the uninterrupted run, bit for bit."""
+    path, reference_dir, reference = private_lora_stream
+    victim = subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "run", str(path), "--runs-dir", str(runs_dir)],
+        cwd=ROOT, env=dict(os.environ, HF_HUB_OFFLINE="1"), stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not list(runs_dir.glob("*/checkpoints/round-000002-task-0000.pt")):
+            assert victim.poll() is None and time.monotonic() < deadline, "no checkpoint"
+            time.sleep(0.02)
+    finally:
+        kill_tree_now(victim.pid)  # a power cut: nothing gets to clean up
+    (run,) = MetricsStore.in_dir(runs_dir).list_runs()
+    assert run["status"] == "running"  # abandoned: nobody could mark it
+
+    done = run_orthofed("resume", run["id"], "--runs-dir", str(runs_dir), "--json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    resumed = last_json_line(done.stdout)
+    assert resumed["status"] == "completed"
+    assert [r["round"] for r in resumed["rounds"]] == [0, 1, 2, 3, 4]
+    assert without_timings(resumed["rounds"]) == without_timings(reference["rounds"])
+    assert resumed["tasks"] == reference["tasks"]
+    for partition, client in reference["clients"].items():
+        assert resumed["clients"][partition]["rounds"] == client["rounds"] == [1, 2, 3, 4]
+        assert resumed["clients"][partition]["epsilon"] == client["epsilon"]
+    final = torch.load(runs_dir / run["id"] / "global-final.pt")
+    expected = torch.load(reference_dir / reference["run_id"] / "global-final.pt")
+    assert final.keys() == expected.keys()
+    assert all(torch.equal(final[k], expected[k]) for k in expected)
+    assert run_orthofed("resume", run["id"], "--runs-dir", str(runs_dir)).returncode == 2

@@ -199,6 +199,38 @@ def test_cancel(client, store) -> None:
     assert client.post("/runs/nope/cancel", headers=TOKEN).status_code == 404
 
 
+def test_resume(client, store, settings) -> None:
+    """Ended or abandoned runs are queued again (pending, records kept); a completed
+    run, one already waiting, or one whose processes still live are refused (409)."""
+    done = finished_run(store)
+    store.create_run("broken", "s", {"name": "s"})
+    store.set_status("broken", "running")
+    store.record_round("broken", 0, 0, eval={"eval-acc": 0.1})
+    store.set_status("broken", "failed", "killed")
+    resumed = client.post("/runs/broken/resume", headers=TOKEN)
+    assert resumed.status_code == 202, resumed.text
+    assert (resumed.json()["status"], resumed.json()["message"]) == ("pending", None)
+    assert [r["round"] for r in client.get("/runs/broken/rounds").json()["rounds"]] == [0]
+    again = client.post("/runs/broken/resume", headers=TOKEN)
+    assert again.status_code == 409 and "already waiting" in again.json()["detail"]
+    finished = client.post(f"/runs/{done}/resume", headers=TOKEN)
+    assert finished.status_code == 409 and "completed" in finished.json()["detail"]
+    assert client.post("/runs/nope/resume", headers=TOKEN).status_code == 404
+    assert client.post("/runs/broken/resume").status_code == 401
+
+    store.create_run("alive", "s", {"name": "s"})
+    store.set_status("alive", "running")  # a process of the run still lives
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "alive"])
+    try:
+        busy = client.post("/runs/alive/resume", headers=TOKEN)
+        assert busy.status_code == 409 and f"still running (pids {holder.pid})" in \
+            busy.json()["detail"]
+    finally:
+        holder.kill()
+        holder.wait()
+    assert client.post("/runs/alive/resume", headers=TOKEN).status_code == 202  # abandoned
+
+
 def test_a_restarted_server_fails_runs_whose_process_vanished(settings, store) -> None:
     """The store says running, with the pid of a process that has exited."""
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],

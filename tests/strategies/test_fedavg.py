@@ -154,3 +154,75 @@ def test_a_round_with_fewer_results_than_the_minimum_fails_naming_who_and_why() 
     ok = RecordedStrategy(FedAvgLora(), FakeStore(), "run-1", min_replies=1)
     arrays, _ = ok.aggregate_train(1, replies)  # one result is enough at the default
     np.testing.assert_array_equal(arrays["w"].numpy(), np.ones(3))
+
+
+def test_each_client_gets_back_its_own_privacy_ledger() -> None:
+    """DP replies carry the client's ledger; the next train message to that partition
+    carries it back (a client process that lost its context.state resumes from it), and
+    only to that partition: Flower's FedAvg shares one RecordDict between messages."""
+    from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+
+    from server.federation import PartitionOrderedGrid
+
+    class TwoNodes:
+        def get_node_ids(self):
+            return [7, 8]
+
+    def ledger(partition: int) -> dict:
+        return {"partition-id": partition, "noise-multiplier": 1.1,
+                "history-sigma": [1.1], "history-q": [0.1], "history-steps": [5]}
+
+    strategy = RecordedStrategy(FedAvgLora(), FakeStore(), "run-1")
+    grid = PartitionOrderedGrid(TwoNodes(), {0: 7, 1: 8})
+    replies = []
+    for node, partition in ((7, 0), (8, 1)):
+        reply = train_reply(node, partition, {"w": np.ones(3)}, 10)
+        reply.content = RecordDict({**reply.content,
+                                    keys.PRIVACY_STATE: ConfigRecord(ledger(partition))})
+        replies.append(reply)
+    strategy.aggregate_train(1, replies)
+    assert strategy.ledgers == {0: ledger(0), 1: ledger(1)}
+    as_server()
+    sent = strategy.configure_train(2, ArrayRecord({"w": Array(np.zeros(3))}), ConfigRecord(),
+                                    grid)
+    got = {m.metadata.dst_node_id: dict(m.content[keys.PRIVACY_STATE]) for m in sent}
+    assert got == {7: ledger(0), 8: ledger(1)}
+
+
+def test_a_resumed_task_continues_its_round_numbers() -> None:
+    """After 3 of a task's rounds were done (and 10 rounds of earlier tasks), Flower's
+    round 1 is the task's round 4 for the inner strategy and the clients, and global
+    round 14 in the store."""
+    from flwr.app import Array, ArrayRecord, ConfigRecord
+
+    from server.federation import PartitionOrderedGrid
+
+    class TwoNodes:
+        def get_node_ids(self):
+            return [7, 8]
+
+    store = FakeStore()
+    strategy = RecordedStrategy(FedAvgLora(), store, "run-1", task=1, round_offset=10,
+                                rounds_done=3)
+    as_server()
+    sent = strategy.configure_train(1, ArrayRecord({"w": Array(np.zeros(3))}), ConfigRecord(),
+                                    PartitionOrderedGrid(TwoNodes(), {0: 7, 1: 8}))
+    assert {m.content[keys.CONFIG][keys.SERVER_ROUND] for m in sent} == {4}
+    strategy.aggregate_train(1, [train_reply(7, 0, {"w": np.ones(3)}, 10),
+                                 train_reply(8, 1, {"w": np.ones(3)}, 10)])
+    assert [r[1] for r in store.rounds] == [14]
+
+
+def test_the_average_does_not_depend_on_the_order_replies_arrive_in() -> None:
+    """Float sums depend on their order (in float32, 1e8 + 1 - 1e8 is 0, 1e8 - 1e8 + 1
+    is 1): Flower's own FedAvg gives different averages for different arrival orders;
+    the wrapper averages in partition order, so a resumed run adds up the same."""
+    values = {0: 1e8, 1: 1.0, 2: -1e8}
+    plain, wrapped = set(), set()
+    for arrival in ([0, 1, 2], [0, 2, 1], [2, 0, 1]):
+        replies = [train_reply(10 + p, p, {"w": np.array([values[p]], dtype=np.float32)}, 10)
+                   for p in arrival]
+        plain.add(FedAvgLora().aggregate_train(1, replies)[0]["w"].numpy().tobytes())
+        arrays, _ = RecordedStrategy(FedAvgLora(), FakeStore(), "run-1").aggregate_train(1, replies)
+        wrapped.add(arrays["w"].numpy().tobytes())
+    assert len(plain) > 1 and len(wrapped) == 1

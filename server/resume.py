@@ -1,0 +1,57 @@
+"""Whether a run may be resumed, and the scenario file it resumes with.
+
+A run resumes from its newest checkpoint (server.checkpoint) when it ended without
+completing (failed, cancelled) or was abandoned: still `running` in the store but no
+process of it left (its machine crashed, it was SIGKILLed). It resumes with the
+scenario it was validated with, as the store holds it, not with whatever its file says
+now: written to runs/<id>/scenario.yaml for the ServerApp and clients.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import psutil
+import yaml
+
+SNAPSHOT = "scenario.yaml"
+
+
+def run_processes(run_id: str, run_dir: Path) -> list[psutil.Process]:
+    """Live processes of a run other than this one: any whose command line names the run
+    (its `orthofed` process, its SuperLink's database path) or that works in its folder."""
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline", "cwd", "status"]):
+        try:
+            if proc.info["pid"] == os.getpid() or proc.info["status"] == psutil.STATUS_ZOMBIE:
+                continue  # a zombie is dead, only not yet reaped by its parent
+            cmdline = " ".join(proc.info["cmdline"] or [])
+            if run_id in cmdline or proc.info["cwd"] == str(run_dir):
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def resume_refusal(run: dict, runs_dir: Path) -> str | None:
+    """Why `run` (a store row) cannot be resumed now, or None when it can."""
+    status = run["status"]
+    if status == "completed":
+        return "it completed: there is nothing to resume"
+    if status == "pending":
+        return "it is already waiting to run"
+    if status == "running":
+        alive = run_processes(run["id"], runs_dir / run["id"])
+        if alive:
+            pids = ", ".join(str(p.pid) for p in alive[:5])
+            return f"it is still running (pids {pids}); cancel it first"
+    return None
+
+
+def write_snapshot(run: dict, runs_dir: Path) -> Path:
+    """The run's validated scenario as runs/<id>/scenario.yaml; its path."""
+    path = runs_dir / run["id"] / SNAPSHOT
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(run["scenario"], sort_keys=False))
+    return path
