@@ -130,8 +130,10 @@ def start_supernodes(paths: RunPaths, superlink_port: int, scenario: Scenario,
 
 
 def submit(paths: RunPaths, scenario: Scenario, scenario_path: Path, run_id: str,
-           runs_dir: Path, deployment: bool = False, resume: bool = False) -> subprocess.Popen:
-    """`flwr run` of this project against the run's SuperLink, following its logs."""
+           runs_dir: Path, deployment: bool = False, resume: bool = False,
+           app_dir: Path = PROJECT_ROOT) -> subprocess.Popen:
+    """`flwr run` of the Flower app in `app_dir` (this project; the fault tests' app
+    wraps its ClientApp) against the run's SuperLink, following its logs."""
     run_config = (f"scenario='{scenario_path}' run-id='{run_id}' runs-dir='{runs_dir}' "
                   f"resume={'true' if resume else 'false'}")
     federation_config = (
@@ -139,7 +141,7 @@ def submit(paths: RunPaths, scenario: Scenario, scenario_path: Path, run_id: str
         f"client-resources-num-cpus={scenario.resources.num_cpus} "
         f"client-resources-num-gpus={scenario.resources.num_gpus}"
     )
-    command = ["flwr", "run", str(PROJECT_ROOT), CONNECTION, "--stream",
+    command = ["flwr", "run", str(app_dir), CONNECTION, "--stream",
                "--run-config", run_config,
                *([] if deployment else ["--federation-config", federation_config])]
     with paths.flower_log.open("ab") as log:
@@ -183,7 +185,8 @@ def log_tail(path: Path, lines: int = 6) -> str:
 
 def launch(scenario: Scenario, scenario_path: Path, run_id: str, runs_dir: Path,
            on_tick: Callable[[], None] = lambda: None, tick_s: float = 0.5,
-           deployment: bool = False, resume: bool = False) -> str:
+           deployment: bool = False, resume: bool = False,
+           app_dir: Path = PROJECT_ROOT) -> str:
     """Run a scenario to the end through Flower's simulation engine (or, `deployment`,
     its deployment engine: a SuperLink and one SuperNode per client on this host);
     return its status. `resume`: the ServerApp continues from the run's newest checkpoint.
@@ -204,7 +207,7 @@ def launch(scenario: Scenario, scenario_path: Path, run_id: str, runs_dir: Path,
         if deployment:
             supernodes = start_supernodes(paths, port, scenario)
         flwr = submit(paths, scenario, scenario_path.resolve(), run_id, runs_dir.resolve(),
-                      deployment, resume)
+                      deployment, resume, app_dir)
         while flwr.poll() is None:
             on_tick()
             time.sleep(tick_s)

@@ -23,6 +23,8 @@ from strategies import keys
 
 # Clients prefix their error replies with who they are (clients.client_app).
 _PARTITION_IN_REASON = re.compile(r"^partition-id=(\d+):")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+REASON_MAX = 500  # characters of an error reason kept in the store
 
 
 class RoundRecorder(Protocol):
@@ -106,7 +108,7 @@ class RecordedStrategy(Strategy):
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
         round_ = self.global_round(server_round)
-        per_client, failures = split_replies(replies)
+        per_client, failures = split_replies(replies, self.sampled)
         self.ledgers.update(reported_ledgers(replies))
         failures += silent_nodes(self.sampled, replies)
         best_effort(self.store.record_clients, self.run_id, round_, per_client, failures)
@@ -164,6 +166,22 @@ def silent_nodes(sampled: dict[int, int | None], replies: list[Message],
             for node, partition in sampled.items() if node not in answered]
 
 
+def concise_reason(reason: str) -> str:
+    """An error reason fit for the store and a terminal: Flower's simulation wraps what a
+    client raised, or its process's death, in a Ray traceback with colour codes; keep
+    what happened."""
+    reason = _ANSI.sub("", reason)
+    if "ActorDiedError" in reason:
+        return ("the client's process died (Ray ActorDiedError: its worker exited "
+                "unexpectedly, e.g. killed or out of memory)")
+    raised = re.search(r"ClientAppException occurred\. Message: (.*)", reason, re.DOTALL)
+    if raised:
+        message = raised.group(1).strip().rstrip("'>").strip()
+        kind = re.search(rf"^(\w+): {re.escape(message)}$", reason, re.MULTILINE)
+        reason = f"the ClientApp raised {kind.group(1) if kind else 'an exception'}: {message}"
+    return reason if len(reason) <= REASON_MAX else reason[:REASON_MAX - 3] + "..."
+
+
 def partition_of_reply(msg: Message) -> int:
     who = msg.content.config_records.get(keys.CLIENT, ConfigRecord())
     return int(who.get(keys.PARTITION_ID, -1))
@@ -181,17 +199,21 @@ def is_refusal(msg: Message) -> bool:
     return bool(metrics.get(keys.REFUSED, 0))
 
 
-def split_replies(replies: list[Message],
+def split_replies(replies: list[Message], sampled: dict[int, int | None] | None = None,
                   ) -> tuple[dict[int, dict], list[tuple[int | None, str, str]]]:
-    """({partition_id: metrics} of the results, [(partition_id, node_id, reason)] of errors)."""
+    """({partition_id: metrics} of the results, [(partition_id, node_id, reason)] of errors).
+    An error that does not name its partition (it escaped the ClientApp, or its process
+    died) gets the partition the node was sampled as, from `sampled` {node: partition}."""
+    sampled = sampled or {}
     per_client: dict[int, dict] = {}
     failures: list[tuple[int | None, str, str]] = []
     for msg in replies:
         node = str(msg.metadata.src_node_id)
         if msg.has_error():
-            reason = msg.error.reason or f"error code {msg.error.code}"
+            reason = concise_reason(msg.error.reason or f"error code {msg.error.code}")
             match = _PARTITION_IN_REASON.match(reason)
-            failures.append((int(match.group(1)) if match else None, node, reason))
+            partition = int(match.group(1)) if match else sampled.get(msg.metadata.src_node_id)
+            failures.append((partition, node, reason))
             continue
         who = msg.content.config_records.get(keys.CLIENT, ConfigRecord())
         metrics = dict(next(iter(msg.content.metric_records.values()), MetricRecord()))

@@ -1,6 +1,7 @@
 """The API for real: `orthofed serve` under uvicorn on a free loopback port, a run
 POSTed over HTTP and followed through its event stream to the end, checked against
-the store; a run cancelled over HTTP stops every process it started."""
+the store; a run cancelled over HTTP stops every process it started, and resumed over
+HTTP finishes with every round once."""
 
 from __future__ import annotations
 
@@ -51,23 +52,38 @@ def test_a_run_posted_over_http_streams_its_rounds_to_the_end(tmp_path, runs_dir
         wait_gone(MetricsStore.in_dir(runs_dir).get_run(run_id)["pid"])
 
 
-def test_cancel_over_http_stops_the_run_and_keeps_its_rounds(tmp_path, runs_dir) -> None:
+def test_cancel_then_resume_over_http_loses_and_repeats_no_round(tmp_path, runs_dir) -> None:
+    """Cancel a 10-round run after its third round: its processes stop, its rounds stay.
+    Resume it: the queue starts `orthofed resume`, which continues from the newest
+    checkpoint to the end; every round is there once, every client trained each round."""
     runs_dir.mkdir(parents=True)
     with serving(runs_dir) as base:
-        doc_path = ROOT / "scenarios" / "quick.yaml"
-        body = doc_path.read_text().replace("rounds: 3", "rounds: 40")
+        body = (ROOT / "scenarios" / "quick.yaml").read_text().replace("rounds: 3", "rounds: 10")
         posted = httpx.post(f"{base}/runs", content=body,
                             headers={**TOKEN, "Content-Type": "application/yaml"}, timeout=120)
         assert posted.status_code == 202, posted.text
         run_id = posted.json()["id"]
         store = MetricsStore.in_dir(runs_dir)
         deadline = time.monotonic() + 240
-        while len(store.rounds(run_id)) < 3:  # wait for a couple of real rounds
+        while len(store.rounds(run_id)) < 4:  # rounds 0..3: a few real rounds
             assert time.monotonic() < deadline, store.get_run(run_id)
-            time.sleep(0.5)
+            time.sleep(0.2)
         cancelled = httpx.post(f"{base}/runs/{run_id}/cancel", headers=TOKEN, timeout=60)
         assert cancelled.status_code == 202 and cancelled.json()["status"] == "cancelled"
         wait_gone(store.get_run(run_id)["pid"])
         kept = store.rounds(run_id)
-        assert len(kept) >= 3 and store.get_run(run_id)["status"] == "cancelled"
+        assert 4 <= len(kept) < 11 and store.get_run(run_id)["status"] == "cancelled"
         assert store.get_run(run_id)["message"] == "cancelled over HTTP"
+
+        resumed = httpx.post(f"{base}/runs/{run_id}/resume", headers=TOKEN, timeout=60)
+        assert resumed.status_code == 202 and resumed.json()["status"] == "pending"
+        events = follow(base, run_id)
+        log = (runs_dir / run_id / "orthofed.log").read_text()
+        assert [d["status"] for e, d in events if e == "status"][-1] == "completed", log[-3000:]
+        assert "resuming" in log
+        rounds = store.rounds(run_id)
+        assert [r["round"] for r in rounds] == list(range(11))
+        assert rounds[:len(kept) - 1] == kept[:len(kept) - 1]  # what was recorded stays
+        clients = httpx.get(f"{base}/runs/{run_id}/clients", timeout=60).json()["clients"]
+        assert [c["rounds"] for c in clients] == [list(range(1, 11))] * 3
+        wait_gone(store.get_run(run_id)["pid"])
