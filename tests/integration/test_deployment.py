@@ -77,7 +77,10 @@ def supernode_of(partition: int, run_dir) -> psutil.Process | None:
 
 
 def test_a_supernode_killed_mid_run_rejoins_and_the_run_finishes(tmp_path, runs_dir) -> None:
-    scenario = small_scenario(tmp_path, rounds=5, name="restart")
+    """Under DP: the restarted SuperNode has lost its context.state, and carries on
+    spending from the ledger the server sends back (its own last report), so its
+    epsilon keeps growing instead of starting again from zero."""
+    scenario = small_scenario(tmp_path, rounds=5, name="restart", private=True)
     command = [sys.executable, "-m", "server.cli", "run", scenario, "--runs-dir", str(runs_dir),
                "--json", "--deployment"]
     run = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
@@ -114,3 +117,6 @@ def test_a_supernode_killed_mid_run_rejoins_and_the_run_finishes(tmp_path, runs_
     assert partition_1["rounds"][-1] == 5, partition_1  # back after the restart
     assert len(partition_1["rounds"]) < 5 and partition_1["failures"] >= 1, partition_1
     assert any("no reply" in r or "partition-id=1" in r for r in partition_1["reasons"])
+    spent = [r["metrics"]["epsilon"] for r in MetricsStore.in_dir(runs_dir).client_rounds(
+        summary["run_id"]) if r["partition_id"] == 1]
+    assert len(spent) == len(partition_1["rounds"]) and spent == sorted(set(spent)), spent
