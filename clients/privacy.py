@@ -88,3 +88,18 @@ class PrivacyState:
                            record.get("history-steps", []), strict=True))
         return cls(int(record["partition-id"]), float(record["noise-multiplier"]),
                    [(float(s), float(q), int(n)) for s, q, n in history])
+
+
+def charge_unreported_round(record: dict, steps: int) -> dict:
+    """A ledger record (PrivacyState.to_record) charged for one more round of `steps`
+    steps at its sigma and the largest sampling rate in its history: what the server
+    assumes a client spent in a round it was sent but whose reply never came (it may
+    have trained, then hung or died). The client's own ledger replaces this guess with
+    its next reply; a client that lost its state starts from it, erring on the side of
+    spending. A ledger with no history yet is returned as it is (no rate to assume)."""
+    ledger = PrivacyState.from_record(record)
+    if not ledger.history:
+        return record
+    q = max(h[1] for h in ledger.history)
+    ledger.history.append((ledger.noise_multiplier, q, steps))
+    return ledger.to_record()

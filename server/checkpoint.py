@@ -124,35 +124,48 @@ class Checkpoints:
 
     def latest(self, digest: str) -> RunState | None:
         """The newest checkpoint that loads whole and belongs to this scenario; None if
-        there is none. A damaged or foreign file is skipped with a warning."""
+        there is none at all. A damaged file is skipped with a warning for an older one;
+        when there are checkpoints but none loads, or one is of another scenario, this
+        raises rather than let a resume start the run over unasked."""
+        problems = []
         for path in self.rounds():
             try:
-                raw = torch.load(path, weights_only=True, map_location="cpu")
-                state = RunState(**raw)
+                state = RunState(**torch.load(path, weights_only=True, map_location="cpu"))
+                if state.format != FORMAT:
+                    raise ValueError(f"format {state.format}, not {FORMAT}")
             except Exception as exc:  # noqa: BLE001 - any damage: fall back to an older one
                 log(WARNING, "checkpoint %s is unreadable (%s): trying an older one", path, exc)
-                continue
-            if state.format != FORMAT:
-                log(WARNING, "checkpoint %s has format %s, not %s: skipped", path,
-                    state.format, FORMAT)
+                problems.append(f"{path.name}: {exc}")
                 continue
             if state.scenario_digest != digest:
                 raise ValueError(f"checkpoint {path} belongs to another scenario (digest "
                                  f"{state.scenario_digest}, this run's is {digest})")
             return state
+        if problems:
+            raise ValueError(f"no checkpoint in {self.folder} loads: " + "; ".join(problems))
         return None
 
-    def save_task(self, task: int, records: dict[str, dict[str, torch.Tensor]]) -> None:
+    def remove_temporaries(self) -> None:
+        """Half-written files a killed writer left (never read: they are not renamed)."""
+        for tmp in self.folder.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+    def save_task(self, task: int, digest: str,
+                  records: dict[str, dict[str, torch.Tensor]]) -> None:
         """What every train message of task `task` carries besides the global arrays."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        save_atomically(records, self.task_path(task))
+        save_atomically({"scenario_digest": digest, "records": records}, self.task_path(task))
 
-    def load_task(self, task: int) -> dict[str, dict[str, torch.Tensor]] | None:
-        """The task's saved records, or None when absent or damaged (then recompute)."""
+    def load_task(self, task: int, digest: str) -> dict[str, dict[str, torch.Tensor]] | None:
+        """The task's saved records; None when absent or unusable (damaged, or of another
+        scenario), with a warning for the latter."""
         try:
-            return torch.load(self.task_path(task), weights_only=True, map_location="cpu")
+            saved = torch.load(self.task_path(task), weights_only=True, map_location="cpu")
+            if saved["scenario_digest"] != digest:
+                raise ValueError(f"of another scenario ({saved['scenario_digest']})")
+            return saved["records"]
         except FileNotFoundError:
             return None
-        except Exception as exc:  # noqa: BLE001 - damaged: the caller recomputes them
-            log(WARNING, "task file %s is unreadable (%s): recomputing", self.task_path(task), exc)
+        except Exception as exc:  # noqa: BLE001 - unusable: the caller decides
+            log(WARNING, "task file %s is unusable (%s)", self.task_path(task), exc)
             return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import secrets
 import signal
 import sys
@@ -49,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="print the run summary as one JSON object on the last line")
     resume.add_argument("--deployment", action="store_true",
                         help="continue on Flower's deployment engine (see run --deployment)")
+    resume.add_argument("--queued", action="store_true", help=argparse.SUPPRESS)  # the API's queue
     report = commands.add_parser("report", help="a run's tables, and PNG plots in its folder")
     report.add_argument("run_id")
     report.add_argument("--runs-dir", type=Path, default=Path("runs"),
@@ -66,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "report":
         return cmd_report(args.run_id, args.runs_dir)
     if args.command == "resume":
-        return cmd_resume(args.run_id, args.runs_dir, args.json, args.deployment)
+        return cmd_resume(args.run_id, args.runs_dir, args.json, args.deployment, args.queued)
     if args.command == "serve":
         from server.serve import cmd_serve
 
@@ -135,9 +137,11 @@ def cmd_run(file: Path, runs_dir: Path | None, as_json: bool, run_id: str | None
     return execute(scenario, file, run_id, runs_dir, as_json, deployment, resume=False)
 
 
-def cmd_resume(run_id: str, runs_dir: Path, as_json: bool, deployment: bool) -> int:
+def cmd_resume(run_id: str, runs_dir: Path, as_json: bool, deployment: bool,
+               queued: bool = False) -> int:
     """Continue a run from its newest checkpoint, with the scenario it was validated with.
-    Exit 2 when there is nothing to resume (unknown, completed, still running)."""
+    Exit 2 when there is nothing to resume (unknown, completed, still running, or
+    already being resumed). `queued`: started by the API's queue for a run it reopened."""
     from server.resume import resume_refusal, write_snapshot
     from server.store import STORE_FILE, MetricsStore
 
@@ -151,12 +155,13 @@ def cmd_resume(run_id: str, runs_dir: Path, as_json: bool, deployment: bool) -> 
     if run is None:
         print(f"resume: no run {run_id!r} in {runs_dir}", file=sys.stderr)
         return EXIT_INVALID
-    if run["status"] != "pending":  # pending: queued for resume by the API, ours to execute
+    if not (queued and run["status"] == "pending"):  # the queue reopened it for us
         refusal = resume_refusal(run, runs_dir)
+        if refusal is None and not store.reopen(run_id, pid=os.getpid()):
+            refusal = "another process resumed it first"
         if refusal:
             print(f"resume: run {run_id}: {refusal}", file=sys.stderr)
             return EXIT_INVALID
-        store.reopen(run_id)
     snapshot = write_snapshot(run, runs_dir)
     scenario = load_checked(snapshot, err)  # its data files may have gone since
     if scenario is None:

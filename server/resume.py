@@ -18,16 +18,23 @@ import yaml
 SNAPSHOT = "scenario.yaml"
 
 
+# What a run's processes run: orthofed itself, Flower's, Ray's (a shell or an editor
+# that merely names the run folder does not keep a run alive).
+RUN_PROGRAMS = ("server.cli", "orthofed", "flower-", "flwr", "ray")
+
+
 def run_processes(run_id: str, run_dir: Path) -> list[psutil.Process]:
-    """Live processes of a run other than this one: any whose command line names the run
-    (its `orthofed` process, its SuperLink's database path) or that works in its folder."""
+    """Live processes of a run other than this one: orthofed, Flower or Ray processes
+    whose command line names the run (its `orthofed` process, its SuperLink's database
+    path) or that work in its folder (SuperNodes, Ray workers)."""
     found = []
     for proc in psutil.process_iter(["pid", "cmdline", "cwd", "status"]):
         try:
             if proc.info["pid"] == os.getpid() or proc.info["status"] == psutil.STATUS_ZOMBIE:
                 continue  # a zombie is dead, only not yet reaped by its parent
             cmdline = " ".join(proc.info["cmdline"] or [])
-            if run_id in cmdline or proc.info["cwd"] == str(run_dir):
+            ours = run_id in cmdline or proc.info["cwd"] == str(run_dir)
+            if ours and any(program in cmdline for program in RUN_PROGRAMS):
                 found.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
@@ -35,17 +42,18 @@ def run_processes(run_id: str, run_dir: Path) -> list[psutil.Process]:
 
 
 def resume_refusal(run: dict, runs_dir: Path) -> str | None:
-    """Why `run` (a store row) cannot be resumed now, or None when it can."""
+    """Why `run` (a store row) cannot be resumed now, or None when it can. Whatever the
+    store says, a run with live processes (one still stopping after a cancel, one the
+    store lost track of) is not resumed under them."""
     status = run["status"]
     if status == "completed":
         return "it completed: there is nothing to resume"
     if status == "pending":
         return "it is already waiting to run"
-    if status == "running":
-        alive = run_processes(run["id"], runs_dir / run["id"])
-        if alive:
-            pids = ", ".join(str(p.pid) for p in alive[:5])
-            return f"it is still running (pids {pids}); cancel it first"
+    alive = run_processes(run["id"], runs_dir / run["id"])
+    if alive:
+        pids = ", ".join(str(p.pid) for p in alive[:5])
+        return f"it is still running (pids {pids}); cancel it or wait for it to stop"
     return None
 
 

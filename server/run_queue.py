@@ -80,7 +80,7 @@ class RunQueue:
         run_dir.mkdir(parents=True, exist_ok=True)
         if run["started"] is not None:  # it ran before: continue from its checkpoint
             command = [sys.executable, "-m", "server.cli", "resume", run_id,
-                       "--runs-dir", str(self.runs_dir)]
+                       "--runs-dir", str(self.runs_dir), "--queued"]
         else:
             command = [sys.executable, "-m", "server.cli", "run", str(run["scenario_path"]),
                        "--runs-dir", str(self.runs_dir), "--run-id", run_id]

@@ -203,6 +203,9 @@ def launch(scenario: Scenario, scenario_path: Path, run_id: str, runs_dir: Path,
     try:
         port = free_port()
         write_connection(paths, port)
+        if resume:  # the old database still holds the killed Flower run: never restart it
+            for db in paths.run_dir.glob("superlink.db*"):
+                db.unlink()
         superlink = start_superlink(paths, port, simulation=not deployment)
         if deployment:
             supernodes = start_supernodes(paths, port, scenario)

@@ -116,6 +116,7 @@ def run_scenario(grid: Grid, scenario: Scenario, store: MetricsStore, run_id: st
                      Checkpoints(run_dir, scenario.checkpoints.keep), scenario_digest(scenario))
     state = run.checkpoints.latest(run.digest) if resume else None
     if resume:  # rounds past the checkpoint are redone: drop what the store has of them
+        run.checkpoints.remove_temporaries()
         store.truncate_after(run_id, state.round if state else -1, state.task if state else -1)
     if state is None:
         torch.save(global_state(model), run_dir / "global-initial.pt")
@@ -136,7 +137,7 @@ def run_scenario(grid: Grid, scenario: Scenario, store: MetricsStore, run_id: st
             resumed = task_id == state.task
             rounds_done = state.task_rounds if resumed else 0
             activate_task(model, task_id)
-            extra = task_setup(run, task_id, base_weights)
+            extra = task_setup(run, task_id, base_weights, resumed and state.round > 0)
             if keys.BASE_WEIGHTS in extra:
                 base_weights = extra[keys.BASE_WEIGHTS].to_torch_state_dict()
                 load_trainable(model, base_weights)  # a no-op unless restored from disk
@@ -164,18 +165,25 @@ def stream_checkpoint(model: torch.nn.Module,
     return {**base_weights, **global_state(model), **heads}
 
 
-def task_setup(run: RunContext, task_id: int,
-               base_weights: dict[str, torch.Tensor]) -> dict[str, ArrayRecord]:
+def task_setup(run: RunContext, task_id: int, base_weights: dict[str, torch.Tensor],
+               resumed: bool = False) -> dict[str, ArrayRecord]:
     """What every train message of the task carries besides the global arrays: OSFT's
     preserved bases, or the merged base weights of a LoRA stream. Computed at the
-    task's start and saved with the checkpoints, so a resumed task reuses them."""
-    saved = run.checkpoints.load_task(task_id)
+    task's start and saved with the checkpoints, so a resumed task reuses them; they
+    depend on the model as the task started, so a task resumed from a checkpoint cannot
+    recompute them once its file is gone."""
+    saved = run.checkpoints.load_task(task_id, run.digest)
     if saved is not None:
         return {name: ArrayRecord(state) for name, state in saved.items()}
-    extra = task_records(run.model, run.scenario, task_id, base_weights, run.run_dir,
-                         run.device)
-    run.checkpoints.save_task(task_id, {name: record.to_torch_state_dict()
-                                        for name, record in extra.items()})
+    scenario = run.scenario
+    from_training = scenario.strategy.name == "osft" or (
+        scenario.stream is not None and trained_set(scenario.strategy.name) != "full")
+    if resumed and task_id > 0 and from_training:
+        raise RuntimeError(f"cannot resume task {task_id}: {run.checkpoints.task_path(task_id)} "
+                           "(what its start computed from the model) is missing or unusable")
+    extra = task_records(run.model, scenario, task_id, base_weights, run.run_dir, run.device)
+    run.checkpoints.save_task(task_id, run.digest, {name: record.to_torch_state_dict()
+                                                    for name, record in extra.items()})
     return extra
 
 
@@ -208,7 +216,7 @@ def run_task(run: RunContext, task_id: int, round_offset: int, extra: dict[str, 
                                 round_offset=round_offset, num_clients=fed.num_clients,
                                 extra_records=extra, min_replies=fed.min_replies,
                                 rounds_done=rounds_done, ledgers=run.ledgers,
-                                out_of_budget=out_of_budget)
+                                out_of_budget=out_of_budget, local_steps=fed.local_steps)
     initial = global_state(model)
     sent = frozenset(initial) | frozenset(extra.get(keys.BASE_WEIGHTS, {}))
     train_config = ConfigRecord({keys.TASK_ID: task_id,

@@ -181,14 +181,16 @@ class MetricsStore:
                  for task, (name, acc, loss) in enumerate(results)],
             )
 
-    def reopen(self, run_id: str) -> bool:
-        """Make an ended (or abandoned) run pending again, to be resumed: its message
-        and end time are cleared, its start time and records stay. False when the run
-        is unknown, completed or already pending."""
+    def reopen(self, run_id: str, pid: int | None = None) -> bool:
+        """Make an ended (or abandoned) run pending again, to be resumed, in one
+        statement (two resumers cannot both win): its message and end time are cleared,
+        its start time and records stay. `pid`: the process that resumes it (None: for
+        the API's queue to start). False when the run is unknown, completed or already
+        pending."""
         with self._connect() as db:
             changed = db.execute(
-                "UPDATE runs SET status = 'pending', message = NULL, ended = NULL, pid = NULL "
-                "WHERE id = ? AND status IN ('failed', 'cancelled', 'running')", (run_id,),
+                "UPDATE runs SET status = 'pending', message = NULL, ended = NULL, pid = ? "
+                "WHERE id = ? AND status IN ('failed', 'cancelled', 'running')", (pid, run_id),
             ).rowcount
         return changed == 1
 

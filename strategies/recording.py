@@ -19,6 +19,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
+from clients.privacy import charge_unreported_round
 from strategies import keys
 
 # Clients prefix their error replies with who they are (clients.client_app).
@@ -60,7 +61,7 @@ class RecordedStrategy(Strategy):
                  extra_records: dict[str, ArrayRecord] | None = None,
                  min_replies: int = 1, rounds_done: int = 0,
                  ledgers: dict[int, dict] | None = None,
-                 out_of_budget: Iterable[int] = ()) -> None:
+                 out_of_budget: Iterable[int] = (), local_steps: int = 0) -> None:
         self.inner, self.store, self.run_id = inner, store, run_id
         # Sent with every train message, besides the global arrays (keys.BASE_WEIGHTS,
         # keys.OSFT_BASES): fixed for the task, never averaged.
@@ -72,7 +73,10 @@ class RecordedStrategy(Strategy):
         # goes back with that partition's next train message, so a client process that
         # lost its context.state (a restarted SuperNode, a resumed run) carries on
         # spending from its recorded history instead of from zero. Shared across tasks.
+        # A sampled client with a ledger whose reply carries none is charged a round of
+        # `local_steps` (clients.privacy.charge_unreported_round): it may have trained.
         self.ledgers = ledgers if ledgers is not None else {}
+        self.local_steps = local_steps
         self.out_of_budget: set[int] = set(out_of_budget)  # refused: they stay refused
         self.latest_arrays: ArrayRecord | None = None  # the newest global model
         self.sampled: dict[int, int | None] = {}  # this round's node id -> partition id
@@ -109,7 +113,12 @@ class RecordedStrategy(Strategy):
         replies = list(replies)
         round_ = self.global_round(server_round)
         per_client, failures = split_replies(replies, self.sampled)
-        self.ledgers.update(reported_ledgers(replies))
+        reported = reported_ledgers(replies)
+        for partition in set(self.sampled.values()) - set(reported):
+            if partition in self.ledgers and self.local_steps:
+                self.ledgers[partition] = charge_unreported_round(self.ledgers[partition],
+                                                                  self.local_steps)
+        self.ledgers.update(reported)
         failures += silent_nodes(self.sampled, replies)
         best_effort(self.store.record_clients, self.run_id, round_, per_client, failures)
         refused = {p for p, m in per_client.items() if m.get(keys.REFUSED)}

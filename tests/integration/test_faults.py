@@ -52,7 +52,7 @@ hang-seconds = {hang_seconds}
 
 
 def run_with_faults(tmp_path: Path, runs_dir: Path, faults: str, rounds: int,
-                    min_replies: int, round_timeout: float = 8.0) -> str:
+                    min_replies: int, round_timeout: float = 15.0) -> str:
     """quick.yaml (3 clients, all sampled each round) through the faulty app; run id."""
     app = tmp_path / "app"
     app.mkdir()

@@ -218,17 +218,19 @@ def test_resume(client, store, settings) -> None:
     assert client.post("/runs/nope/resume", headers=TOKEN).status_code == 404
     assert client.post("/runs/broken/resume").status_code == 401
 
-    store.create_run("alive", "s", {"name": "s"})
-    store.set_status("alive", "running")  # a process of the run still lives
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "alive"])
+    alive = "alive-7f3e9c21"
+    store.create_run(alive, "s", {"name": "s"})
+    store.set_status(alive, "cancelled")  # the store says ended, a process of it lives on
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
+                               "server.cli", "run", "--run-id", alive])
     try:
-        busy = client.post("/runs/alive/resume", headers=TOKEN)
-        assert busy.status_code == 409 and f"still running (pids {holder.pid})" in \
-            busy.json()["detail"]
+        busy = client.post(f"/runs/{alive}/resume", headers=TOKEN)
+        assert busy.status_code == 409, busy.text
+        assert f"still running (pids {holder.pid})" in busy.json()["detail"]
     finally:
         holder.kill()
         holder.wait()
-    assert client.post("/runs/alive/resume", headers=TOKEN).status_code == 202  # abandoned
+    assert client.post(f"/runs/{alive}/resume", headers=TOKEN).status_code == 202  # now gone
 
 
 def test_a_restarted_server_fails_runs_whose_process_vanished(settings, store) -> None:

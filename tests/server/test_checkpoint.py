@@ -59,13 +59,14 @@ def test_round_trip_restores_model_ledgers_and_random_state(tmp_path) -> None:
 def test_only_the_newest_k_are_kept_and_task_files_no_checkpoint_needs_go(tmp_path) -> None:
     checkpoints = Checkpoints(tmp_path, keep=2)
     for task in range(3):
-        checkpoints.save_task(task, {"osft-bases": {"u": torch.ones(2)}})
+        checkpoints.save_task(task, "d", {"osft-bases": {"u": torch.ones(2)}})
     for round_, task in [(1, 0), (2, 0), (3, 1), (4, 1), (5, 2)]:
         checkpoints.save(state(round_, task))
     assert [p.name for p in checkpoints.rounds()] == ["round-000005-task-0002.pt",
                                                       "round-000004-task-0001.pt"]
-    assert checkpoints.load_task(0) is None  # task 0 has no kept checkpoint
-    assert torch.equal(checkpoints.load_task(1)["osft-bases"]["u"], torch.ones(2))
+    assert checkpoints.load_task(0, "d") is None  # task 0 has no kept checkpoint
+    assert torch.equal(checkpoints.load_task(1, "d")["osft-bases"]["u"], torch.ones(2))
+    assert checkpoints.load_task(1, "other") is None  # another scenario's: unusable
     assert checkpoints.latest("d").round == 5
     assert not list(tmp_path.glob("checkpoints/.*"))  # no temporary file left behind
 
@@ -78,6 +79,17 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path) ->
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # a torn write
     loaded = checkpoints.latest("d")
     assert loaded.round == 1 and torch.equal(loaded.model["w"], torch.full((3, 4), 1.0))
+
+
+def test_checkpoints_none_of_which_loads_are_an_error_not_a_fresh_start(tmp_path) -> None:
+    checkpoints = Checkpoints(tmp_path, keep=3)
+    checkpoints.save(state(1))
+    checkpoints.rounds()[0].write_bytes(b"not a checkpoint")
+    (checkpoints.folder / ".round-000002-task-0000.pt.123.tmp").write_bytes(b"half")
+    with pytest.raises(ValueError, match="no checkpoint in .* loads: round-000001"):
+        checkpoints.latest("d")
+    checkpoints.remove_temporaries()
+    assert [p.name for p in checkpoints.folder.iterdir()] == ["round-000001-task-0000.pt"]
 
 
 def test_a_checkpoint_of_another_scenario_is_refused_by_name(tmp_path) -> None:

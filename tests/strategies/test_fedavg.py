@@ -172,7 +172,7 @@ def test_each_client_gets_back_its_own_privacy_ledger() -> None:
         return {"partition-id": partition, "noise-multiplier": 1.1,
                 "history-sigma": [1.1], "history-q": [0.1], "history-steps": [5]}
 
-    strategy = RecordedStrategy(FedAvgLora(), FakeStore(), "run-1")
+    strategy = RecordedStrategy(FedAvgLora(), FakeStore(), "run-1", local_steps=5)
     grid = PartitionOrderedGrid(TwoNodes(), {0: 7, 1: 8})
     replies = []
     for node, partition in ((7, 0), (8, 1)):
@@ -187,6 +187,13 @@ def test_each_client_gets_back_its_own_privacy_ledger() -> None:
                                     grid)
     got = {m.metadata.dst_node_id: dict(m.content[keys.PRIVACY_STATE]) for m in sent}
     assert got == {7: ledger(0), 8: ledger(1)}
+
+    # Round 2: partition 1 fails (it may have trained first): the server charges it a
+    # round at its sigma and largest rate, so a restarted client cannot under-count.
+    strategy.aggregate_train(2, [replies[0], error_reply(8, "partition-id=1: boom")])
+    assert strategy.ledgers[0] == ledger(0)
+    assert strategy.ledgers[1] == {**ledger(1), "history-sigma": [1.1, 1.1],
+                                   "history-q": [0.1, 0.1], "history-steps": [5, 5]}
 
 
 def test_a_resumed_task_continues_its_round_numbers() -> None:
