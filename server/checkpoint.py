@@ -36,8 +36,8 @@ class RunState:
     task's head); the frozen rest is rebuilt from the seed, a LoRA stream's merged base
     weights come from the task file. `ledgers` are the clients' privacy ledgers as they
     last reported them (clients.privacy.PrivacyState.to_record), `out_of_budget` the
-    partitions that refused this task, `rng` the server's random states (client sampling
-    draws from Python's `random`).
+    partitions that refused this task, `rng` the server's random states (its client
+    sampler's, torch's).
     """
 
     round: int                     # last completed global round
@@ -56,18 +56,18 @@ def scenario_digest(scenario: Scenario) -> str:
     return hashlib.sha256(scenario.model_dump_json().encode()).hexdigest()[:16]
 
 
-def rng_state() -> dict:
-    """The server process's random states (Python's `random` and torch's CPU generator)."""
-    return {"python": random.getstate(), "torch": torch.get_rng_state()}
+def rng_state(sampler: random.Random) -> dict:
+    """The server's random states: its client sampler's and torch's CPU generator."""
+    return {"sampling": sampler.getstate(), "torch": torch.get_rng_state()}
 
 
-def restore_rng(state: dict) -> None:
-    random.setstate(_as_tuples(state["python"]))
+def restore_rng(state: dict, sampler: random.Random) -> None:
+    sampler.setstate(_as_tuples(state["sampling"]))
     torch.set_rng_state(state["torch"])
 
 
 def _as_tuples(value):
-    """random.setstate wants the tuples back that a round trip may have made lists."""
+    """Random.setstate wants the tuples back that a round trip may have made lists."""
     return tuple(_as_tuples(v) for v in value) if isinstance(value, list | tuple) else value
 
 

@@ -1,9 +1,10 @@
 """Who is in the federation: partition ids of the connected nodes, in a stable order.
 
 Flower's node ids are random per run (and change when a SuperNode restarts), and
-FedAvg samples clients with `random.sample(grid.get_node_ids(), k)`. Listing the nodes
-in partition order makes that sample, under a seeded `random`, the same partitions in
-every run of a scenario: runs are reproducible, not only each client's local step.
+clients are sampled with `sampler.sample(grid.get_node_ids(), k)` (strategies.recording).
+Listing the nodes in partition order makes that sample, under a seeded sampler, the
+same partitions in every run of a scenario: runs are reproducible, not only each
+client's local step.
 """
 
 from __future__ import annotations

@@ -91,6 +91,7 @@ class RunContext:
     device: torch.device
     checkpoints: Checkpoints
     digest: str
+    sampler: random.Random  # which clients train each round (strategies.recording)
     ledgers: dict[int, dict] = field(default_factory=dict)  # clients' privacy ledgers
 
 
@@ -113,20 +114,20 @@ def run_scenario(grid: Grid, scenario: Scenario, store: MetricsStore, run_id: st
                         trained_set(scenario.strategy.name), device,
                         label_counts=counts if streaming else None)
     run = RunContext(grid, model, scenario, store, run_id, run_dir, device,
-                     Checkpoints(run_dir, scenario.checkpoints.keep), scenario_digest(scenario))
+                     Checkpoints(run_dir, scenario.checkpoints.keep), scenario_digest(scenario),
+                     random.Random(scenario.seed))
     state = run.checkpoints.latest(run.digest) if resume else None
     if resume:  # rounds past the checkpoint are redone: drop what the store has of them
         run.checkpoints.remove_temporaries()
         store.truncate_after(run_id, state.round if state else -1, state.task if state else -1)
     if state is None:
         torch.save(global_state(model), run_dir / "global-initial.pt")
-        random.seed(scenario.seed)  # FedAvg samples clients with `random`, nodes in partition order
         if streaming:
             record_task_evals(model, scenario, store, run_id, after_task=-1, device=device)
         state = RunState(round=0, task=0, task_rounds=0, model={}, scenario_digest=run.digest)
     else:
         load_trainable(model, state.model)
-        restore_rng(state.rng)
+        restore_rng(state.rng, run.sampler)
         run.ledgers.update(state.ledgers)
         log(INFO, "resuming %s after round %d (task %d, %d of its rounds done)", run_id,
             state.round, state.task, state.task_rounds)
@@ -216,7 +217,8 @@ def run_task(run: RunContext, task_id: int, round_offset: int, extra: dict[str, 
                                 round_offset=round_offset, num_clients=fed.num_clients,
                                 extra_records=extra, min_replies=fed.min_replies,
                                 rounds_done=rounds_done, ledgers=run.ledgers,
-                                out_of_budget=out_of_budget, local_steps=fed.local_steps)
+                                out_of_budget=out_of_budget, local_steps=fed.local_steps,
+                                sampler=run.sampler, clients_per_round=fed.clients_per_round)
     initial = global_state(model)
     sent = frozenset(initial) | frozenset(extra.get(keys.BASE_WEIGHTS, {}))
     train_config = ConfigRecord({keys.TASK_ID: task_id,
@@ -242,7 +244,7 @@ def run_task(run: RunContext, task_id: int, round_offset: int, extra: dict[str, 
                 task_rounds=strategy.task_round(server_round),
                 model=stream_checkpoint(model, {}), scenario_digest=run.digest,
                 ledgers=dict(run.ledgers), out_of_budget=sorted(strategy.out_of_budget),
-                rng=rng_state()))
+                rng=rng_state(run.sampler)))
         return MetricRecord(metrics)
 
     try:

@@ -9,9 +9,11 @@ raises `AllClientsFailed`, which fails the run with the clients' reasons.
 
 from __future__ import annotations
 
+import random
 import re
+import time
 from collections.abc import Iterable
-from logging import WARNING
+from logging import INFO, WARNING
 from typing import Protocol
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -61,7 +63,8 @@ class RecordedStrategy(Strategy):
                  extra_records: dict[str, ArrayRecord] | None = None,
                  min_replies: int = 1, rounds_done: int = 0,
                  ledgers: dict[int, dict] | None = None,
-                 out_of_budget: Iterable[int] = (), local_steps: int = 0) -> None:
+                 out_of_budget: Iterable[int] = (), local_steps: int = 0,
+                 sampler: random.Random | None = None, clients_per_round: int = 0) -> None:
         self.inner, self.store, self.run_id = inner, store, run_id
         # Sent with every train message, besides the global arrays (keys.BASE_WEIGHTS,
         # keys.OSFT_BASES): fixed for the task, never averaged.
@@ -77,6 +80,11 @@ class RecordedStrategy(Strategy):
         # `local_steps` (clients.privacy.charge_unreported_round): it may have trained.
         self.ledgers = ledgers if ledgers is not None else {}
         self.local_steps = local_steps
+        # Client sampling with a generator of our own (seeded, and saved in checkpoints):
+        # Flower's FedAvg draws from the global `random`, which Flower's heartbeat and
+        # retry threads also draw from, at times of their own. The inner strategy, built
+        # to train every node it is shown, is shown the sample. None: Flower samples.
+        self.sampler, self.clients_per_round = sampler, clients_per_round
         self.out_of_budget: set[int] = set(out_of_budget)  # refused: they stay refused
         self.latest_arrays: ArrayRecord | None = None  # the newest global model
         self.sampled: dict[int, int | None] = {}  # this round's node id -> partition id
@@ -93,9 +101,11 @@ class RecordedStrategy(Strategy):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
+        partition_of = getattr(grid, "partition_of", lambda _: None)
+        if self.sampler is not None:
+            grid = SampledGrid(grid, self.sample_nodes(grid))
         messages = list(self.inner.configure_train(self.task_round(server_round), arrays,
                                                    config, grid))
-        partition_of = getattr(grid, "partition_of", lambda _: None)
         self.sampled = {m.metadata.dst_node_id: partition_of(m.metadata.dst_node_id)
                         for m in messages}
         for message in messages:
@@ -146,6 +156,15 @@ class RecordedStrategy(Strategy):
                 "privacy budget (each refuses a round that would pass its target epsilon)")
         return arrays, metrics
 
+    def sample_nodes(self, grid: Grid) -> list[int]:
+        """`clients_per_round` of the live nodes, once all `num_clients` are connected
+        (as Flower's sample_nodes waits), drawn with `self.sampler`."""
+        while len(live := list(grid.get_node_ids())) < (self.num_clients or 0):
+            log(INFO, "Waiting for nodes to connect: %d connected (minimum required: %d).",
+                len(live), self.num_clients)
+            time.sleep(1)
+        return self.sampler.sample(live, min(self.clients_per_round, len(live)))
+
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
         return self.inner.configure_evaluate(self.task_round(server_round), arrays, config,
@@ -155,6 +174,19 @@ class RecordedStrategy(Strategy):
                            ) -> MetricRecord | None:
         return self.inner.aggregate_evaluate(self.task_round(server_round), replies)
 
+
+
+class SampledGrid:
+    """A view of a Grid that lists only the sampled nodes; all else delegated."""
+
+    def __init__(self, grid: Grid, nodes: list[int]) -> None:
+        self._grid, self._nodes = grid, list(nodes)
+
+    def get_node_ids(self) -> list[int]:
+        return list(self._nodes)
+
+    def __getattr__(self, name: str):
+        return getattr(self._grid, name)
 
 
 def best_effort(write, *args, **kwargs) -> None:

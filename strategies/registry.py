@@ -36,7 +36,8 @@ def trained_set(name: str) -> str:
 
 
 def build_strategy(scenario: Scenario) -> FedAvg:
-    """The scenario's strategy, sampling `clients_per_round` of `num_clients` each round.
+    """The scenario's strategy, training every node it is shown each round: the
+    `clients_per_round` that strategies.recording.RecordedStrategy samples.
 
     Clients evaluate their local model inside the train reply; the global model is
     evaluated on the server (evaluate_fn), so Flower's federated evaluate round is off.
@@ -44,9 +45,9 @@ def build_strategy(scenario: Scenario) -> FedAvg:
     fed = scenario.federation
     params = scenario.strategy.model_dump(exclude={"name"})
     return strategy_class(scenario.strategy.name)(
-        fraction_train=fed.clients_per_round / fed.num_clients,
+        fraction_train=1.0,
         min_train_nodes=fed.clients_per_round,
-        min_available_nodes=fed.num_clients,
+        min_available_nodes=fed.clients_per_round,
         fraction_evaluate=0.0,
         weighted_by_key=keys.NUM_EXAMPLES,
         arrayrecord_key=keys.ARRAYS,

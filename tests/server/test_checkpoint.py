@@ -33,17 +33,18 @@ def state(round_: int, task: int = 0, fill: float | None = None) -> RunState:
                     ledgers={1: {"partition-id": 1, "noise-multiplier": 1.5,
                                  "history-sigma": [1.5] * round_, "history-q": [0.1] * round_,
                                  "history-steps": [5] * round_}},
-                    out_of_budget=[2], rng=rng_state())
+                    out_of_budget=[2], rng=rng_state(random.Random(round_)))
 
 
 def test_round_trip_restores_model_ledgers_and_random_state(tmp_path) -> None:
     checkpoints = Checkpoints(tmp_path, keep=2)
-    random.seed(7)
+    sampler = random.Random(7)
+    sampler.random()
     torch.manual_seed(7)
     saved = state(3)
+    saved.rng = rng_state(sampler)
     checkpoints.save(saved)
-    expected_draws = (random.random(), torch.rand(2))
-    random.seed(99)
+    expected_draws = (sampler.sample(range(10), 3), torch.rand(2))
     torch.manual_seed(99)  # moved on, as a new process would be
 
     loaded = checkpoints.latest("d")
@@ -51,8 +52,9 @@ def test_round_trip_restores_model_ledgers_and_random_state(tmp_path) -> None:
     assert loaded.model.keys() == saved.model.keys()
     assert all(torch.equal(loaded.model[k], saved.model[k]) for k in saved.model)
     assert loaded.ledgers == saved.ledgers and loaded.out_of_budget == [2]
-    restore_rng(loaded.rng)
-    draws = (random.random(), torch.rand(2))
+    fresh = random.Random(0)
+    restore_rng(loaded.rng, fresh)
+    draws = (fresh.sample(range(10), 3), torch.rand(2))
     assert draws[0] == expected_draws[0] and torch.equal(draws[1], expected_draws[1])
 
 

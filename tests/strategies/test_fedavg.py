@@ -34,8 +34,10 @@ def test_registry_builds_sampling_from_the_scenario() -> None:
     scenario = load_scenario(ROOT / "scenarios" / "quick.yaml")
     strategy = build_strategy(scenario)
     assert isinstance(strategy, FedAvgLora)
-    assert strategy.min_train_nodes == scenario.federation.clients_per_round
-    assert strategy.min_available_nodes == scenario.federation.num_clients
+    # The recording wrapper samples; the inner strategy trains every node it is shown.
+    assert strategy.fraction_train == 1.0
+    assert strategy.min_train_nodes == strategy.min_available_nodes == \
+        scenario.federation.clients_per_round
     assert strategy.fraction_evaluate == 0.0
     assert trained_set("fedavg-lora") == "lora" and trained_set("fedavg") == "full"
     assert strategy_class("fedavg") is FedAvgFull
@@ -233,3 +235,38 @@ def test_the_average_does_not_depend_on_the_order_replies_arrive_in() -> None:
         arrays, _ = RecordedStrategy(FedAvgLora(), FakeStore(), "run-1").aggregate_train(1, replies)
         wrapped.add(arrays["w"].numpy().tobytes())
     assert len(plain) > 1 and len(wrapped) == 1
+
+
+def test_the_wrapper_samples_with_its_own_generator_whatever_else_draws() -> None:
+    """Two wrappers with equally seeded samplers pick the same partitions round after
+    round, however much the global `random` is used meanwhile (Flower's heartbeat and
+    retry threads draw from it); the inner strategy sends to exactly the sample."""
+    import random
+
+    from flwr.app import Array, ArrayRecord, ConfigRecord
+
+    from server.federation import PartitionOrderedGrid
+
+    class FiveNodes:
+        def get_node_ids(self):
+            return [50, 40, 30, 20, 10]
+
+    grid = PartitionOrderedGrid(FiveNodes(), {0: 10, 1: 20, 2: 30, 3: 40, 4: 50})
+    picks = []
+    for noise in (0, 7):
+        strategy = RecordedStrategy(FedAvgLora(fraction_train=1.0, min_train_nodes=2,
+                                               min_available_nodes=2), FakeStore(), "run-1",
+                                    num_clients=5, sampler=random.Random(3),
+                                    clients_per_round=2)
+        rounds = []
+        for server_round in (1, 2, 3):
+            for _ in range(noise * server_round):
+                random.random()
+            as_server()
+            sent = strategy.configure_train(server_round, ArrayRecord({"w": Array(np.zeros(3))}),
+                                            ConfigRecord(), grid)
+            rounds.append(sorted(strategy.sampled.values()))
+            assert len(sent) == 2
+        picks.append(rounds)
+    assert picks[0] == picks[1]
+    assert len({tuple(r) for r in picks[0]}) > 1  # it does sample, not always the same pair
