@@ -16,14 +16,16 @@ Usage: python bench/checkpoint_overhead.py [--repeats 5]
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from timing import seconds_each  # noqa: E402  (bench/ is the script's folder)
 
 CONFIGS = {  # name: (what clients train, local steps per round in the shipped scenario)
     "full fine-tuning (osft-cl-4task)": ("full", 15),
@@ -32,12 +34,7 @@ CONFIGS = {  # name: (what clients train, local steps per round in the shipped s
 
 
 def median_seconds(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    return statistics.median(seconds_each(fn, repeats))
 
 
 def measure(trains: str, repeats: int) -> dict:
@@ -69,7 +66,7 @@ def measure(trains: str, repeats: int) -> dict:
         def save() -> None:
             checkpoints.save(RunState(round=next(rounds), task=0, task_rounds=1,
                                       model=stream_checkpoint(model, {}), scenario_digest="d",
-                                      ledgers={}, rng=rng_state()))
+                                      ledgers={}, rng=rng_state(random.Random(0))))
 
         save_s = median_seconds(save, repeats)
         load_s = median_seconds(lambda: checkpoints.latest("d"), repeats)

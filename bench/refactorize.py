@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,15 +25,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from strategies.fedsvd import FedSVD, refactorize  # noqa: E402
+from timing import seconds_each  # noqa: E402  (bench/ is the script's folder)
 
 
 def best_of(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    return min(seconds_each(fn, repeats))
 
 
 def dense_refactorize(b: torch.Tensor, a: torch.Tensor):
@@ -72,12 +67,7 @@ def llama_aggregation_seconds(clients: int = 10, layers: int = 32, d: int = 4096
                            int(rng.integers(100, 1000))) for k in range(clients)]
     strategy = FedSVD()
     strategy.global_arrays = ArrayRecord(array_dict={k: Array(v) for k, v in global_arrays.items()})
-    times = []
-    for _ in range(3):
-        start = time.perf_counter()
-        strategy.aggregate_train(1, replies)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(seconds_each(lambda: strategy.aggregate_train(1, replies), 3))
 
 
 def main() -> None:

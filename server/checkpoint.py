@@ -62,13 +62,8 @@ def rng_state(sampler: random.Random) -> dict:
 
 
 def restore_rng(state: dict, sampler: random.Random) -> None:
-    sampler.setstate(_as_tuples(state["sampling"]))
+    sampler.setstate(state["sampling"])
     torch.set_rng_state(state["torch"])
-
-
-def _as_tuples(value):
-    """Random.setstate wants the tuples back that a round trip may have made lists."""
-    return tuple(_as_tuples(v) for v in value) if isinstance(value, list | tuple) else value
 
 
 def save_atomically(obj: object, path: Path) -> None:

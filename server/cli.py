@@ -143,18 +143,13 @@ def cmd_resume(run_id: str, runs_dir: Path, as_json: bool, deployment: bool,
     Exit 2 when there is nothing to resume (unknown, completed, still running, or
     already being resumed). `queued`: started by the API's queue for a run it reopened."""
     from server.resume import resume_refusal, write_snapshot
-    from server.store import STORE_FILE, MetricsStore
 
     err = Console(stderr=True)
     runs_dir = runs_dir.resolve()
-    if not (runs_dir / STORE_FILE).is_file():
-        print(f"resume: no metrics store in {runs_dir} (give --runs-dir)", file=sys.stderr)
+    store = existing_run_store("resume", run_id, runs_dir)
+    if store is None:
         return EXIT_INVALID
-    store = MetricsStore.in_dir(runs_dir)
     run = store.get_run(run_id)
-    if run is None:
-        print(f"resume: no run {run_id!r} in {runs_dir}", file=sys.stderr)
-        return EXIT_INVALID
     if not (queued and run["status"] == "pending"):  # the queue reopened it for us
         refusal = resume_refusal(run, runs_dir)
         if refusal is None and not store.reopen(run_id, pid=os.getpid()):
@@ -215,22 +210,32 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def existing_run_store(command: str, run_id: str, runs_dir: Path):
+    """The store of `runs_dir` when it holds run `run_id`; else None, after saying why
+    (no store there, or no such run, with the most recent ones)."""
+    from server.store import STORE_FILE, MetricsStore
+
+    if not (runs_dir / STORE_FILE).is_file():
+        print(f"{command}: no metrics store in {runs_dir} (give --runs-dir)", file=sys.stderr)
+        return None
+    store = MetricsStore.in_dir(runs_dir)
+    if store.get_run(run_id) is None:
+        recent = [r["id"] for r in store.list_runs(limit=5)]
+        print(f"{command}: no run {run_id!r} in {runs_dir}; recent runs: {recent}",
+              file=sys.stderr)
+        return None
+    return store
+
 
 def cmd_report(run_id: str, runs_dir: Path) -> int:
     """Print the run's tables and write its plots; exit 2 for an unknown run."""
     from server.progress import clients_table, rounds_table, tasks_table
     from server.report import write_plots
-    from server.store import STORE_FILE, MetricsStore
     from server.summary import build_summary
 
     runs_dir = runs_dir.resolve()
-    if not (runs_dir / STORE_FILE).is_file():
-        print(f"report: no metrics store in {runs_dir} (give --runs-dir)", file=sys.stderr)
-        return EXIT_INVALID
-    store = MetricsStore.in_dir(runs_dir)
-    if store.get_run(run_id) is None:
-        recent = [r["id"] for r in store.list_runs(limit=5)]
-        print(f"report: no run {run_id!r} in {runs_dir}; recent runs: {recent}", file=sys.stderr)
+    store = existing_run_store("report", run_id, runs_dir)
+    if store is None:
         return EXIT_INVALID
     summary = build_summary(store, run_id)
     out = Console()

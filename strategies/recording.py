@@ -5,6 +5,10 @@ to it. Per round it writes the clients' own metrics, their failures and the aggr
 metrics to the store as they happen. Flower alone logs "0 results, N failures" and
 carries on, ending the run `completed`; here a round in which every client failed
 raises `AllClientsFailed`, which fails the run with the clients' reasons.
+
+It also owns what must survive a resume bit for bit: which clients a round samples
+(a seeded generator of its own), the order replies are averaged in (by partition), and
+the clients' privacy ledgers it relays back to them.
 """
 
 from __future__ import annotations
@@ -76,8 +80,6 @@ class RecordedStrategy(Strategy):
         # goes back with that partition's next train message, so a client process that
         # lost its context.state (a restarted SuperNode, a resumed run) carries on
         # spending from its recorded history instead of from zero. Shared across tasks.
-        # A sampled client with a ledger whose reply carries none is charged a round of
-        # `local_steps` (clients.privacy.charge_unreported_round): it may have trained.
         self.ledgers = ledgers if ledgers is not None else {}
         self.local_steps = local_steps
         # Client sampling with a generator of our own (seeded, and saved in checkpoints):
@@ -123,12 +125,7 @@ class RecordedStrategy(Strategy):
         replies = list(replies)
         round_ = self.global_round(server_round)
         per_client, failures = split_replies(replies, self.sampled)
-        reported = reported_ledgers(replies)
-        for partition in set(self.sampled.values()) - set(reported):
-            if partition in self.ledgers and self.local_steps:
-                self.ledgers[partition] = charge_unreported_round(self.ledgers[partition],
-                                                                  self.local_steps)
-        self.ledgers.update(reported)
+        self.remember_ledgers(replies)
         failures += silent_nodes(self.sampled, replies)
         best_effort(self.store.record_clients, self.run_id, round_, per_client, failures)
         refused = {p for p, m in per_client.items() if m.get(keys.REFUSED)}
@@ -156,6 +153,16 @@ class RecordedStrategy(Strategy):
                 "privacy budget (each refuses a round that would pass its target epsilon)")
         return arrays, metrics
 
+    def remember_ledgers(self, replies: list[Message]) -> None:
+        """Keep each DP client's reported ledger; charge a round to the sampled clients
+        with a known ledger whose reply brought none (they may have trained)."""
+        reported = reported_ledgers(replies)
+        for partition in set(self.sampled.values()) - set(reported):
+            if partition in self.ledgers and self.local_steps:
+                self.ledgers[partition] = charge_unreported_round(self.ledgers[partition],
+                                                                  self.local_steps)
+        self.ledgers.update(reported)
+
     def sample_nodes(self, grid: Grid) -> list[int]:
         """`clients_per_round` of the live nodes, once all `num_clients` are connected
         (as Flower's sample_nodes waits), drawn with `self.sampler`."""
@@ -173,7 +180,6 @@ class RecordedStrategy(Strategy):
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message],
                            ) -> MetricRecord | None:
         return self.inner.aggregate_evaluate(self.task_round(server_round), replies)
-
 
 
 class SampledGrid:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from server.cli import main
 from server.store import MetricsStore
 from tests.server.test_api import finished_run
@@ -28,10 +30,11 @@ def test_a_single_task_run_without_dp_gets_only_the_round_curves(tmp_path) -> No
     assert sorted(p.name for p in (tmp_path / "plain").iterdir()) == ["rounds.png"]
 
 
-def test_an_unknown_run_is_a_clear_error(tmp_path, capsys) -> None:
-    assert main(["report", "nope", "--runs-dir", str(tmp_path)]) == 2
-    assert "no metrics store in" in capsys.readouterr().err
+@pytest.mark.parametrize("command", ["report", "resume"])
+def test_an_unknown_run_is_a_clear_error(tmp_path, capsys, command) -> None:
+    assert main([command, "nope", "--runs-dir", str(tmp_path)]) == 2
+    assert f"{command}: no metrics store in" in capsys.readouterr().err
     MetricsStore.in_dir(tmp_path).create_run("other", "s", {})
-    assert main(["report", "nope", "--runs-dir", str(tmp_path)]) == 2
+    assert main([command, "nope", "--runs-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "no run 'nope'" in err and "recent runs: ['other']" in err
