@@ -123,7 +123,9 @@ def _load_hub(source: HubSource, spec: DataSpec) -> TaskData:
 
 
 def stratified_split(rows: list[dict], test_fraction: float, seed: int, label_field: str):
-    """Split `rows` into (train, test), holding out `test_fraction` of every label."""
+    """Split `rows` into (train, test), holding out `test_fraction` of every label; both
+    come back shuffled (seeded), not grouped by label: anything that takes a contiguous
+    slice of them (a partitioner, a capped eval set) gets every label."""
     by_label: dict[str, list[dict]] = {}
     for row in rows:
         by_label.setdefault(str(row[label_field]), []).append(row)
@@ -134,6 +136,8 @@ def stratified_split(rows: list[dict], test_fraction: float, seed: int, label_fi
         cut = round(len(group) * test_fraction)
         test.extend(group[:cut])
         train.extend(group[cut:])
+    rng.shuffle(train)
+    rng.shuffle(test)
     return train, test
 
 
@@ -152,9 +156,20 @@ def partitioner_for(spec: DataSpec, num_clients: int, seed: int):
     same rows `load_task` gives), built once per process: a simulated client process
     serves many partitions, and rebuilding the dataset for each would cost O(rows) per
     client per round."""
-    dataset = Dataset.from_list(cached_task(spec, seed).train)
-    parts = spec.partitioning
+    return build_partitioner(cached_task(spec, seed).train, spec.partitioning, num_clients,
+                             seed)
+
+
+def build_partitioner(rows: list[dict], parts: IidPartitioning | DirichletPartitioning,
+                      num_clients: int, seed: int):
+    """A flwr-datasets partitioner over `rows` ({"label": int, ...}), seeded."""
     if isinstance(parts, IidPartitioning):
+        # IidPartitioner cuts contiguous shards without shuffling: rows in label order
+        # would give each client a few labels. A seeded shuffle first makes it IID
+        # whatever order the source has. (Dirichlet needs none: its per-client label
+        # counts depend on the label counts and its seed only, not on the row order.)
+        rows = rows[:]
+        random.Random(seed).shuffle(rows)
         partitioner = IidPartitioner(num_partitions=num_clients)
     elif isinstance(parts, DirichletPartitioning):
         partitioner = DirichletPartitioner(
@@ -163,7 +178,7 @@ def partitioner_for(spec: DataSpec, num_clients: int, seed: int):
         )
     else:
         raise TypeError(f"unknown partitioning {parts.kind!r}")
-    partitioner.dataset = dataset
+    partitioner.dataset = Dataset.from_list(rows)
     return partitioner
 
 

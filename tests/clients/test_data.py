@@ -3,15 +3,30 @@
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 
+import numpy as np
 import pytest
+import yaml
+from datasets import Dataset
+from flwr_datasets.partitioner import IidPartitioner
 
-from clients.data import client_data, load_task, partition, stratified_split, tokenize
+from clients.data import (
+    build_partitioner,
+    cached_task,
+    client_data,
+    load_task,
+    partition,
+    stratified_split,
+    tokenize,
+)
 from clients.models import build_tokenizer
 from clients.synthetic import make_examples
 from scenarios.loader import load_scenario
-from tests.conftest import SHARED_DATA, needs_shared_data
+from scenarios.schema import DirichletPartitioning, IidPartitioning
+from scenarios.stream import task_plans
+from tests.conftest import ROOT, SHARED_DATA, needs_shared_data
 
 
 def test_generated_data_is_seeded_and_balanced() -> None:
@@ -75,6 +90,8 @@ def test_stratified_split_holds_out_each_label() -> None:
     train, test = stratified_split(rows, 0.25, seed=1, label_field="label")
     assert len(test) == 100 and Counter(r["label"] for r in test) == {str(i): 25 for i in range(4)}
     assert not {r["sentence"] for r in train} & {r["sentence"] for r in test}
+    for half in (train, test):  # shuffled, not grouped by label: every slice has all
+        assert len({r["label"] for r in half[:len(half) // 4]}) == 4
 
 
 def test_tokenize_pads_to_max_length(quick_document, write_scenario) -> None:
@@ -100,3 +117,109 @@ def test_cl_benchmark_task_without_train_file_is_split(quick_document, write_sce
     task = load_task(scenario.data, scenario.seed)
     assert len(task.label_names) == 14
     assert len(task.train) + len(task.test) == 7600 and len(task.test) == pytest.approx(1520, abs=14)
+
+
+# ---- label shares of the partitions ------------------------------------------------
+
+def label_shares(rows: list[dict]) -> dict[int, float]:
+    counts = Counter(r["label"] for r in rows)
+    return {label: count / len(rows) for label, count in counts.items()}
+
+
+def total_variation(p: dict[int, float], q: dict[int, float]) -> float:
+    return sum(abs(p.get(k, 0.0) - q.get(k, 0.0)) for k in p.keys() | q.keys()) / 2
+
+
+def iid_bound(num_labels: int, size: int) -> float:
+    """How far an IID sample of `size` rows may stray from the task's label shares:
+    a few times sqrt(C/n) (the expected TV distance of a multinomial sample is about
+    0.4 sqrt(C/n)), never below 0.05."""
+    return max(0.05, 1.5 * math.sqrt(num_labels / size))
+
+
+def assert_iid(parts: list[list[dict]], rows: list[dict], where: str) -> None:
+    task = label_shares(rows)
+    for pid, part in enumerate(parts):
+        distance = total_variation(label_shares(part), task)
+        bound = iid_bound(len(task), len(part))
+        assert distance < bound, f"{where}: client {pid} TV {distance:.3f} >= {bound:.3f}"
+
+
+IID_SHIPPED = [p.name for p in sorted((ROOT / "scenarios").glob("*.yaml"))
+            if yaml.safe_load(p.read_text())["data"].get("partitioning", {}).get("kind") == "iid"]
+
+
+@pytest.mark.parametrize("name", IID_SHIPPED)
+def test_iid_partitions_of_every_shipped_task_keep_its_label_shares(name) -> None:
+    """Every task of every shipped iid scenario (single-file CL tasks, split by
+    stratified_split, included): each client's label shares stay near the task's."""
+    try:
+        scenario = load_scenario(ROOT / "scenarios" / name)
+    except Exception as exc:  # noqa: BLE001 - a shipped scenario needs ../shared/data
+        if not SHARED_DATA.exists():
+            pytest.skip(f"shared data not present: {exc}")
+        raise
+    clients = scenario.federation.num_clients
+    for plan in task_plans(scenario):
+        task = cached_task(plan.data, scenario.seed)
+        parts = [partition(task, plan.data, clients, i, scenario.seed) for i in range(clients)]
+        assert sum(len(p) for p in parts) == len(task.train)
+        assert_iid(parts, task.train, f"{name} task {plan.name}")
+
+
+def test_iid_partitions_of_label_sorted_rows_are_iid() -> None:
+    """Rows in label order (what stratified_split used to return): the raw
+    IidPartitioner shards fail the bound, ours pass it."""
+    rows = sorted(({"text": e["sentence"], "label": e["label"]}
+                   for e in make_examples(3, 600, seed=0)), key=lambda r: r["label"])
+    raw = IidPartitioner(num_partitions=2)
+    raw.dataset = Dataset.from_list(rows)
+    with pytest.raises(AssertionError, match="client 0 TV"):
+        assert_iid([raw.load_partition(i).to_list() for i in range(2)], rows, "raw")
+    ours = build_partitioner(rows, IidPartitioning(kind="iid"), 2, seed=0)
+    assert_iid([ours.load_partition(i).to_list() for i in range(2)], rows, "ours")
+
+
+def dirichlet_counts(rows: list[dict], alpha: float, clients: int, seed: int,
+                     min_size: int = 0) -> list[Counter]:
+    parts = build_partitioner(rows, DirichletPartitioning(kind="dirichlet", alpha=alpha,
+                                                          min_partition_size=min_size),
+                              clients, seed)
+    return [Counter(r["label"] for r in parts.load_partition(i).to_list())
+            for i in range(clients)]
+
+
+def dirichlet_oracle(rows: list[dict], alpha: float, clients: int, seed: int) -> list[Counter]:
+    """Per-client label counts as Dirichlet label skew prescribes (Hsu et al. 2019): for
+    each label in order, proportions p ~ Dir(alpha 1) from the seeded generator, the
+    label's n_k rows cut at floor(cumsum(p) n_k). No dependence on the row order."""
+    rng, totals = np.random.default_rng(seed), Counter(r["label"] for r in rows)
+    counts = [Counter() for _ in range(clients)]
+    for label in sorted(totals):
+        cuts = (np.cumsum(rng.dirichlet([alpha] * clients)) * totals[label]).astype(int)[:-1]
+        edges = [0, *cuts.tolist(), totals[label]]
+        for pid in range(clients):
+            if edges[pid + 1] > edges[pid]:
+                counts[pid][label] = edges[pid + 1] - edges[pid]
+    return counts
+
+
+@needs_shared_data("cl_benchmark", "agnews")
+def test_dirichlet_partitions_follow_the_draws_whatever_the_row_order() -> None:
+    """The shipped Dirichlet scenario's task: the partitioner's per-client label counts
+    are the oracle's, and the same for the file's order and for label-sorted rows."""
+    scenario = load_scenario(ROOT / "scenarios" / "agnews-fedavg-lora.yaml")
+    rows, clients = cached_task(scenario.data, scenario.seed).train, scenario.federation.num_clients
+    alpha, seed = scenario.data.partitioning.alpha, scenario.seed
+    as_shipped = dirichlet_counts(rows, alpha, clients, seed)
+    assert as_shipped == dirichlet_oracle(rows, alpha, clients, seed)
+    assert dirichlet_counts(sorted(rows, key=lambda r: r["label"]), alpha, clients, seed) \
+        == as_shipped
+    assert min(sum(c.values()) for c in as_shipped) >= scenario.data.partitioning.min_partition_size
+
+
+def test_dirichlet_with_a_large_alpha_is_close_to_iid_even_on_sorted_rows() -> None:
+    rows = sorted(({"text": e["sentence"], "label": e["label"]}
+                   for e in make_examples(4, 2000, seed=1)), key=lambda r: r["label"])
+    parts = build_partitioner(rows, DirichletPartitioning(kind="dirichlet", alpha=1e4), 4, 0)
+    assert_iid([parts.load_partition(i).to_list() for i in range(4)], rows, "alpha 1e4")
