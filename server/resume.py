@@ -9,7 +9,6 @@ now: written to runs/<id>/scenario.yaml for the ServerApp and clients.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import psutil
@@ -26,11 +25,16 @@ RUN_PROGRAMS = ("server.cli", "orthofed", "flower-", "flwr", "ray")
 def run_processes(run_id: str, run_dir: Path) -> list[psutil.Process]:
     """Live processes of a run other than this one: orthofed, Flower or Ray processes
     whose command line names the run (its `orthofed` process, its SuperLink's database
-    path) or that work in its folder (SuperNodes, Ray workers)."""
+    path) or that work in its folder (SuperNodes, Ray workers). This process's
+    ancestors are not the run either: they are what started it (`timeout 600 orthofed
+    resume ID`, nohup, `bash -c`, a scheduler, the API serving the queue), and their
+    command lines may name the run."""
+    me = psutil.Process()
+    ignored = {me.pid, *(parent.pid for parent in me.parents())}
     found = []
     for proc in psutil.process_iter(["pid", "cmdline", "cwd", "status"]):
         try:
-            if proc.info["pid"] == os.getpid() or proc.info["status"] == psutil.STATUS_ZOMBIE:
+            if proc.info["pid"] in ignored or proc.info["status"] == psutil.STATUS_ZOMBIE:
                 continue  # a zombie is dead, only not yet reaped by its parent
             cmdline = " ".join(proc.info["cmdline"] or [])
             ours = run_id in cmdline or proc.info["cwd"] == str(run_dir)
