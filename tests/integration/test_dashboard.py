@@ -22,7 +22,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def chromium(*args: str) -> str:
-    assert CHROMIUM, "chromium is not installed (.ci/run installs Debian's chromium package)"
+    assert CHROMIUM, "chromium is not installed (tests/setup.sh installs Debian's chromium)"
     done = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
                            "--window-size=1100,1500", *args],
                           capture_output=True, text=True, timeout=90)
