@@ -122,9 +122,10 @@ def train_round(scenario: Scenario, partition_id: int, content: RecordDict,
         )
     load_trainable(model, base)  # a LoRA stream: earlier tasks' adapters folded in
     load_trainable(model, received)
-    bases = unpack_bases(content[keys.OSFT_BASES]) if keys.OSFT_BASES in content else {}
+    bases = (unpack_bases(content[keys.OSFT_BASES], device)
+             if keys.OSFT_BASES in content else {})
 
-    seed = round_seed(scenario.seed, server_round, partition_id)
+    seed = round_seed(scenario.seed, task_id, server_round, partition_id)
     torch.manual_seed(seed)  # dropout
     generator = torch.Generator().manual_seed(seed)
     fed = scenario.federation
@@ -135,7 +136,7 @@ def train_round(scenario: Scenario, partition_id: int, content: RecordDict,
     with projected_updates(model, optimizer, bases):  # OSFT; a no-op without bases
         if scenario.privacy is None:
             result = train_steps(model, data.train, fed.local_steps, fed.batch_size, optimizer,
-                                 generator, device)
+                                 generator, device, max_grad_norm=fed.max_grad_norm)
         else:
             spec = scenario.privacy
             sent = content[keys.PRIVACY_STATE] if keys.PRIVACY_STATE in content else None
@@ -146,25 +147,36 @@ def train_round(scenario: Scenario, partition_id: int, content: RecordDict,
                            keys.EPSILON: ledger.epsilon(spec)}
                 return RecordDict({keys.METRICS: MetricRecord(metrics), keys.CLIENT: who,
                                    keys.PRIVACY_STATE: ConfigRecord(ledger.to_record())})
+            noise_seed = seed if spec.reproducible_noise_voids_guarantee else None
             result, ledger.history = dp_train_steps(model, data.train, fed.local_steps,
                                                     fed.batch_size, optimizer, spec,
                                                     ledger.noise_multiplier, ledger.history,
-                                                    device)
+                                                    device, seed=noise_seed)
             node_state[keys.PRIVACY_STATE] = ConfigRecord(ledger.to_record())
             ledger_record = {keys.PRIVACY_STATE: ConfigRecord(ledger.to_record())}
             dp = {keys.EPSILON: ledger.epsilon(spec), keys.NOISE_MULTIPLIER: ledger.noise_multiplier,
-                  keys.SAMPLE_RATE: q, keys.DP_STEPS: result.steps}
-    local = evaluate(model, data.local_eval, device)
-    metrics = MetricRecord({
-        keys.NUM_EXAMPLES: len(data.train),
-        keys.TRAIN_LOSS: result.mean_loss,
-        keys.LOCAL_EVAL_ACC: local.accuracy,
-        keys.LOCAL_EVAL_LOSS: local.loss,
-        **dp,
-    })
+                  keys.SAMPLE_RATE: q, keys.DP_STEPS: result.steps,
+                  keys.SEEDED_NOISE: int(noise_seed is not None)}
+    metrics = MetricRecord({keys.NUM_EXAMPLES: len(data.train), **dp,
+                            **data_metrics(scenario, model, data.local_eval, result, device)})
     arrays = ArrayRecord({k: v.cpu() for k, v in trainable_state(model).items()})
     return RecordDict({keys.ARRAYS: arrays, keys.METRICS: metrics, keys.CLIENT: who,
                        **ledger_record})
+
+
+def data_metrics(scenario: Scenario, model: torch.nn.Module, local_eval, result,
+                 device: torch.device) -> dict[str, float]:
+    """The training loss and local-eval accuracy and loss: computed on the client's data
+    without noise, so a private client reports them only when the scenario opts in
+    (privacy.report_unnoised_metrics; the run is then marked, scenarios.disclosure).
+    By default a private client's reply holds its noised tensors, num-examples (the
+    partition size, treated as public: the server weights the average by it), its
+    sampling rate and its ledger, nothing else."""
+    if scenario.privacy is not None and not scenario.privacy.report_unnoised_metrics:
+        return {}
+    local = evaluate(model, local_eval, device)
+    return {keys.TRAIN_LOSS: result.mean_loss, keys.LOCAL_EVAL_ACC: local.accuracy,
+            keys.LOCAL_EVAL_LOSS: local.loss}
 
 
 def privacy_ledger(node_state: RecordDict, scenario: Scenario, partition_id: int,

@@ -6,10 +6,19 @@ Poisson sampling at rate q. Opacus does the arithmetic; this module runs exactly
 hooks are removed after the round, so a client can reuse its model), counts empty
 Poisson batches as noise-only steps (skipping them would under-count privacy), and
 returns the accountant history with the new steps.
+
+Where the randomness comes from is the guarantee: the noise and the Poisson batches are
+drawn from generators seeded with fresh OS entropy (`secrets`, 63 bits) for every
+client and round, on the parameters' device, so nobody holding the scenario (the
+server, in a deployment) can regenerate and subtract them. A seed is accepted only for
+debugging (privacy.reproducible_noise_voids_guarantee), which voids the guarantee.
+Opacus's own `secure_mode` would add a cryptographic generator and a guard against
+floating-point attacks, but needs `torchcsprng`, which has no build for this torch.
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
 
 import torch
@@ -24,20 +33,26 @@ from scenarios.schema import PrivacySpec
 
 def dp_train_steps(model: nn.Module, data: TensorDataset, steps: int, batch_size: int,
                    optimizer: torch.optim.Optimizer, spec: PrivacySpec, noise_multiplier: float,
-                   history: list[Step], device: torch.device,
+                   history: list[Step], device: torch.device, seed: int | None = None,
                    ) -> tuple[TrainResult, list[Step]]:
     """Run `steps` DP-SGD steps; returns the result and the extended accountant history.
 
-    Randomness (Poisson sampling, noise) comes from torch's global generator: seed it.
+    Noise and Poisson sampling come from generators of their own (never torch's global
+    one, which the client seeds for dropout): seeded from OS entropy, or from `seed`
+    when given (debugging only: anyone who knows it can remove the noise).
     """
     model.train()  # Opacus refuses eval-mode modules (its hooks skip them)
     engine = PrivacyEngine(accountant=spec.accountant)
     engine.accountant.history = list(history)
+    noise_seed, batch_seed = ((seed, seed + 1) if seed is not None
+                              else (secrets.randbits(63), secrets.randbits(63)))
     hooks, dp_optimizer, loader = engine.make_private(
         module=model, optimizer=optimizer,
-        data_loader=DataLoader(data, batch_size=batch_size),
+        data_loader=DataLoader(data, batch_size=batch_size,
+                               generator=torch.Generator().manual_seed(batch_seed)),
         noise_multiplier=noise_multiplier, max_grad_norm=spec.max_grad_norm,
         poisson_sampling=True, grad_sample_mode=spec.grad_sample_mode, wrap_model=False,
+        noise_generator=device_generator(device).manual_seed(noise_seed),
     )
     try:
         result = run_steps(model, forever(loader), steps, dp_optimizer, device,
@@ -46,6 +61,13 @@ def dp_train_steps(model: nn.Module, data: TensorDataset, steps: int, batch_size
         hooks.cleanup()  # the model is the client's for the next round: no hooks left behind
         dp_optimizer.zero_grad(set_to_none=True)
     return result, list(engine.accountant.history)
+
+
+def device_generator(device: torch.device) -> torch.Generator:
+    """A generator on `device` where torch has per-device generators (CUDA: Opacus draws
+    the noise on the gradient's device and refuses a CPU generator there), else a CPU
+    generator (the CPU; the `meta` device of the device tests, which has none)."""
+    return torch.Generator(device=device) if device.type == "cuda" else torch.Generator()
 
 
 def forever(loader: DataLoader) -> Iterator[list[torch.Tensor]]:

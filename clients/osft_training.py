@@ -54,12 +54,14 @@ def projected_updates(model: nn.Module, optimizer: torch.optim.Optimizer,
         post.remove()
 
 
-def unpack_bases(record) -> Bases:
-    """{parameter name: (u_high, v_high)} from a train message's keys.OSFT_BASES record."""
+def unpack_bases(record, device: torch.device) -> Bases:
+    """{parameter name: (u_high, v_high)} from a train message's keys.OSFT_BASES record,
+    on `device` (the parameters'): messages carry host arrays, and a projection that
+    mixed a CPU basis with a GPU weight would fail at the first step."""
     out = {}
     for key, array in record.items():
         if key.endswith(keys.BASIS_U):
             name = key[: -len(keys.BASIS_U)]
-            out[name] = (torch.from_numpy(array.numpy()),
-                         torch.from_numpy(record[name + keys.BASIS_V].numpy()))
+            out[name] = (torch.from_numpy(array.numpy()).to(device),
+                         torch.from_numpy(record[name + keys.BASIS_V].numpy()).to(device))
     return out

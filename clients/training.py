@@ -17,10 +17,13 @@ from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 from scenarios.schema import OptimizerSpec
 
 
-def round_seed(seed: int, server_round: int, partition_id: int) -> int:
-    """A distinct, reproducible seed per (scenario seed, round, client), collision-free
-    (numpy's SeedSequence hashes the triple), for batches and dropout."""
-    return int(np.random.SeedSequence([seed, server_round, partition_id]).generate_state(1)[0])
+def round_seed(seed: int, task_id: int, server_round: int, partition_id: int) -> int:
+    """A distinct, reproducible seed per (scenario seed, task, round within the task,
+    client), collision-free (numpy's SeedSequence hashes the tuple), for batches and
+    dropout. The task is part of it: round r of every task would otherwise repeat the
+    same batches. Never for DP noise (clients.dp_training draws that from OS entropy)."""
+    return int(np.random.SeedSequence([seed, task_id, server_round, partition_id])
+               .generate_state(1)[0])
 
 
 def make_optimizer(model: nn.Module, spec: OptimizerSpec) -> torch.optim.Optimizer:
@@ -60,25 +63,29 @@ class TrainResult:
 
 def train_steps(model: nn.Module, data: TensorDataset, steps: int, batch_size: int,
                 optimizer: torch.optim.Optimizer, generator: torch.Generator,
-                device: torch.device) -> TrainResult:
+                device: torch.device, max_grad_norm: float | None = None) -> TrainResult:
     """Run exactly `steps` optimizer steps on batches drawn without replacement, epoch
-    after epoch (RandomSampler with num_samples = steps * batch_size)."""
+    after epoch (RandomSampler with num_samples = steps * batch_size). `max_grad_norm`:
+    clip each step's gradient to that global L2 norm first (the FedSVD reference: 1.0)."""
     sampler = RandomSampler(data, replacement=False, num_samples=steps * batch_size,
                             generator=generator)
     return run_steps(model, iter(DataLoader(data, batch_size=batch_size, sampler=sampler)),
-                     steps, optimizer, device)
+                     steps, optimizer, device, max_grad_norm=max_grad_norm)
 
 
 def run_steps(model: nn.Module, batches: Iterator[list[torch.Tensor]], steps: int,
               optimizer: torch.optim.Optimizer, device: torch.device,
-              empty_step: Callable[[torch.optim.Optimizer], None] | None = None) -> TrainResult:
-    """The loop every trainer shares: `steps` times, forward, backward, step.
+              empty_step: Callable[[torch.optim.Optimizer], None] | None = None,
+              max_grad_norm: float | None = None) -> TrainResult:
+    """The loop every trainer shares: `steps` times, forward, backward, (clip,) step.
 
     `empty_step` handles a batch with no examples (Poisson sampling makes them; DP-SGD
-    must still take, and count, a step).
+    must still take, and count, a step). The loss is summed on the model's device and
+    read once at the end: no host sync per step.
     """
     model.train()
-    total, seen = 0.0, 0
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    total, seen = torch.zeros((), device=device), 0
     for _ in range(steps):
         batch = [t.to(device) for t in next(batches)]
         optimizer.zero_grad(set_to_none=True)
@@ -89,10 +96,12 @@ def run_steps(model: nn.Module, batches: Iterator[list[torch.Tensor]], steps: in
             continue
         loss, _ = forward_loss(model, batch)
         loss.backward()
+        if max_grad_norm is not None:
+            nn.utils.clip_grad_norm_(params, max_grad_norm)
         optimizer.step()
-        total += loss.item() * len(batch[0])
+        total += loss.detach() * len(batch[0])
         seen += len(batch[0])
-    return TrainResult(mean_loss=total / max(seen, 1), steps=steps, examples_seen=seen)
+    return TrainResult(mean_loss=float(total) / max(seen, 1), steps=steps, examples_seen=seen)
 
 
 @dataclass(frozen=True)
@@ -107,11 +116,12 @@ def evaluate(model: nn.Module, data: TensorDataset, device: torch.device,
              batch_size: int = 128) -> EvalResult:
     """Mean loss and accuracy of `model` on `data`."""
     model.eval()
-    loss_sum, correct, n = 0.0, 0, 0
+    loss_sum, correct, n = torch.zeros((), device=device), torch.zeros((), device=device), 0
     for batch in DataLoader(data, batch_size=batch_size):
         batch = [t.to(device) for t in batch]
         loss, logits = forward_loss(model, batch)
-        loss_sum += loss.item() * len(batch[0])
-        correct += (logits.argmax(-1) == batch[3]).sum().item()
+        loss_sum += loss * len(batch[0])
+        correct += (logits.argmax(-1) == batch[3]).sum()
         n += len(batch[0])
-    return EvalResult(loss=loss_sum / max(n, 1), accuracy=correct / max(n, 1), num_examples=n)
+    return EvalResult(loss=float(loss_sum) / max(n, 1), accuracy=int(correct) / max(n, 1),
+                      num_examples=n)

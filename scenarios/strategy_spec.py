@@ -73,6 +73,12 @@ class OsftSpec(Spec):
         64, ge=1, le=100_000, description="Adaptive rule: examples of the previous task the "
         "server runs through the model to measure layer importance."
     )
+    importance_data: Literal["train", "test"] | None = Field(
+        None, description="Adaptive rule: which rows of the previous task the server measures "
+        "importance on: 'train' (the clients' training rows: client data, outside any DP "
+        "guarantee) or 'test' (the held-out test split the server evaluates on anyway). "
+        "None: 'train' without privacy, 'test' with it."
+    )
     target_modules: tuple[str, ...] = Field(
         BERT_LINEAR_LAYERS, min_length=1,
         description="Linear layers whose weights are projected (matched by name suffix). "

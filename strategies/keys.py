@@ -34,6 +34,9 @@ NOISE_MULTIPLIER = "noise-multiplier"
 SAMPLE_RATE = "sample-rate"
 DP_STEPS = "dp-steps"
 REFUSED = "refused"
+# 1 when the noise was seeded from the scenario (privacy.reproducible_noise_voids_guarantee:
+# no guarantee), 0 when it came from OS entropy: the run records which it used.
+SEEDED_NOISE = "seeded-noise"
 
 # context.state of a client node: its privacy ledger (clients.privacy.PrivacyState).
 PRIVACY_STATE = "privacy"

@@ -22,7 +22,8 @@ from tests.integration.helpers import last_json_line, run_orthofed
 pytestmark = pytest.mark.integration
 
 
-def small_scenario(tmp_path, rounds: int, name: str = "deploy", private: bool = False) -> str:
+def small_scenario(tmp_path, rounds: int, name: str = "deploy", private: bool = False,
+                   seeded_noise: bool = False) -> str:
     """quick.yaml with 2 clients: each deployment message starts a ClientApp process
     (torch import and model build, several seconds), so keep the rounds few."""
     doc = yaml.safe_load((ROOT / "scenarios" / "quick.yaml").read_text())
@@ -30,7 +31,8 @@ def small_scenario(tmp_path, rounds: int, name: str = "deploy", private: bool = 
     doc["federation"].update(num_clients=2, clients_per_round=2, rounds=rounds, local_steps=20,
                              round_timeout=60.0)
     if private:
-        doc["privacy"] = {"target_epsilon": 8.0, "delta": 1e-5, "max_grad_norm": 1.0}
+        doc["privacy"] = {"target_epsilon": 8.0, "delta": 1e-5, "max_grad_norm": 1.0,
+                          "reproducible_noise_voids_guarantee": seeded_noise}
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(doc))
     return str(path)
@@ -39,7 +41,9 @@ def small_scenario(tmp_path, rounds: int, name: str = "deploy", private: bool = 
 def test_deployment_engine_matches_the_simulation_engine(tmp_path, runs_dir) -> None:
     """Under DP, so the privacy ledger must survive between rounds in each SuperNode's
     context.state as it does in simulation."""
-    scenario = small_scenario(tmp_path, rounds=2, private=True)
+    # Seeded noise, so the two engines can be compared number for number (fresh noise,
+    # the default, differs between any two runs by design).
+    scenario = small_scenario(tmp_path, rounds=2, private=True, seeded_noise=True)
     results = {}
     for engine, flags in (("simulation", []), ("deployment", ["--deployment"])):
         done = run_orthofed("run", scenario, "--runs-dir", str(runs_dir), "--json", *flags,

@@ -181,5 +181,13 @@ def test_dp_run_reports_epsilon_that_opacus_recomputes(tmp_path, runs_dir, strat
         assert spent[0] < spent[1] <= 8.0
         assert spent[1] == pytest.approx(epsilon_of(history, 1e-5, "rdp"), rel=1e-9)
         assert spent[0] == pytest.approx(epsilon_of(history[:1], 1e-5, "rdp"), rel=1e-9)
+        # Nothing un-noised left the client (no loss, no local eval); fresh noise.
+        for metrics in mine:
+            assert set(metrics) == {"num-examples", "epsilon", "noise-multiplier",
+                                    "sample-rate", "dp-steps", "seeded-noise", "device"}
+            assert metrics["seeded-noise"] == 0
+    summary = last_json_line(done.stdout)
+    assert summary["privacy"] == {"noise": "os-entropy", "excludes": []}
+    assert all("train-loss" not in r["train"] for r in summary["rounds"])
     if strategy in ("fedsvd", "ffa-lora"):
         assert_a_rotates_only_under_fedsvd(runs_dir / run_id, strategy)
