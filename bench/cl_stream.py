@@ -63,6 +63,10 @@ def show_matrix(label: str, tasks: dict, minutes: float) -> None:
     print(f"{'init':>10}" + "".join(f"{a:10.3f}" for a in tasks["initial"]))
     for name, row in zip(names, tasks["matrix"], strict=False):
         print(f"{name:>10}" + "".join(f"{a:10.3f}" for a in row))
+    print("linear-probe accuracy (what FWT is measured on)")
+    print(f"{'init':>10}" + "".join(f"{a:10.3f}" for a in tasks["probe_initial"]))
+    for name, row in zip(names, tasks["probe_matrix"], strict=False):
+        print(f"{name:>10}" + "".join(f"{a:10.3f}" for a in row))
 
 
 def main() -> None:
@@ -81,7 +85,8 @@ def main() -> None:
             summary = run(scenario_for(method, args.rounds, args.steps, Path(tmp)), runs_dir)
             results[method] = (summary["tasks"], (time.time() - started) / 60)
             show_matrix(METHODS[method], *results[method])
-    print(f"\n{'method':>22} {'AA':>7} {'BWT':>7} {'FWT':>7}  forgetting per task   minutes")
+    print(f"\n{'method':>22} {'AA':>7} {'BWT':>7} {'FWT':>7}  forgetting per task   minutes"
+          "   (FWT: linear probes)")
     for method, (tasks, minutes) in results.items():
         forgetting = " ".join(f"{f:6.3f}" for f in tasks["forgetting"])
         print(f"{METHODS[method]:>22} {tasks['aa']:7.3f} {tasks['bwt']:7.3f} {tasks['fwt']:7.3f}"

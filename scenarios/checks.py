@@ -13,35 +13,42 @@ from pathlib import Path
 from scenarios.schema import ClBenchmarkSource, HubSource, JsonlSource, Scenario
 
 
-def check_scenario(scenario: Scenario) -> list[str]:
-    """Every problem found, as `path: message` lines; empty when the scenario can run."""
-    return [*check_data(scenario), *check_model(scenario)]
+def check_scenario(scenario: Scenario, base: Path | None = None) -> list[str]:
+    """Every problem found, as `path: message` lines; empty when the scenario can run.
+
+    With `base` (a scenario posted over HTTP: the folder its relative paths resolve
+    against), data paths are named relative to it, never by the server's absolute path.
+    """
+    return [*check_data(scenario, base), *check_model(scenario)]
 
 
-def check_data(scenario: Scenario) -> list[str]:
+def check_data(scenario: Scenario, base: Path | None = None) -> list[str]:
     """Each task's files exist (single task: data.source; stream: stream.tasks.N.source)."""
     if scenario.stream is None:
-        return check_source(scenario.data.source, "data.source")
+        return check_source(scenario.data.source, "data.source", base)
     return [error for i, task in enumerate(scenario.stream.tasks)
-            for error in check_source(task.source, f"stream.tasks.{i}.source")]
+            for error in check_source(task.source, f"stream.tasks.{i}.source", base)]
 
 
-def check_source(source, where: str) -> list[str]:
+def check_source(source, where: str, base: Path | None = None) -> list[str]:
+    def shown(path: Path) -> str:
+        return repr(os.path.relpath(path, base) if base and path.is_absolute() else str(path))
+
     errors: list[str] = []
     if isinstance(source, ClBenchmarkSource):
         if not source.path.is_dir():
-            return [f"{where}.path: no such folder {str(source.path)!r}"]
+            return [f"{where}.path: no such folder {shown(source.path)}"]
         if not (source.path / "labels.json").is_file():
-            errors.append(f"{where}.path: {str(source.path)!r} has no labels.json")
+            errors.append(f"{where}.path: {shown(source.path)} has no labels.json")
         if not any((source.path / f).is_file() for f in ("train.json", "test.json")):
-            errors.append(f"{where}.path: {str(source.path)!r} has neither train.json "
+            errors.append(f"{where}.path: {shown(source.path)} has neither train.json "
                           "nor test.json")
     elif isinstance(source, JsonlSource):
         for i, path in enumerate(source.train):
             if not Path(path).is_file():
-                errors.append(f"{where}.train.{i}: no such file {str(path)!r}")
+                errors.append(f"{where}.train.{i}: no such file {shown(path)}")
         if not Path(source.test).is_file():
-            errors.append(f"{where}.test: no such file {str(source.test)!r}")
+            errors.append(f"{where}.test: no such file {shown(source.test)}")
     elif isinstance(source, HubSource) and _hub_offline():
         errors.append(f"{where}.name: {source.name!r} needs the Hugging Face hub, which "
                       "is offline here (HF_HUB_OFFLINE=1); use local files")

@@ -8,7 +8,9 @@ another user's runs. `outside_roots` lists every path of the scenario that resol
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
 from scenarios.schema import ClBenchmarkSource, JsonlSource, Scenario
 
@@ -33,14 +35,51 @@ def scenario_paths(scenario: Scenario) -> list[tuple[str, Path]]:
     return paths
 
 
-def outside_roots(scenario: Scenario, roots: list[Path]) -> list[str]:
-    """One error line per path of the scenario outside every root."""
+def outside_roots(scenario: Scenario, roots: list[Path], base: Path | None = None,
+                  document: Any = None) -> list[str]:
+    """One error line per path of the scenario outside every root.
+
+    With `base`, the folder the caller's relative paths resolve against, the lines name
+    the allowed folders relative to it and each offending path as the caller wrote it
+    (from `document`, else relative to `base`): a network caller learns which of its
+    paths is refused, not where the server keeps its files.
+    """
     allowed = [r.resolve() for r in roots]
+    folders = ", ".join(relative(r, base) for r in allowed)
     errors = []
     for where, path in scenario_paths(scenario):
-        real = path.resolve()
-        if not any(real == root or root in real.parents for root in allowed):
-            shown = ", ".join(str(r) for r in allowed)
-            errors.append(f"{where}: {str(path)!r} is outside the directories this server may "
-                          f"read ({shown}); use a path under one of them")
+        real = resolved(path)
+        if real is None or not any(real == root or root in real.parents for root in allowed):
+            text = written(document, where)
+            text = relative(path, base) if text is None else text
+            errors.append(f"{where}: {text!r} is outside the directories this server may "
+                          f"read ({folders}); use a path under one of them")
     return errors
+
+
+def resolved(path: Path) -> Path | None:
+    """`path` with symlinks followed and `..` collapsed; None for a name the OS refuses
+    (a NUL byte in model.name), which is then outside every root."""
+    try:
+        return path.resolve()
+    except (OSError, ValueError, RuntimeError):
+        return None
+
+
+def relative(path: Path, base: Path | None) -> str:
+    """`path` as seen from `base` (as is without one, or when already relative)."""
+    return os.path.relpath(path, base) if base and path.is_absolute() else str(path)
+
+
+def written(document: Any, where: str) -> str | None:
+    """The text at dotted path `where` of the raw document (list items by index), or None
+    where it is not there as text (e.g. tasks filled in from stream.order)."""
+    value = document
+    for key in where.split("."):
+        if isinstance(value, dict):
+            value = value.get(key)
+        elif isinstance(value, list) and key.isdigit() and int(key) < len(value):
+            value = value[int(key)]
+        else:
+            return None
+    return value if isinstance(value, str) else None

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, TypeAdapter, ValidationError, model_validator
 
-from scenarios.spec_base import Spec
+from scenarios.spec_base import Spec, path_problem
 
 
 class GeneratedSource(Spec):
@@ -132,6 +132,9 @@ NAMED_ORDERS: dict[str, tuple[str, ...]] = {
 }
 
 
+_FRACTION = TypeAdapter(Annotated[float, Field(gt=0, lt=1)])  # StreamSpec.test_fraction
+
+
 class TaskSpec(Spec):
     """One task of a stream: its dataset (and label set) and how many rounds it gets."""
 
@@ -171,16 +174,26 @@ class StreamSpec(Spec):
 
     @model_validator(mode="before")
     @classmethod
-    def _expand_order(cls, data):
-        if isinstance(data, dict) and data.get("order") and not data.get("tasks"):
-            root, order = data.get("benchmark_dir"), data["order"]
-            if root is not None and order in NAMED_ORDERS:
-                fraction = data.get("test_fraction", 0.2)
-                data = {**data, "tasks": [
-                    {"name": task, "source": {"kind": "cl-json", "path": str(Path(root) / task),
-                                              "test_fraction": fraction}}
-                    for task in NAMED_ORDERS[order]]}
-        return data
+    def _expand_order(cls, data: Any) -> Any:
+        """Fill `tasks` from a named order. This runs on the raw input, before any field is
+        validated, so it expands only well-typed values (a known order name, a folder as
+        text the OS accepts) and leaves anything else untouched for the fields to refuse by
+        their own path (not once more per task)."""
+        if not isinstance(data, dict) or data.get("tasks"):
+            return data
+        order, root = data.get("order"), data.get("benchmark_dir")
+        if not (isinstance(order, str) and order in NAMED_ORDERS
+                and isinstance(root, str | Path) and path_problem(str(root)) is None):
+            return data
+        source: dict[str, Any] = {"kind": "cl-json"}
+        try:  # a valid fraction goes to every task; an invalid one only to stream.test_fraction,
+            # which refuses it once (not once more per task)
+            source["test_fraction"] = _FRACTION.validate_python(data.get("test_fraction", 0.2))
+        except ValidationError:
+            pass
+        tasks = [{"name": task, "source": {**source, "path": str(Path(root) / task)}}
+                 for task in NAMED_ORDERS[order]]
+        return {**data, "tasks": tasks}
 
     @model_validator(mode="after")
     def _tasks_given(self) -> StreamSpec:

@@ -7,6 +7,8 @@ file sees all of its problems at once, each named by its path (`strategy.rank: .
 
 from __future__ import annotations
 
+import re
+import reprlib
 import typing
 from pathlib import Path
 from typing import Any
@@ -39,11 +41,42 @@ def load_scenario(source: str | Path | dict[str, Any], base: Path | None = None)
     else:
         path = Path(source)
         document, base = read_document(path), path.resolve().parent
+    problems = oversized(document)
+    if problems:  # refused before pydantic, which cannot even print such values
+        raise ScenarioError(problems)
     try:
         scenario = Scenario.model_validate(document)
     except ValidationError as exc:
         raise ScenarioError([format_error(e) for e in exc.errors()]) from None
+    except RecursionError:  # a document nested past Python's stack, not a scenario
+        raise ScenarioError([TOO_DEEP]) from None
     return resolve_paths(scenario, base)
+
+
+TOO_DEEP = ("(top level): nested too deeply to be a scenario (a scenario is a few levels "
+            "of sections)")
+MAX_DEPTH = 32  # the deepest field, stream.tasks.N.source.train.N, is 6 levels down
+MAX_INT_BITS = 10_000  # about 3000 digits; Python will not print an int past 4300
+
+
+def oversized(document: Any) -> list[str]:
+    """`path: problem` for each value no field could take and that breaks the tools that
+    would report it: containers nested past MAX_DEPTH (repr and the validators recurse)
+    and integers past MAX_INT_BITS (str() refuses them). Walked without recursion."""
+    problems, stack = [], [((), document)]
+    while stack:
+        path, value = stack.pop()
+        where = ".".join(map(str, path)) or "(top level)"
+        if isinstance(value, int) and value.bit_length() > MAX_INT_BITS:
+            problems.append(f"{where}: an integer of about {value.bit_length() * 3 // 10} "
+                            "digits is not a value of any field")
+        elif isinstance(value, dict | list) and len(path) >= MAX_DEPTH:
+            problems.append(f"{where}: nested more than {MAX_DEPTH} levels deep; a scenario "
+                            "is a few levels of sections")
+        elif isinstance(value, dict | list):
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            stack.extend(((*path, key), item) for key, item in items)
+    return sorted(problems)
 
 
 MAX_SCENARIO_BYTES = 1_000_000  # real scenarios are a few KB; a bigger file is a mistake
@@ -83,8 +116,11 @@ def read_document(path: Path) -> dict[str, Any]:
         document = tomllib.loads(text) if suffix == ".toml" else parse_yaml(text)
     except UnicodeDecodeError as exc:
         raise ScenarioError([f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})"]) from None
-    except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
+    except (yaml.YAMLError, ValueError) as exc:  # ValueError: TOML errors, huge integers
         raise ScenarioError([f"{path}: not valid {suffix[1:].upper()}: {exc}"]) from None
+    except RecursionError:
+        raise ScenarioError([f"{path}: not valid {suffix[1:].upper()}: nested too deeply to "
+                             "be a scenario"]) from None
     if not isinstance(document, dict):
         kind = type(document).__name__
         raise ScenarioError([f"{path}: a scenario must be a mapping of sections, got {kind}"])
@@ -112,6 +148,7 @@ _SHORTER = (
     ("Input should be greater than ", "must be > "),
     ("Input should be less than ", "must be < "),
     ("Input should be ", "must be "),
+    ("Input is not a valid path for <class 'pathlib.Path'>", "must be a path (text)"),
 )
 
 
@@ -129,7 +166,7 @@ def format_error(error: Any) -> str:
     if error["type"] == "union_tag_invalid":
         ctx = error["ctx"]
         return (
-            f"{where}.{ctx['discriminator'].strip(chr(39))}: unknown {ctx['tag']!r}; "
+            f"{where}.{ctx['discriminator'].strip(chr(39))}: unknown {shown(ctx['tag'])}; "
             f"known: {ctx['expected_tags']}"
         )
     if error["type"] == "union_tag_not_found":
@@ -138,9 +175,28 @@ def format_error(error: Any) -> str:
         return f"{where}: {message}"
     for phrase, short in _SHORTER:
         message = message.replace(phrase, short)
-    value = error["input"]
-    shown = repr(value) if not isinstance(value, dict) else "a mapping"
-    return f"{where}: {message[0].lower()}{message[1:]}, got {shown[:80]}"
+    message = re.sub(r"a valid dictionary or (instance of \w+|object to extract fields from)",
+                     "a mapping (a section)", message)
+    message = message.split(", got ")[0].split(", unable to parse")[0]  # we say what we got
+    return f"{where}: {message[:1].lower()}{message[1:]}, got {shown(error['input'])}"
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlist = 3, 60, 60, 4
+
+
+def shown(value: Any) -> str:
+    """A wrong value as the error line quotes it: short whatever it is. A plain repr() can
+    fail (RecursionError on lists nested thousands deep, ValueError on integers past
+    4300 digits) or print a megabyte."""
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, int) and value.bit_length() > 200:
+        return f"an integer of about {value.bit_length() * 3 // 10} digits"
+    try:
+        return _REPR.repr(value)[:80]
+    except (RecursionError, ValueError):
+        return f"a {type(value).__name__}"
 
 
 def resolve_paths(scenario: Scenario, base: Path) -> Scenario:

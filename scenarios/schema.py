@@ -173,7 +173,8 @@ class Scenario(Spec):
 
     name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9._-]+$", description="Short name.")
     description: str = Field("", description="Free text for humans.")
-    seed: int = Field(0, ge=0, description="Seed of every random choice (data, init, sampling).")
+    seed: int = Field(0, ge=0, le=2**32 - 1,  # what torch and numpy's legacy seeding accept
+                      description="Seed of every random choice (data, init, sampling).")
     runs_dir: Path = Field(
         Path("runs"), description="Where runs, the metrics store and Flower's home go (relative "
         "to the directory orthofed is started from)."

@@ -48,6 +48,7 @@ RUN_ID = r"^[A-Za-z0-9._-]{1,200}$"
 EVENT_POLL_S = 0.5
 DASHBOARD = Path(__file__).with_name("dashboard.html")
 BEARER = HTTPBearer(auto_error=False)
+SQL_INT_MAX = 2**63 - 1  # SQLite integers are 64-bit: a bigger offset is a 422, not a 500
 
 
 def create_app(settings: ServeSettings) -> FastAPI:
@@ -91,7 +92,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
     @app.get("/runs", response_model=RunList)
     def list_runs(limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-                  offset: Annotated[int, Query(ge=0)] = 0,
+                  offset: Annotated[int, Query(ge=0, le=SQL_INT_MAX)] = 0,
                   status: Status | None = None) -> RunList:
         """Runs, newest first, a page at a time."""
         statuses = (status,) if status else None
@@ -133,7 +134,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         return RunDetail(**run, rounds=len(store.rounds(run_id)))
 
     @app.get("/runs/{run_id}/rounds", response_model=RoundList, responses=not_found)
-    def rounds(run_id: str, after: Annotated[int, Query(ge=-1)] = -1,
+    def rounds(run_id: str, after: Annotated[int, Query(ge=-1, le=SQL_INT_MAX)] = -1,
                limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000) -> RoundList:
         """Rounds numbered above `after`, in order, at most `limit`."""
         get_run(run_id)
@@ -166,14 +167,14 @@ def create_app(settings: ServeSettings) -> FastAPI:
     @app.get("/runs/{run_id}/events", response_class=EventSourceResponse,
              responses=json_not_found,
              dependencies=[Depends(existing_run)])
-    async def events(run_id: str, after: Annotated[int, Query(ge=-1)] = -1,
+    async def events(run_id: str, after: Annotated[int, Query(ge=-1, le=SQL_INT_MAX)] = -1,
                      last_event_id: Annotated[str | None, Header()] = None,
                      ) -> AsyncIterator[ServerSentEvent]:
         """`round` events (id = the round) as rounds are recorded, `status` events as the
         run moves on; the stream ends after the run's final status. Reconnecting with
         Last-Event-ID resumes after that round."""
         if last_event_id is not None and last_event_id.lstrip("-").isdigit():
-            after = max(after, int(last_event_id))
+            after = max(after, min(int(last_event_id), SQL_INT_MAX))
         status = None
         while True:
             run = await run_in_threadpool(store.get_run, run_id)
@@ -235,6 +236,9 @@ def parse_body(body: bytes, content_type: str | None) -> Any:
             return parse_yaml(text)
         if kind == "application/json":
             return json.loads(text) if text.strip() else None
-    except (UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as exc:
+    except (ValueError, yaml.YAMLError) as exc:  # ValueError: bad JSON or UTF-8, huge ints
         raise HTTPException(422, [f"body: not a readable scenario: {exc}"]) from None
+    except RecursionError:  # both parsers recurse per level of nesting
+        raise HTTPException(422, ["body: nested too deeply to be a scenario (a scenario is a "
+                                  "few levels of sections)"]) from None
     raise HTTPException(415, f"Content-Type {kind!r}: send application/json or application/yaml")

@@ -70,9 +70,18 @@ class Tasks(BaseModel):
     initial: list[float] = Field(default_factory=list, description="Before the stream.")
     matrix: list[list[float]] = Field(
         default_factory=list, description="Row i: accuracy on every task after task i.")
+    probe_initial: list[float | None] = Field(
+        default_factory=list, description="Linear-probe accuracy on every task before the "
+        "stream (empty: the run recorded no probes).")
+    probe_matrix: list[list[float | None]] = Field(
+        default_factory=list, description="Row i: linear-probe accuracy on every task after "
+        "task i (a logistic regression on the features the task head reads).")
     aa: float | None = None
     bwt: float | None = None
-    fwt: float | None = None
+    fwt: float | None = Field(None, description="Forward transfer of the linear probes "
+                              "(None: unavailable, fwt_source says why).")
+    fwt_source: str | None = Field(None, description="What FWT was measured on, or why it is "
+                                   "unavailable.")
     forgetting: list[float] = Field(default_factory=list)
 
 

@@ -62,6 +62,14 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--concurrency", type=int, default=None, help="runs at once (default 1)")
     serve.add_argument("--token", default=None,
                        help="bearer token required by requests that change something")
+    serve.add_argument("--max-clients", type=int, default=None,
+                       help="most clients a posted run may ask for (default: no cap)")
+    serve.add_argument("--max-rounds", type=int, default=None,
+                       help="most rounds a posted run may ask for, over all the tasks of a "
+                       "stream (default: no cap)")
+    serve.add_argument("--max-local-steps", type=int, default=None,
+                       help="most local steps per round a posted run may ask for "
+                       "(default: no cap)")
     args = parser.parse_args(argv)
     if args.command == "validate":
         return cmd_validate(args.file)

@@ -5,8 +5,12 @@ b[j] the accuracy of the initial model on task j:
 
     AA  = mean_j a[T-1][j]
     BWT = mean_{j < T-1} (a[T-1][j] - a[j][j])
-    FWT = mean_{j > 0} (a[j-1][j] - b[j])
+    FWT = mean_{j > 0} (p[j-1][j] - p_b[j])
     F_j = max_{j <= i < T-1} a[i][j] - a[T-1][j]   (j < T-1)
+
+FWT is taken on the linear-probe matrix p (server.probe), not on a: with a head per
+task, a[j-1][j] goes through task j's untrained head, whose readout is random. Runs
+without probes (recorded before they existed) get FWT None and say so.
 
 Lopez-Paz & Ranzato 2017 (GEM) for BWT and FWT; Chaudhry et al. 2018 for forgetting.
 Pure arithmetic; a stream cut short yields the metrics of the rows it has.
@@ -17,38 +21,78 @@ from __future__ import annotations
 from statistics import mean
 from typing import Any
 
+PROBE_SOURCE = ("linear probe (logistic regression, server.probe) on the pooled features "
+                "the task head reads, from the frozen global encoder: fitted on a seeded, "
+                "label-stratified half of task j's server test split, scored on the other")
+NO_PROBES = ("unavailable: no linear probes recorded (a run from before they existed); "
+             "the accuracy matrix cannot give FWT, its a[j-1][j] goes through task j's "
+             "untrained head")
 
-def cl_metrics(initial: list[float], matrix: list[list[float]]) -> dict[str, Any]:
-    """AA, BWT, FWT and per-task forgetting of a (complete rows) accuracy matrix.
+
+def forward_transfer(initial: list[float | None],
+                     matrix: list[list[float | None]]) -> float | None:
+    """mean_{j > 0} (matrix[j-1][j] - initial[j]) over the rows there are; None when no
+    term exists or one of its values is missing."""
+    terms = [(matrix[j - 1][j], initial[j])
+             for j in range(1, min(len(matrix) + 1, len(initial)))]
+    if not terms or any(a is None or b is None for a, b in terms):
+        return None
+    return mean(a - b for a, b in terms)
+
+
+def fwt_unavailable(probe_initial: list[float | None],
+                    probe_matrix: list[list[float | None]]) -> str:
+    """Why forward_transfer gave None, for the summary's `fwt_source`."""
+    if not probe_initial and not probe_matrix:
+        return NO_PROBES
+    if len(probe_initial or probe_matrix[0]) < 2:
+        return "unavailable: needs a second task"
+    if not probe_matrix:
+        return "unavailable until the first task ends"
+    return "unavailable: a probe it needs was not measured"
+
+
+def cl_metrics(matrix: list[list[float]], probe_initial: list[float | None] | None = None,
+               probe_matrix: list[list[float | None]] | None = None) -> dict[str, Any]:
+    """AA, BWT and per-task forgetting of a (complete rows) accuracy matrix; FWT of the
+    probe matrix and its initial row, with where it comes from (`fwt_source`).
 
     `matrix` has one row per finished task, each with an accuracy for every task of the
     stream; metrics that need more rows than exist are None.
     """
+    probe_initial, probe_matrix = probe_initial or [], probe_matrix or []
+    fwt = forward_transfer(probe_initial, probe_matrix)
+    source = PROBE_SOURCE if fwt is not None else fwt_unavailable(probe_initial, probe_matrix)
     if not matrix:
-        return {"aa": None, "bwt": None, "fwt": None, "forgetting": []}
+        return {"aa": None, "bwt": None, "fwt": fwt, "fwt_source": source, "forgetting": []}
     done = len(matrix)          # tasks trained so far
     last = matrix[-1]
-    seen = range(done)          # tasks trained so far: AA and BWT are over these
     bwt = mean(last[j] - matrix[j][j] for j in range(done - 1)) if done > 1 else None
-    fwt_terms = [matrix[j - 1][j] - initial[j] for j in range(1, min(done + 1, len(initial)))]
     forgetting = [max(matrix[i][j] for i in range(j, done - 1)) - last[j]
                   for j in range(done - 1)]
-    return {"aa": mean(last[j] for j in seen), "bwt": bwt,
-            "fwt": mean(fwt_terms) if fwt_terms else None, "forgetting": forgetting}
+    return {"aa": mean(last[j] for j in range(done)), "bwt": bwt, "fwt": fwt,
+            "fwt_source": source, "forgetting": forgetting}
 
 
 def task_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The summary's "tasks" section from the store's task_evals rows: task names, the
-    initial accuracies, the matrix, and the metrics. Empty for a single-task run."""
+    initial accuracies, the matrix, the probe matrix and its initial row (empty lists
+    when no probe was recorded), and the metrics. Empty for a single-task run."""
     if not rows:
         return {}
     first = min(r["after_task"] for r in rows)
     names = [r["name"] for r in sorted((r for r in rows if r["after_task"] == first),
                                        key=lambda r: r["task"])]
-    by_row: dict[int, list[float]] = {}
+    accuracy: dict[int, list[float]] = {}
+    probes: dict[int, list[float | None]] = {}
     for r in sorted(rows, key=lambda r: (r["after_task"], r["task"])):
-        by_row.setdefault(r["after_task"], []).append(r["accuracy"])
-    initial = by_row.pop(-1, [])
-    matrix = [by_row[i] for i in sorted(by_row)]
+        accuracy.setdefault(r["after_task"], []).append(r["accuracy"])
+        probes.setdefault(r["after_task"], []).append(r.get("probe_accuracy"))
+    initial = accuracy.pop(-1, [])
+    matrix = [accuracy[i] for i in sorted(accuracy)]
+    probed = any(p is not None for row in probes.values() for p in row)
+    probe_initial = probes.pop(-1, []) if probed else []
+    probe_matrix = [probes[i] for i in sorted(probes)] if probed else []
     return {"names": names, "initial": initial, "matrix": matrix,
-            **cl_metrics(initial, matrix)}
+            "probe_initial": probe_initial, "probe_matrix": probe_matrix,
+            **cl_metrics(matrix, probe_initial, probe_matrix)}

@@ -79,16 +79,28 @@ def clients_table(summary: dict[str, Any]) -> Table:
 
 def tasks_table(summary: dict[str, Any]) -> Table:
     """The accuracy matrix of a task stream (rows: after each task; "initial": before the
-    stream), with AA, BWT and FWT in the caption."""
+    stream), then the linear-probe matrix FWT is measured on (server.probe), with AA,
+    BWT and FWT (or why it is unavailable) in the caption."""
     tasks = summary["tasks"]
+    fwt = (_fmt(tasks["fwt"], ".4f") if tasks.get("fwt") is not None
+           else f"- ({tasks.get('fwt_source') or 'unavailable'})")
     table = Table(title="accuracy on each task (columns) after each task (rows)",
                   caption=f"AA {_fmt(tasks['aa'], '.4f')}   BWT {_fmt(tasks['bwt'], '.4f')}   "
-                          f"FWT {_fmt(tasks['fwt'], '.4f')}")
+                          f"FWT (linear probe) {fwt}")
     table.add_column("after", justify="right")
     for name in tasks["names"]:
         table.add_column(name, justify="right")
-    if tasks["initial"]:
-        table.add_row("initial", *(_fmt(a) for a in tasks["initial"]))
-    for name, row in zip(tasks["names"], tasks["matrix"], strict=False):
-        table.add_row(name, *(_fmt(a) for a in row))
+    _matrix_rows(table, tasks["names"], tasks["initial"], tasks["matrix"], "")
+    if tasks.get("probe_initial") or tasks.get("probe_matrix"):
+        table.add_section()
+        _matrix_rows(table, tasks["names"], tasks["probe_initial"], tasks["probe_matrix"],
+                     "probe ")
     return table
+
+
+def _matrix_rows(table: Table, names: list[str], initial: list, matrix: list[list],
+                 prefix: str) -> None:
+    if initial:
+        table.add_row(f"{prefix}initial", *(_fmt(a) for a in initial))
+    for name, row in zip(names, matrix, strict=False):
+        table.add_row(f"{prefix}{name}", *(_fmt(a) for a in row))

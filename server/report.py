@@ -1,5 +1,6 @@
 """`orthofed report RUN_ID`: a finished (or running) run's tables, and PNG plots in its
-folder: round curves, epsilon per client, the task-accuracy heat map (matplotlib, Agg)."""
+folder: round curves, epsilon per client, the task-accuracy heat map beside the
+linear-probe one (matplotlib, Agg)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
@@ -59,27 +61,42 @@ def plot_epsilon(store: MetricsStore, run_id: str, path: Path) -> bool:
 
 
 def plot_tasks(tasks: dict[str, Any], path: Path) -> bool:
-    """The accuracy matrix as a heat map (rows: initial, after each task); False when
-    the run is not a stream."""
+    """The accuracy matrix as a heat map (rows: initial, after each task), beside it the
+    linear-probe matrix FWT is measured on when the run recorded probes; False when the
+    run is not a stream."""
     if not tasks:
         return False
-    rows = ([tasks["initial"]] if tasks["initial"] else []) + tasks["matrix"]
-    labels = (["initial"] if tasks["initial"] else []) + tasks["names"][:len(tasks["matrix"])]
-    fig, axis = plt.subplots(figsize=(1.2 * len(tasks["names"]) + 2, 0.6 * len(rows) + 1.5))
-    image = axis.imshow(rows, vmin=0, vmax=1, cmap="viridis")
-    axis.set_xticks(range(len(tasks["names"])), tasks["names"], rotation=30)
-    axis.set_yticks(range(len(rows)), [f"after {n}" if n != "initial" else n for n in labels])
-    for i, row in enumerate(rows):
-        for j, value in enumerate(row):
-            axis.text(j, i, f"{value:.2f}", ha="center", va="center",
-                      color="white" if value < 0.5 else "black", fontsize=8)
-    fig.colorbar(image, ax=axis, label="accuracy")
-    axis.set_title(f"AA {tasks['aa']:.3f}" + (f"  BWT {tasks['bwt']:.3f}"
-                                             if tasks["bwt"] is not None else ""), fontsize=9)
-    fig.tight_layout()
+    panels = [("accuracy (task heads)", tasks["initial"], tasks["matrix"])]
+    if tasks.get("probe_initial") or tasks.get("probe_matrix"):
+        panels.append(("linear-probe accuracy", tasks["probe_initial"], tasks["probe_matrix"]))
+    size = (1.2 * len(tasks["names"]) + 2, 0.6 * len(tasks["matrix"]) + 2.1)
+    fig, axes = plt.subplots(1, len(panels), figsize=(size[0] * len(panels), size[1]),
+                             squeeze=False, layout="constrained")
+    for axis, (title, initial, matrix) in zip(axes[0], panels, strict=True):
+        image = _heat_map(axis, tasks["names"], initial, matrix, title)
+    fig.colorbar(image, ax=list(axes[0]), label="accuracy")
+    fwt = f"{tasks['fwt']:.3f}" if tasks.get("fwt") is not None else "unavailable"
+    fig.suptitle(f"AA {tasks['aa']:.3f}" + (f"  BWT {tasks['bwt']:.3f}"
+                                           if tasks["bwt"] is not None else "")
+                 + f"  FWT (linear probe) {fwt}", fontsize=9)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return True
+
+
+def _heat_map(axis, names: list[str], initial: list, matrix: list[list], title: str):
+    rows = ([initial] if initial else []) + matrix
+    labels = (["initial"] if initial else []) + [f"after {n}" for n in names[:len(matrix)]]
+    values = np.array(rows, dtype=float)  # None (not measured) -> nan, left blank
+    image = axis.imshow(values, vmin=0, vmax=1, cmap="viridis")
+    axis.set_xticks(range(len(names)), names, rotation=30)
+    axis.set_yticks(range(len(rows)), labels)
+    for i, row in enumerate(values):
+        for j, value in enumerate(row):
+            axis.text(j, i, "-" if np.isnan(value) else f"{value:.2f}", ha="center",
+                      va="center", color="white" if value < 0.5 else "black", fontsize=8)
+    axis.set_title(title, fontsize=9)
+    return image
 
 
 def write_plots(store: MetricsStore, summary: dict[str, Any], run_dir: Path) -> list[Path]:

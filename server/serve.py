@@ -10,7 +10,8 @@ from pydantic import ValidationError
 from scenarios.loader import format_error
 from server.settings import ServeSettings
 
-FLAGS = ("host", "port", "runs_dir", "concurrency", "token")
+FLAGS = ("host", "port", "runs_dir", "concurrency", "token", "max_clients", "max_rounds",
+         "max_local_steps")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -27,6 +28,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     print(f"orthofed serve: http://{settings.host}:{settings.port} (runs in "
           f"{settings.runs_dir.resolve()}, {settings.concurrency} at once, "
-          f"{'token required for changes' if settings.token else 'no token'})", file=sys.stderr)
+          f"{'token required for changes' if settings.token else 'no token'}{caps(settings)})",
+          file=sys.stderr)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
     return 0
+
+
+def caps(settings: ServeSettings) -> str:
+    """", at most 8 clients, 100 rounds per posted run" for the caps that are set."""
+    given = [f"{value} {what}" for value, what in ((settings.max_clients, "clients"),
+                                                  (settings.max_rounds, "rounds"),
+                                                  (settings.max_local_steps, "local steps"))
+             if value is not None]
+    return f", at most {', '.join(given)} per posted run" if given else ""

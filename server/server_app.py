@@ -41,6 +41,7 @@ from scenarios.schema import Scenario
 from scenarios.stream import task_plans
 from server.checkpoint import Checkpoints, RunState, restore_rng, rng_state, scenario_digest
 from server.osft_plan import task_bases
+from server.probe import head_inputs, probe_accuracy
 from server.federation import PartitionOrderedGrid, discover_partitions, wait_for_nodes
 from server.store import MetricsStore
 from strategies import keys
@@ -259,10 +260,15 @@ def run_task(run: RunContext, task_id: int, round_offset: int, extra: dict[str, 
 def record_task_evals(model: torch.nn.Module, scenario: Scenario, store: MetricsStore,
                       run_id: str, after_task: int, device: torch.device) -> None:
     """One row of the accuracy matrix: the global model on every task's test split,
-    each through its own head."""
-    results = []
+    each through its own head; and of the probe matrix: a linear probe fitted on the
+    pooled features the head reads (server.probe), captured in the same pass."""
+    results, probes = [], []
     for task_id, plan in enumerate(task_plans(scenario)):
         activate_task(model, task_id)
-        result = evaluate(model, server_test_set(scenario, task_id), device)
+        test_set = server_test_set(scenario, task_id)
+        with head_inputs(model) as features:
+            result = evaluate(model, test_set, device)
         results.append((plan.name, result.accuracy, result.loss))
-    best_effort(store.record_task_evals, run_id, after_task, results)
+        probes.append(probe_accuracy(torch.cat(features).numpy(),
+                                     test_set.tensors[3].numpy(), scenario.seed + task_id))
+    best_effort(store.record_task_evals, run_id, after_task, results, probes)

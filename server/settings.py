@@ -34,6 +34,15 @@ class ServeSettings(BaseSettings):
         description="Besides scenarios_dir, the only folders a posted scenario may read.",
     )
     max_body_bytes: int = Field(1_000_000, ge=1, description="Largest scenario body accepted.")
+    max_clients: int | None = Field(
+        None, ge=1, description="Most clients (federation.num_clients) one posted run may "
+        "ask for; None: no cap beyond the schema's.")
+    max_rounds: int | None = Field(
+        None, ge=1, description="Most rounds one posted run may ask for, over all tasks of a "
+        "stream; None: no cap beyond the schema's.")
+    max_local_steps: int | None = Field(
+        None, ge=1, description="Most local steps per client per round (federation."
+        "local_steps) one posted run may ask for; None: no cap.")
 
     @field_validator("token", mode="before")
     @classmethod

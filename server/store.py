@@ -55,6 +55,7 @@ CREATE TABLE IF NOT EXISTS task_evals (
     accuracy REAL NOT NULL,
     loss REAL NOT NULL,
     recorded REAL NOT NULL,
+    probe_accuracy REAL,             -- linear probe of the head's input (server.probe); NULL: none
     PRIMARY KEY (run_id, after_task, task)
 );
 CREATE TABLE IF NOT EXISTS failures (
@@ -84,6 +85,9 @@ class MetricsStore:
             columns = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
             if "pid" not in columns:  # a store written before the API existed
                 db.execute("ALTER TABLE runs ADD COLUMN pid INTEGER")
+            columns = {row[1] for row in db.execute("PRAGMA table_info(task_evals)")}
+            if "probe_accuracy" not in columns:  # written before the probes existed
+                db.execute("ALTER TABLE task_evals ADD COLUMN probe_accuracy REAL")
         finally:
             db.close()
 
@@ -169,16 +173,22 @@ class MetricsStore:
             )
 
     def record_task_evals(self, run_id: str, after_task: int,
-                          results: list[tuple[str, float, float]]) -> None:
+                          results: list[tuple[str, float, float]],
+                          probes: list[float | None] | None = None) -> None:
         """One row of the accuracy matrix: after task `after_task` (-1: before the
-        stream), (name, accuracy, loss) of the global model on every task, in order."""
+        stream), (name, accuracy, loss) of the global model on every task, in order;
+        `probes`: each task's linear-probe accuracy (server.probe), None: not measured."""
         now = time.time()
+        probes = probes if probes is not None else [None] * len(results)
+        if len(probes) != len(results):
+            raise ValueError(f"{len(probes)} probes for {len(results)} task results")
         with self._connect() as db:
             db.executemany(
                 "INSERT OR REPLACE INTO task_evals (run_id, after_task, task, name, accuracy, "
-                "loss, recorded) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(run_id, after_task, task, name, acc, loss, now)
-                 for task, (name, acc, loss) in enumerate(results)],
+                "loss, recorded, probe_accuracy) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(run_id, after_task, task, name, acc, loss, now, probe)
+                 for task, ((name, acc, loss), probe) in enumerate(zip(results, probes,
+                                                                       strict=True))],
             )
 
     def reopen(self, run_id: str, pid: int | None = None) -> bool:
@@ -270,11 +280,12 @@ class MetricsStore:
                  "metrics": json.loads(r["metrics"])} for r in rows]
 
     def task_evals(self, run_id: str) -> list[dict[str, Any]]:
-        """Every recorded evaluation of the stream, by (after_task, task)."""
+        """Every recorded evaluation of the stream, by (after_task, task);
+        probe_accuracy None where no probe was measured (runs from before probes)."""
         with self._connect(write=False) as db:
             rows = db.execute(
-                "SELECT after_task, task, name, accuracy, loss FROM task_evals WHERE run_id = ? "
-                "ORDER BY after_task, task", (run_id,),
+                "SELECT after_task, task, name, accuracy, loss, probe_accuracy FROM task_evals "
+                "WHERE run_id = ? ORDER BY after_task, task", (run_id,),
             ).fetchall()
         return [dict(r) for r in rows]
 

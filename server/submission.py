@@ -1,12 +1,16 @@
 """A scenario submitted over HTTP -> a pending run in the store, or every problem with it.
 
 Same loader and disk checks as `orthofed run`, plus what a network caller must not do:
-read outside the server's scenarios and data folders (scenarios.confine) or choose
-where the run writes (runs go to the server's runs folder, whatever `runs_dir` says).
+read outside the server's scenarios and data folders (scenarios.confine), choose
+where the run writes (runs go to the server's runs folder, whatever `runs_dir` says),
+ask for more than the server's caps (clients, rounds, local steps), or learn where the
+server keeps its files (errors name folders relative to the scenarios folder).
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -14,8 +18,10 @@ import yaml
 from scenarios.checks import check_scenario
 from scenarios.confine import outside_roots
 from scenarios.loader import ScenarioError, load_scenario, read_document
+from scenarios.schema import Scenario
+from scenarios.stream import total_rounds
 from server.cli import new_run_id
-from server.settings import ServeSettings
+from server.settings import PROJECT_ROOT, ServeSettings
 from server.store import MetricsStore
 
 
@@ -34,7 +40,10 @@ def shipped_document(settings: ServeSettings, name: str) -> dict[str, Any]:
     if path.parent != folder or not path.is_file():
         known = sorted(p.stem for p in folder.glob("*.yaml"))
         raise SubmissionError(404, f"shipped: no scenario {name!r}; shipped: {known}")
-    return read_document(path)
+    try:
+        return read_document(path)
+    except ScenarioError as exc:  # a broken shipped file: named as ./NAME.yaml, not by its path
+        raise SubmissionError(422, [private(settings, e) for e in exc.errors]) from None
 
 
 def submit_scenario(settings: ServeSettings, store: MetricsStore, document: Any,
@@ -46,16 +55,7 @@ def submit_scenario(settings: ServeSettings, store: MetricsStore, document: Any,
         raise SubmissionError(422, ["body: a scenario must be a mapping (JSON object or YAML "
                                     f"mapping), got {type(document).__name__}; or use "
                                     "?shipped=NAME"])
-    try:
-        scenario = load_scenario(document, base=settings.scenarios_dir.resolve())
-    except ScenarioError as exc:
-        raise SubmissionError(422, exc.errors) from None
-    errors = outside_roots(scenario, settings.readable_roots())
-    if errors:
-        raise SubmissionError(422, errors)  # never look at paths it may not read
-    errors = check_scenario(scenario)
-    if errors:
-        raise SubmissionError(422, errors)
+    scenario = checked_scenario(settings, document)
     runs_dir = settings.runs_dir.resolve()
     scenario = scenario.model_copy(update={"runs_dir": runs_dir})
     run_id = new_run_id(scenario.name)
@@ -66,3 +66,49 @@ def submit_scenario(settings: ServeSettings, store: MetricsStore, document: Any,
     return run_id
 
 
+def checked_scenario(settings: ServeSettings, document: dict[str, Any]) -> Scenario:
+    """The scenario if the schema, this server's caps, the confinement and the disk checks
+    all pass, in that order (nothing is looked at on disk before the paths are known to
+    be allowed); else a 422 with every problem of the first step that failed."""
+    base = settings.scenarios_dir.resolve()
+    try:
+        scenario = load_scenario(document, base=base)
+    except ScenarioError as exc:
+        raise SubmissionError(422, [private(settings, e) for e in exc.errors]) from None
+    errors = (over_caps(settings, scenario)
+              or outside_roots(scenario, settings.readable_roots(), base, document)
+              or check_scenario(scenario, base))
+    if errors:
+        raise SubmissionError(422, [private(settings, e) for e in errors])
+    return scenario
+
+
+def over_caps(settings: ServeSettings, scenario: Scenario) -> list[str]:
+    """One line per cap of this server (ServeSettings.max_*) that the scenario exceeds."""
+    fed, stream = scenario.federation, scenario.stream
+    tasks = len(stream.tasks) if stream else 1
+    rounds_where = ("stream.tasks" if stream and any(t.rounds for t in stream.tasks)
+                    else "federation.rounds")
+    caps = [
+        ("federation.num_clients", settings.max_clients, fed.num_clients, "clients per run"),
+        (rounds_where, settings.max_rounds, total_rounds(scenario),
+         "rounds per run" + (f" (over all {tasks} tasks)" if tasks > 1 else "")),
+        ("federation.local_steps", settings.max_local_steps, fed.local_steps,
+         "local steps per round"),
+    ]
+    return [f"{where}: this server accepts at most {cap} {what}, got {value}"
+            for where, cap, value, what in caps if cap is not None and value > cap]
+
+
+def private(settings: ServeSettings, line: str) -> str:
+    """`line` with the server's own folders named relative to the scenarios folder (and
+    the home folder as ~). The checks already name paths that way; this also covers text
+    they quote, such as the message of a model that fails to load."""
+    base = settings.scenarios_dir.resolve()
+    folders = {str(f.resolve()): os.path.relpath(f.resolve(), base)
+               for f in (base, *settings.data_dirs, settings.runs_dir, PROJECT_ROOT)}
+    folders[str(Path.home())] = "~"
+    for folder in sorted(folders, key=len, reverse=True):
+        if folder != "/":
+            line = line.replace(folder, folders[folder])
+    return line

@@ -2,8 +2,9 @@
 
 Shape (DESIGN.md, Interfaces): {"run_id", "status", "message", "rounds": [{"round",
 "task", "train", "eval"}], "clients": {"<partition-id>": {"rounds", "failures",
-"refusals", "epsilon", "last"}}, "tasks": {"names", "initial", "matrix", "aa", "bwt",
-"fwt", "forgetting"}}. Sections that do not apply are empty.
+"refusals", "epsilon", "last"}}, "tasks": {"names", "initial", "matrix", "probe_initial",
+"probe_matrix", "aa", "bwt", "fwt", "fwt_source", "forgetting"}} (FWT of linear probes,
+server.continual). Sections that do not apply are empty.
 """
 
 from __future__ import annotations

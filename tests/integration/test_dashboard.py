@@ -42,6 +42,10 @@ def test_dashboard_renders_runs_and_follows_a_live_run(tmp_path, runs_dir) -> No
         cells = re.findall(r"<td style=\"background:hsl\([^\"]*\">([0-9.]+)</td>", page)
         assert cells == ["0.500", "0.300", "0.900", "0.350", "0.700", "0.800"]  # heat map
         assert "BWT -0.200" in page
+        probes = re.findall(r"<td class=\"probe\" style=\"background:hsl\([^\"]*\">([0-9.]+)</td>",
+                            page)
+        assert probes == ["0.600", "0.400", "0.950", "0.550", "0.900", "0.850"]
+        assert "FWT (linear probe) 0.150" in page
         assert "<td>1.500</td>" in page  # client 0's epsilon after its last round
 
         def finish_later() -> None:  # while the page is open: one more round, then done

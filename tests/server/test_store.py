@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 
-from server.store import MetricsStore
+from server.store import SCHEMA, MetricsStore
 
 
 def make_store(tmp_path) -> MetricsStore:
@@ -77,3 +77,27 @@ def test_readers_never_see_half_a_round(tmp_path) -> None:
         t.join()
     assert torn == []
     assert len(store.client_rounds("r1")) == 30 * 50
+
+
+def test_a_store_from_before_the_probes_gains_the_column(tmp_path) -> None:
+    """A file whose task_evals has no probe_accuracy (and runs no pid): opening it adds
+    both; its rows read back with probe_accuracy None, new rows keep their probes."""
+    path = tmp_path / "old.sqlite"
+    old_schema = "\n".join(line for line in SCHEMA.splitlines()
+                           if "probe_accuracy" not in line and not line.strip().startswith("pid"))
+    old_schema = old_schema.replace("ended REAL,", "ended REAL")
+    db = sqlite3.connect(path)
+    db.executescript(old_schema)
+    db.execute("INSERT INTO runs (id, name, scenario, status, created) "
+               "VALUES ('old', 's', '{}', 'completed', 0)")
+    db.execute("INSERT INTO task_evals VALUES ('old', -1, 0, 'a', 0.5, 1.0, 0)")
+    db.commit()
+    db.close()
+    store = MetricsStore(path)
+    assert store.task_evals("old") == [{"after_task": -1, "task": 0, "name": "a",
+                                        "accuracy": 0.5, "loss": 1.0, "probe_accuracy": None}]
+    store.record_task_evals("old", 0, [("a", 0.9, 0.2)], [0.75])
+    assert store.task_evals("old")[1]["probe_accuracy"] == 0.75
+    assert store.get_run("old")["pid"] is None
+    MetricsStore(path)  # opening it again changes nothing
+    assert len(store.task_evals("old")) == 2
