@@ -270,7 +270,8 @@ DEEP = 5000
     ("model: " + "{a: " * DEEP + "1" + "}" * DEEP, "application/yaml"),
     ('{"seed": 1' + "0" * 5000 + "}", "application/json"),
     ("seed: 1" + "0" * 5000, "application/yaml"),
-])
+], ids=["json-list", "json-object", "json-in-a-field", "yaml-list", "yaml-mapping",
+        "json-5001-digits", "yaml-5001-digits"])
 def test_pathological_bodies_are_a_4xx_naming_the_body(client, store, body, kind) -> None:
     """Nested thousands deep (both parsers recurse per level) or an integer Python will
     not convert: a one-line 422 about the body, never a 500."""
