@@ -43,17 +43,17 @@ def quick() -> dict:
 
 
 def finished_run(store: MetricsStore, run_id: str = "done-1", rounds: int = 3) -> str:
-    """A completed run with rounds, clients and a 2-task matrix, written as the
-    ServerApp would."""
+    """A completed run with rounds, clients, a 2-task matrix and its linear probes,
+    written as the ServerApp would."""
     store.create_run(run_id, "done", {"name": "done"})
     store.set_status(run_id, "running")
     for r in range(rounds + 1):
         store.record_round(run_id, r, r // 2, train={"train-loss": 1.0 / (r + 1)},
                            eval={"eval-acc": 0.1 * r})
         store.record_clients(run_id, r, {0: {"epsilon": 0.5 * r, "num-examples": 10}}, [])
-    store.record_task_evals(run_id, -1, [("a", 0.5, 1.0), ("b", 0.3, 1.0)])
-    store.record_task_evals(run_id, 0, [("a", 0.9, 1.0), ("b", 0.35, 1.0)])
-    store.record_task_evals(run_id, 1, [("a", 0.7, 1.0), ("b", 0.8, 1.0)])
+    store.record_task_evals(run_id, -1, [("a", 0.5, 1.0), ("b", 0.3, 1.0)], [0.6, 0.4])
+    store.record_task_evals(run_id, 0, [("a", 0.9, 1.0), ("b", 0.35, 1.0)], [0.95, 0.55])
+    store.record_task_evals(run_id, 1, [("a", 0.7, 1.0), ("b", 0.8, 1.0)], [0.9, 0.85])
     store.set_status(run_id, "completed")
     return run_id
 
@@ -160,7 +160,11 @@ def test_rounds_clients_and_tasks_of_a_run(client, store) -> None:
     assert clients[0]["partition_id"] == "0" and clients[0]["epsilon"] == 1.5
     tasks = client.get(f"/runs/{run_id}/tasks").json()
     assert tasks["names"] == ["a", "b"] and tasks["matrix"] == [[0.9, 0.35], [0.7, 0.8]]
-    assert tasks["bwt"] == pytest.approx(-0.2) and tasks["fwt"] == pytest.approx(0.05)
+    assert tasks["probe_initial"] == [0.6, 0.4]
+    assert tasks["probe_matrix"] == [[0.95, 0.55], [0.9, 0.85]]
+    # FWT of the probes (0.55 - 0.4), not of the untrained head (0.35 - 0.3)
+    assert tasks["bwt"] == pytest.approx(-0.2) and tasks["fwt"] == pytest.approx(0.15)
+    assert tasks["fwt_source"].startswith("linear probe")
     for path in ("", "/rounds", "/clients", "/tasks", "/events"):
         missing = client.get(f"/runs/nope{path}")
         assert missing.status_code == 404 and missing.json() == {"detail": "no run 'nope'"}
