@@ -11,3 +11,7 @@ pip install -q torch==2.13.0 && pip install -q -e .
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python -c "import torch; assert torch.cuda.is_available(), 'no CUDA device visible'"
 python bench/gpu_check.py "$@"
+# Every tensor of a client round on the GPU (OSFT bases, DP noise generators), then a
+# 2-task OSFT stream under DP with both clients on the GPU (issue 13, item 4).
+python -m pytest -q -m gpu tests/clients/test_devices.py
+python bench/gpu_osft_stream.py

@@ -251,12 +251,15 @@ def server_test_set(scenario: Scenario, task_id: int = 0) -> TensorDataset:
     return tokenize(test, build_tokenizer(scenario.model), scenario.model.max_length)
 
 
-def server_sample(scenario: Scenario, task_id: int, count: int) -> TensorDataset:
-    """`count` training examples of task `task_id` (seeded): the server's calibration
-    sample for OSFT's layer importance. In simulation the server can read the task files;
-    a deployment whose data is private to the clients would use the schedule rule."""
+def server_sample(scenario: Scenario, task_id: int, count: int,
+                  split: str = "train") -> TensorDataset:
+    """`count` examples of task `task_id`'s `split` (seeded): the server's calibration
+    sample for OSFT's layer importance. 'train' reads the clients' training rows (in
+    simulation the server can read the task files; that is client data, outside any DP
+    guarantee); 'test' the held-out split the server evaluates on anyway."""
     from clients.models import build_tokenizer
 
-    train = cached_task(task_plan(scenario, task_id).data, scenario.seed).train
-    rows = random.Random(scenario.seed).sample(train, min(count, len(train)))
+    task = cached_task(task_plan(scenario, task_id).data, scenario.seed)
+    rows = task.test if split == "test" else task.train
+    rows = random.Random(scenario.seed).sample(rows, min(count, len(rows)))
     return tokenize(rows, build_tokenizer(scenario.model), scenario.model.max_length)

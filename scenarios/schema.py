@@ -116,6 +116,12 @@ class FederationSpec(Spec):
         "reply with a result (failed, hung or vanished clients are recorded); else the run "
         "fails naming each failed client and why. At most clients_per_round."
     )
+    max_grad_norm: float | None = Field(
+        None, gt=0, description="Non-private training: clip each step's gradient to this "
+        "global L2 norm before the optimizer steps (torch's clip_grad_norm_; the FedSVD "
+        "reference uses 1.0). None: no clipping. Under privacy, per-example clipping "
+        "(privacy.max_grad_norm) applies instead."
+    )
 
     @model_validator(mode="after")
     def _sample_fits(self) -> FederationSpec:
@@ -144,6 +150,18 @@ class PrivacySpec(Spec):
         "hooks", description="How Opacus computes per-sample gradients; both work for BERT and "
         "Llama, LoRA and full fine-tuning. (Opacus's 'ew' and 'ghost' need a wrapped model; "
         "clients keep theirs unwrapped between rounds.)"
+    )
+    report_unnoised_metrics: bool = Field(
+        False, description="Let private clients report their training loss and local-eval "
+        "accuracy and loss, computed on their data WITHOUT noise and not covered by epsilon "
+        "(the run is marked 'epsilon excludes reported metrics'). Off: a private client "
+        "reports only num-examples, its sampling rate and its privacy ledger."
+    )
+    reproducible_noise_voids_guarantee: bool = Field(
+        False, description="Debugging only: draw DP noise and Poisson batches from seeds "
+        "derived from the scenario's seed, so two runs are bit-identical. Whoever holds the "
+        "scenario (the server) can then regenerate and subtract the noise: the (epsilon, "
+        "delta) guarantee does NOT hold. Off: fresh OS entropy per client per round."
     )
 
 
@@ -200,6 +218,16 @@ class Scenario(Spec):
                              f"stream (a task stream), not {'both' if self.stream else 'neither'}")
         if self.stream is not None and isinstance(self.data.partitioning, PresplitPartitioning):
             raise ValueError("data.partitioning 'presplit' is for a single jsonl task, not a stream")
+        return self
+
+    @model_validator(mode="after")
+    def _one_kind_of_clipping(self) -> Scenario:
+        if self.privacy is not None and self.federation.max_grad_norm is not None:
+            raise ValueError(
+                f"federation.max_grad_norm ({self.federation.max_grad_norm}) clips non-private "
+                "steps only; under privacy each example's gradient is clipped to "
+                f"privacy.max_grad_norm ({self.privacy.max_grad_norm}): remove "
+                "federation.max_grad_norm")
         return self
 
     @model_validator(mode="after")

@@ -67,8 +67,10 @@ def _fmt(value: Any, spec: str = ".4f") -> str:
 
 
 def clients_table(summary: dict[str, Any]) -> Table:
-    """Per client: rounds joined, failures, refusals and the epsilon spent (under DP)."""
-    table = Table(title="clients")
+    """Per client: rounds joined, failures, refusals and the epsilon spent (under DP);
+    the caption says what a private run's epsilon does not cover."""
+    excludes = summary.get("privacy", {}).get("excludes")
+    table = Table(title="clients", caption="; ".join(excludes) if excludes else None)
     for column in ("partition", "rounds joined", "failures", "refusals", "epsilon spent"):
         table.add_column(column, justify="right")
     for pid, client in summary["clients"].items():

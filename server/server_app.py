@@ -37,6 +37,7 @@ from clients.models import (
 )
 from clients.training import evaluate
 from scenarios.loader import load_scenario, resolve_scenario_path
+from scenarios.disclosure import importance_data
 from scenarios.schema import Scenario
 from scenarios.stream import task_plans
 from server.checkpoint import Checkpoints, RunState, restore_rng, rng_state, scenario_digest
@@ -195,7 +196,7 @@ def task_records(model: torch.nn.Module, scenario: Scenario, task_id: int,
     """What every train message of the task carries besides the global arrays: OSFT's
     preserved bases, or the merged base weights of a LoRA stream."""
     if scenario.strategy.name == "osft":
-        previous = (server_sample(scenario, task_id - 1, scenario.strategy.importance_samples)
+        previous = (importance_sample(scenario, task_id - 1)
                     if task_id > 0 and scenario.strategy.rank_rule == "adaptive" else None)
         bases = task_bases(model, scenario.strategy, task_id, previous, device)
         (run_dir / f"osft-task-{task_id}.json").write_text(json.dumps(
@@ -205,6 +206,16 @@ def task_records(model: torch.nn.Module, scenario: Scenario, task_id: int,
     if base_weights:
         return {keys.BASE_WEIGHTS: ArrayRecord({k: v.cpu() for k, v in base_weights.items()})}
     return {}
+
+
+def importance_sample(scenario: Scenario, task_id: int):
+    """The rows of task `task_id` OSFT's adaptive rule measures layer importance on:
+    the clients' training rows, or (by default under privacy) the test split the server
+    evaluates on, so no un-noised client data reaches the server (scenarios.disclosure)."""
+    count = scenario.strategy.importance_samples
+    if importance_data(scenario.strategy.model_dump(), scenario.privacy is not None) == "test":
+        return server_sample(scenario, task_id, count, split="test")
+    return server_sample(scenario, task_id, count)
 
 
 def run_task(run: RunContext, task_id: int, round_offset: int, extra: dict[str, ArrayRecord],

@@ -3,14 +3,17 @@
 Shape (DESIGN.md, Interfaces): {"run_id", "status", "message", "rounds": [{"round",
 "task", "train", "eval"}], "clients": {"<partition-id>": {"rounds", "failures",
 "refusals", "epsilon", "last"}}, "tasks": {"names", "initial", "matrix", "probe_initial",
-"probe_matrix", "aa", "bwt", "fwt", "fwt_source", "forgetting"}} (FWT of linear probes,
-server.continual). Sections that do not apply are empty.
+"probe_matrix", "aa", "bwt", "fwt", "fwt_source", "forgetting"} (FWT of linear probes,
+server.continual), "privacy": {"noise", "excludes"}}. Sections that do not apply are
+empty; `privacy.excludes` lists what a private run's epsilon does not cover
+(scenarios.disclosure), empty when it covers everything its clients released.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from scenarios.disclosure import privacy_disclosure
 from server.continual import task_summary
 from server.store import MetricsStore
 
@@ -29,6 +32,7 @@ def build_summary(store: MetricsStore, run_id: str) -> dict[str, Any]:
         "rounds": store.rounds(run_id),
         "clients": client_summaries(store, run_id),
         "tasks": task_summary(store.task_evals(run_id)),
+        "privacy": privacy_disclosure(run["scenario"]),
     }
 
 

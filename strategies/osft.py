@@ -22,5 +22,6 @@ class Osft(FedAvgFull):
 
     def __init__(self, rank_rule: str = "adaptive", mrr: float = 0.1, trr: float = 0.8,
                  schedule_fraction: float = 0.07, importance_samples: int = 64,
-                 target_modules: tuple[str, ...] = (), **kwargs) -> None:
+                 target_modules: tuple[str, ...] = (), importance_data: str | None = None,
+                 **kwargs) -> None:
         super().__init__(**kwargs)  # the OSFT settings arrive with the spec and are not used

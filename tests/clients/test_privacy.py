@@ -176,3 +176,62 @@ def test_dp_trained_adapter_lowers_the_loss_at_a_large_epsilon(quick_document, w
     for name, param in model.named_parameters():
         if not param.requires_grad:
             assert torch.equal(param, frozen[name]), f"frozen {name} changed"
+
+
+def accountant_rate(num_examples: int, batch_size: int) -> float:
+    """The sampling rate Opacus's accountant records for a private loader of that size:
+    make_private on a one-weight model, one (noise-only) step, read its history."""
+    from opacus import PrivacyEngine
+
+    from clients.dp_training import noise_only_step
+
+    model = torch.nn.Linear(1, 1)
+    engine = PrivacyEngine(accountant="rdp")
+    loader = torch.utils.data.DataLoader(TensorDataset(torch.zeros(num_examples, 1)),
+                                         batch_size=batch_size)
+    hooks, optimizer, _ = engine.make_private(
+        module=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        data_loader=loader, noise_multiplier=1.0, max_grad_norm=1.0, poisson_sampling=True,
+        wrap_model=False)
+    noise_only_step(optimizer)
+    hooks.cleanup()
+    ((_, q, steps),) = engine.accountant.history
+    assert steps == 1
+    return q
+
+
+def test_the_ledger_uses_the_rate_the_accountant_records_for_every_m_up_to_1000() -> None:
+    """m = ceil(n / batch) batches: Opacus samples at 1/m but its accountant records
+    1/len(DPDataLoader) = 1/int(1/(1/m)), 1/(m-1) for some m in floating point (93, 99,
+    ...). The ledger must plan, check and report with the recorded figure: for every m up
+    to 1000 against the DPDataLoader make_private divides by, and through make_private and
+    a real step (the accountant's history) for the m where the two rates part and some
+    others."""
+    from opacus.data_loader import DPDataLoader
+
+    batch, differs = 4, []
+    for m in range(1, 1001):
+        for n in (batch * (m - 1) + 1, batch * m):  # the fewest and most rows giving m
+            loader = torch.utils.data.DataLoader(TensorDataset(torch.zeros(n, 1)),
+                                                 batch_size=batch)
+            assert sample_rate(n, batch) == 1 / len(DPDataLoader.from_data_loader(loader)), n
+        differs += [m] if sample_rate(batch * m, batch) != 1 / m else []
+    assert {93, 99, 105, 117} <= set(differs)  # the plan's old 1/m was off exactly there
+    for m in [*differs[:8], 1, 2, 3, 10, 92, 94, 500, 1000]:
+        assert sample_rate(batch * m, batch) == accountant_rate(batch * m, batch), m
+
+
+def test_a_client_planned_for_50_rounds_trains_all_50_within_budget() -> None:
+    """The issue's case: 2976 rows, batch 32 (m = 93; the accountant records 1/92). Planned
+    at 1/93, two of the 50 rounds were refused; planned at the recorded rate, all 50 run
+    and the last one ends at the target, not above."""
+    spec = PrivacySpec(target_epsilon=6.0, delta=1e-5)
+    q, steps = sample_rate(2976, 32), 10
+    assert q == 1 / 92
+    ledger = PrivacyState(0, noise_for_budget(spec, q, 50 * steps))
+    rounds = 0
+    while ledger.can_train(spec, q, steps):
+        rounds += 1  # Opacus's accountant merges steps at the same (sigma, q): so here
+        ledger.history = [(ledger.noise_multiplier, q, rounds * steps)]
+    assert rounds == 50 and ledger.epsilon(spec) <= spec.target_epsilon
+    assert ledger.epsilon(spec) == pytest.approx(epsilon_of(ledger.history, 1e-5, "rdp"))
