@@ -13,8 +13,9 @@ from clients.models import (
     module_names,
     trainable_state,
 )
-from clients.training import evaluate, make_optimizer, train_steps
+from clients.training import evaluate, make_optimizer, run_steps, train_steps
 from scenarios.loader import load_scenario
+from scenarios.schema import OptimizerSpec
 from tests.conftest import ROOT
 
 CPU = torch.device("cpu")
@@ -111,3 +112,29 @@ def test_round_seeds_differ_per_task_round_and_client_and_repeat() -> None:
     seeds = {round_seed(0, t, r, p) for t in range(4) for r in range(50) for p in range(50)}
     assert len(seeds) == 4 * 50 * 50  # round r of task 1 no longer repeats task 0's
     assert round_seed(3, 1, 2, 1) == round_seed(3, 1, 2, 1) != round_seed(4, 1, 2, 1)
+
+
+def test_max_grad_norm_clips_a_non_private_step_like_the_reference(quick) -> None:
+    """federation.max_grad_norm: one SGD step moves the trainable tensors by
+    -lr * g * min(1, C / ||g||) with g the whole gradient (the oracle: a backward pass
+    by hand); without it, by -lr * g."""
+    from clients.training import forward_loss
+
+    data = client_data(quick, 0)
+    batch = [t[:16] for t in data.train.tensors]
+    sgd = OptimizerSpec(name="sgd", lr=0.1)
+    oracle = build_model(quick.model, data.num_labels, quick.seed, "lora").train()
+    torch.manual_seed(0)  # dropout, as the training loop will draw it
+    forward_loss(oracle, batch)[0].backward()
+    grads = {n: p.grad.clone() for n, p in oracle.named_parameters() if p.requires_grad}
+    norm = torch.sqrt(sum(g.pow(2).sum() for g in grads.values())).item()
+    clip = norm / 4  # so clipping acts
+    for max_norm, scale in ((clip, clip / norm), (None, 1.0)):
+        model = build_model(quick.model, data.num_labels, quick.seed, "lora")
+        start = trainable_state(model)
+        torch.manual_seed(0)
+        run_steps(model, iter([batch]), 1, make_optimizer(model, sgd), CPU,
+                  max_grad_norm=max_norm)
+        for name, value in trainable_state(model).items():
+            torch.testing.assert_close(value - start[name], -0.1 * scale * grads[name],
+                                       rtol=1e-4, atol=1e-7)
