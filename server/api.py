@@ -25,7 +25,6 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
-from scenarios.disclosure import privacy_note
 from scenarios.loader import parse_yaml
 from server.api_models import (
     Client,
@@ -132,8 +131,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     @app.get("/runs/{run_id}", response_model=RunDetail, responses=not_found)
     def run_detail(run_id: str) -> RunDetail:
         run = get_run(run_id)
-        return RunDetail(**run, rounds=len(store.rounds(run_id)),
-                         privacy_note=privacy_note(run["scenario"]))
+        return RunDetail(**run, rounds=len(store.rounds(run_id)))
 
     @app.get("/runs/{run_id}/rounds", response_model=RoundList, responses=not_found)
     def rounds(run_id: str, after: Annotated[int, Query(ge=-1, le=SQL_INT_MAX)] = -1,

@@ -23,6 +23,10 @@ class RunInfo(BaseModel):
     created: float = Field(description="Unix time the run was queued.")
     started: float | None = None
     ended: float | None = None
+    privacy_note: str | None = Field(
+        None, description="Private runs only: what epsilon does not cover (un-noised metrics "
+        "the scenario let clients report, client rows read by the server, seeded noise); "
+        "None when it covers everything the clients released, or the run is not private.")
 
 
 class RunList(BaseModel):
@@ -35,10 +39,6 @@ class RunList(BaseModel):
 class RunDetail(RunInfo):
     scenario: dict[str, Any] = Field(description="The scenario as validated.")
     rounds: int = Field(description="Rounds recorded so far (round 0: the initial model).")
-    privacy_note: str | None = Field(
-        None, description="Private runs only: what epsilon does not cover (un-noised metrics "
-        "the scenario let clients report, client rows read by the server, seeded noise); "
-        "None when it covers everything the clients released, or the run is not private.")
 
 
 class Round(BaseModel):

@@ -40,9 +40,10 @@ class RoundProgress:
         rounds = [r for r in self.store.rounds(self.run_id) if r["round"] > 0 and r["eval"]]
         last = ""
         if rounds:
-            r = rounds[-1]
-            last = (f"loss {r['train'].get('train-loss', float('nan')):.3f}  "
-                    f"acc {r['eval'].get('eval-acc', float('nan')):.3f}")
+            r = rounds[-1]  # a private run's clients report no loss (scenarios.disclosure)
+            loss = r["train"].get("train-loss")
+            last = ((f"loss {loss:.3f}  " if loss is not None else "")
+                    + f"acc {r['eval'].get('eval-acc', float('nan')):.3f}")
         self.progress.update(self.task, completed=len(rounds), last=last,
                              description="rounds" if rounds else "starting Flower")
 

@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from scenarios.disclosure import privacy_note
+
 STORE_FILE = "orthofed.sqlite"
 
 SCHEMA = """
@@ -29,7 +31,9 @@ CREATE TABLE IF NOT EXISTS runs (
     created REAL NOT NULL,
     started REAL,
     ended REAL,
-    pid INTEGER                      -- the `orthofed run` process of a run the API started
+    pid INTEGER,                     -- the `orthofed run` process of a run the API started
+    privacy_note TEXT                -- what a private run's epsilon does not cover
+                                     -- (scenarios.disclosure); NULL: all of it, or not private
 );
 CREATE TABLE IF NOT EXISTS rounds (
     run_id TEXT NOT NULL REFERENCES runs(id),
@@ -70,6 +74,10 @@ CREATE TABLE IF NOT EXISTS failures (
 
 TERMINAL = ("completed", "failed", "cancelled")
 
+# Columns added after the first stores were written: (table, column, type), added on open.
+ADDED_COLUMNS = (("runs", "pid", "INTEGER"), ("task_evals", "probe_accuracy", "REAL"),
+                 ("runs", "privacy_note", "TEXT"))
+
 
 class MetricsStore:
     """A SQLite file of run metrics. Cheap to construct; opens a connection per call so
@@ -82,12 +90,9 @@ class MetricsStore:
         try:
             db.execute("PRAGMA journal_mode=WAL")  # persistent: set once per file
             db.executescript(SCHEMA)
-            columns = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
-            if "pid" not in columns:  # a store written before the API existed
-                db.execute("ALTER TABLE runs ADD COLUMN pid INTEGER")
-            columns = {row[1] for row in db.execute("PRAGMA table_info(task_evals)")}
-            if "probe_accuracy" not in columns:  # written before the probes existed
-                db.execute("ALTER TABLE task_evals ADD COLUMN probe_accuracy REAL")
+            for table, column, kind in ADDED_COLUMNS:  # stores written before they existed
+                if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
         finally:
             db.close()
 
@@ -118,11 +123,14 @@ class MetricsStore:
 
     def create_run(self, run_id: str, name: str, scenario: dict[str, Any],
                    scenario_path: str | None = None) -> None:
+        """A pending run of `scenario` (validated, as JSON), marked with what its epsilon
+        does not cover when it is private and opted into releases outside it."""
         with self._connect() as db:
             db.execute(
-                "INSERT INTO runs (id, name, scenario, scenario_path, status, created) "
-                "VALUES (?, ?, ?, ?, 'pending', ?)",
-                (run_id, name, json.dumps(scenario), scenario_path, time.time()),
+                "INSERT INTO runs (id, name, scenario, scenario_path, status, created, "
+                "privacy_note) VALUES (?, ?, ?, ?, 'pending', ?, ?)",
+                (run_id, name, json.dumps(scenario), scenario_path, time.time(),
+                 privacy_note(scenario)),
             )
 
     def set_status(self, run_id: str, status: str, message: str | None = None) -> None:
@@ -235,7 +243,8 @@ class MetricsStore:
         order = "ASC" if oldest_first else "DESC"
         with self._connect(write=False) as db:
             rows = db.execute(
-                "SELECT id, name, status, message, created, started, ended, pid, scenario_path "
+                "SELECT id, name, status, message, created, started, ended, pid, scenario_path, "
+                "privacy_note "
                 f"FROM runs {where} ORDER BY created {order}, rowid {order} LIMIT ? OFFSET ?",
                 (*args, limit, offset),
             ).fetchall()

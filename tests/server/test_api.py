@@ -89,6 +89,24 @@ def test_posting_a_scenario_queues_a_pending_run(client, store, settings) -> Non
     assert detail["scenario"]["federation"]["rounds"] == 3 and detail["rounds"] == 0
 
 
+def test_a_private_run_says_what_its_epsilon_excludes(client, store) -> None:
+    """Marked in the store, GET /runs and GET /runs/{id}: nothing for a default private
+    run; the opt-in to un-noised metrics, in the disclosure's own words."""
+    from scenarios.disclosure import UNNOISED_METRICS
+
+    notes = {}
+    for opt_in in (False, True):
+        doc = quick()
+        doc["privacy"] = {"target_epsilon": 4.0, "report_unnoised_metrics": opt_in}
+        run = client.post("/runs", json=doc, headers=TOKEN).json()
+        notes[opt_in] = run["privacy_note"]
+        assert client.get(f"/runs/{run['id']}").json()["privacy_note"] == notes[opt_in]
+        assert store.get_run(run["id"])["privacy_note"] == notes[opt_in]
+    assert notes == {False: None, True: UNNOISED_METRICS}
+    listed = {r["privacy_note"] for r in client.get("/runs").json()["runs"]}
+    assert listed == {None, UNNOISED_METRICS}
+
+
 def test_changes_need_the_token_reads_do_not(client, store) -> None:
     assert client.post("/runs", json=quick()).status_code == 401
     wrong = client.post("/runs", json=quick(), headers={"Authorization": "Bearer nope"})

@@ -80,11 +80,12 @@ def test_readers_never_see_half_a_round(tmp_path) -> None:
 
 
 def test_a_store_from_before_the_probes_gains_the_column(tmp_path) -> None:
-    """A file whose task_evals has no probe_accuracy (and runs no pid): opening it adds
-    both; its rows read back with probe_accuracy None, new rows keep their probes."""
+    """A file whose task_evals has no probe_accuracy (and runs no pid, no privacy_note):
+    opening it adds them; its rows read back with None there, new rows keep theirs."""
     path = tmp_path / "old.sqlite"
+    added = ("pid", "privacy_note", "probe_accuracy", "--")  # columns, and their comments
     old_schema = "\n".join(line for line in SCHEMA.splitlines()
-                           if "probe_accuracy" not in line and not line.strip().startswith("pid"))
+                           if not line.split() or line.split()[0] not in added)
     old_schema = old_schema.replace("ended REAL,", "ended REAL")
     db = sqlite3.connect(path)
     db.executescript(old_schema)
@@ -98,6 +99,6 @@ def test_a_store_from_before_the_probes_gains_the_column(tmp_path) -> None:
                                         "accuracy": 0.5, "loss": 1.0, "probe_accuracy": None}]
     store.record_task_evals("old", 0, [("a", 0.9, 0.2)], [0.75])
     assert store.task_evals("old")[1]["probe_accuracy"] == 0.75
-    assert store.get_run("old")["pid"] is None
+    assert store.get_run("old")["pid"] is None and store.get_run("old")["privacy_note"] is None
     MetricsStore(path)  # opening it again changes nothing
     assert len(store.task_evals("old")) == 2
