@@ -22,6 +22,18 @@ SNAPSHOT = "scenario.yaml"
 RUN_PROGRAMS = ("server.cli", "orthofed", "flower-", "flwr", "ray")
 
 
+def runs_our_program(cmdline: list[str]) -> bool:
+    """Whether a command line runs one of RUN_PROGRAMS (or a program inside Ray's
+    package): judged by the program and, for an interpreter, the script or module it runs
+    (the first three words, by their last path component), not by the arguments, where
+    a folder named like one (a checkout in ~/orthofed, `tail -f .../flower.log`, `tee`)
+    would pass for it."""
+    words = cmdline[:3]
+    names = [Path(word).name for word in words]
+    return (any(name.startswith(program) for name in names for program in RUN_PROGRAMS)
+            or any("/ray/" in word for word in words))  # Ray's binaries (gcs_server, ...)
+
+
 def run_processes(run_id: str, run_dir: Path) -> list[psutil.Process]:
     """Live processes of a run other than this one: orthofed, Flower or Ray processes
     whose command line names the run (its `orthofed` process, its SuperLink's database
@@ -36,9 +48,9 @@ def run_processes(run_id: str, run_dir: Path) -> list[psutil.Process]:
         try:
             if proc.info["pid"] in ignored or proc.info["status"] == psutil.STATUS_ZOMBIE:
                 continue  # a zombie is dead, only not yet reaped by its parent
-            cmdline = " ".join(proc.info["cmdline"] or [])
-            ours = run_id in cmdline or proc.info["cwd"] == str(run_dir)
-            if ours and any(program in cmdline for program in RUN_PROGRAMS):
+            words = proc.info["cmdline"] or []
+            ours = run_id in " ".join(words) or proc.info["cwd"] == str(run_dir)
+            if ours and runs_our_program(words):
                 found.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue

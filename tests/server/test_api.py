@@ -17,6 +17,7 @@ from server.api import create_app
 from server.settings import ServeSettings
 from server.store import MetricsStore
 from tests.conftest import ROOT, SHARED_DATA
+from tests.server.test_resume import live_process_of
 
 TOKEN = {"Authorization": "Bearer s3cret"}
 
@@ -243,8 +244,7 @@ def test_resume(client, store, settings) -> None:
     alive = "alive-7f3e9c21"
     store.create_run(alive, "s", {"name": "s"})
     store.set_status(alive, "cancelled")  # the store says ended, a process of it lives on
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
-                               "server.cli", "run", "--run-id", alive])
+    holder = live_process_of(alive, settings.runs_dir.parent, seconds=60)
     try:
         busy = client.post(f"/runs/{alive}/resume", headers=TOKEN)
         assert busy.status_code == 409, busy.text

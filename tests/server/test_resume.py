@@ -22,6 +22,27 @@ def wrapped_resume(run_id: str, runs_dir) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=150)
 
 
+def live_process_of(run_id: str, folder, seconds: int = 120) -> subprocess.Popen:
+    """A process that looks like the run's own `orthofed run` (a script named orthofed,
+    run by the interpreter, naming the run) and sleeps: a run the store lost track of."""
+    script = folder / "orthofed"
+    script.write_text(f"import time\ntime.sleep({seconds})\n")
+    return subprocess.Popen([sys.executable, str(script), "run", "--run-id", run_id])
+
+
+def test_only_our_programs_count_not_their_arguments() -> None:
+    from server.resume import runs_our_program
+
+    assert runs_our_program(["python", "/usr/local/bin/orthofed", "run", "--run-id", "x"])
+    assert runs_our_program(["python", "-m", "server.cli", "run"])
+    assert runs_our_program(["python", "/venv/bin/flower-superlink", "--database", "x.db"])
+    assert runs_our_program(["/venv/lib/python3.11/site-packages/ray/core/src/ray/gcs/gcs_server"])
+    assert runs_our_program(["ray::ClientAppActor"])
+    # a folder named like orthofed or Flower in the arguments does not make a program ours
+    assert not runs_our_program(["tail", "-f", "/home/u/orthofed/runs/x/flower.log"])
+    assert not runs_our_program(["tee", "/home/u/orthofed/runs/x.log"])
+
+
 def test_resume_under_a_wrapper_is_not_refused_as_its_own_live_process(tmp_path) -> None:
     """The run has no process left; its stored scenario no longer validates, so the
     resume gets past the live-process check, claims the run and stops there (exit 2,
@@ -46,8 +67,7 @@ def test_resume_under_a_wrapper_still_sees_a_live_process_of_the_run(tmp_path) -
     store = MetricsStore.in_dir(tmp_path)
     store.create_run(run_id, "s", {"name": "s"})
     store.set_status(run_id, "cancelled")  # the store says ended, a process of it lives on
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)",
-                               "server.cli", "run", "--run-id", run_id])
+    holder = live_process_of(run_id, tmp_path)
     try:
         done = wrapped_resume(run_id, tmp_path)
     finally:
