@@ -166,8 +166,11 @@ def test_a_symlink_out_of_the_scenarios_folder_is_refused(tmp_path) -> None:
     doc["data"] = {"source": {"kind": "cl-json", "path": "escape"}}
     with TestClient(create_app(settings)) as client:
         answer = client.post("/runs", json=doc)
-        assert answer.status_code == 422 and "outside" in answer.json()["detail"][0]
         assert client.post("/runs", params={"shipped": "../scenarios/quick"}).status_code == 422
+    [line] = answer.json()["detail"]  # named as written, not as the server resolved it
+    assert answer.status_code == 422 and line.startswith(
+        "data.source.path: 'escape' is outside the directories this server may read (.)"), line
+    assert str(tmp_path) not in line
 
 
 def test_rounds_clients_and_tasks_of_a_run(client, store) -> None:
@@ -366,21 +369,6 @@ def test_errors_name_folders_as_the_caller_sees_them(client, settings, where, va
         assert path not in answer.text, (path, answer.text)
     if "outside" in shown:
         assert "(., ../../shared/data)" in answer.text, answer.text
-
-
-def test_a_symlink_escape_is_named_as_written(tmp_path) -> None:
-    scenarios = tmp_path / "scenarios"
-    scenarios.mkdir()
-    (scenarios / "escape").symlink_to("/etc")
-    settings = ServeSettings(runs_dir=tmp_path / "runs", concurrency=0, scenarios_dir=scenarios,
-                             data_dirs=())
-    doc = quick()
-    doc["data"] = {"source": {"kind": "cl-json", "path": "escape"}}
-    with TestClient(create_app(settings)) as client:
-        [line] = client.post("/runs", json=doc).json()["detail"]
-    assert line.startswith("data.source.path: 'escape' is outside the directories this "
-                           "server may read (.)"), line
-    assert str(tmp_path) not in line
 
 
 def test_caps_refuse_a_run_that_asks_for_more(tmp_path) -> None:
