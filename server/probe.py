@@ -23,6 +23,7 @@ from torch import nn
 
 from clients.heads import TaskHeads
 
+
 @contextmanager
 def head_inputs(model: nn.Module) -> Iterator[list[torch.Tensor]]:
     """Within the block, every input of the model's task heads, (B, hidden) per forward,
