@@ -28,8 +28,8 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from server.runner import free_port  # noqa: E402
-from server.store import MetricsStore  # noqa: E402
+from server.cli.launcher import free_port  # noqa: E402
+from server.runs.store import MetricsStore  # noqa: E402
 
 METRICS = {"train-loss": 0.5, "local-eval-acc": 0.8, "local-eval-loss": 0.4, "clients": 3,
            "failures": 0, "refusals": 0, "num-examples": 270}

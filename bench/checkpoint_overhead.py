@@ -4,7 +4,7 @@ against the local training a round does, on MiniLM, side by side in one run.
 Two configurations, as the shipped scenarios use them: full fine-tuning (OSFT and
 sequential FT streams, osft-cl-4task: the whole encoder is the server's state) and LoRA
 (fedsvd-sst2: rank-8 adapters on query and value, plus the head). For each: the median
-seconds to save a round checkpoint (server.checkpoint.Checkpoints.save, the file the
+seconds to save a round checkpoint (server.serverapp.checkpoint.Checkpoints.save, the file the
 ServerApp writes after every round) and to load the newest back, the file size, and the
 median seconds of one local AdamW step (batch 16, 64 tokens). The ratio divides the
 save by the least a round can take: one client's local steps of that scenario (a round
@@ -45,8 +45,8 @@ def measure(trains: str, repeats: int) -> dict:
     from clients.synthetic import make_examples
     from clients.training import make_optimizer, train_steps
     from scenarios.schema import ModelSpec, OptimizerSpec
-    from server.checkpoint import Checkpoints, RunState, rng_state
-    from server.server_app import stream_checkpoint
+    from server.serverapp.app import stream_checkpoint
+    from server.serverapp.checkpoint import Checkpoints, RunState, rng_state
 
     torch.set_num_threads(2)
     spec = ModelSpec(name="minilm", max_length=64)

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from scenarios.loader import load_scenario  # noqa: E402
-from server.store import MetricsStore  # noqa: E402
+from server.runs.store import MetricsStore  # noqa: E402
 
 
 def gpu_sampler(samples: list[tuple[float, float]], stop: threading.Event) -> None:

@@ -5,7 +5,7 @@ Each training configuration runs in its own subprocess (peak RSS = ru_maxrss of 
 process), one after the other: plain full fine-tuning (AdamW), then OSFT with every
 target matrix preserving the given share of its rank (the adaptive rule averages trr =
 0.8; the cost is linear in k). Then the SVDs a task start needs for every target weight:
-full thin SVD (what server.osft_plan runs) vs torch.svd_lowrank (randomized, top k only),
+full thin SVD (what server.serverapp.osft_plan runs) vs torch.svd_lowrank (randomized, top k only),
 compared with one task of the osft-cl-4task scenario (rounds x clients per round x local
 steps, at the measured OSFT step time).
 Targets (issue 5): step time <= 1.25x, peak memory <= 1.3x, task-start SVDs < 10% of a task.
@@ -50,7 +50,7 @@ def measure(share: float, steps: int, batch: int) -> dict:
     from clients.osft_training import projected_updates
     from clients.training import make_optimizer, train_steps
     from scenarios.schema import BERT_LINEAR_LAYERS, OptimizerSpec
-    from server.osft_plan import target_weights
+    from server.serverapp.osft_plan import target_weights
 
     model, data = build(batch)
     optimizer = make_optimizer(model, OptimizerSpec(name="adamw", lr=1e-5))
@@ -77,7 +77,7 @@ def svd_times(share: float) -> dict:
 
     from clients.osft import basis
     from scenarios.schema import BERT_LINEAR_LAYERS
-    from server.osft_plan import target_weights
+    from server.serverapp.osft_plan import target_weights
 
     model, _ = build(16)
     weights = [w.detach() for w in target_weights(model, BERT_LINEAR_LAYERS).values()]

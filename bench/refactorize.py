@@ -24,8 +24,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from strategies.fedsvd import FedSVD, refactorize  # noqa: E402
 from timing import seconds_each  # noqa: E402  (bench/ is the script's folder)
+
+from strategies.fedsvd import FedSVD, refactorize  # noqa: E402
 
 
 def best_of(fn, repeats: int) -> float:

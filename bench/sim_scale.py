@@ -26,7 +26,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from server.store import MetricsStore  # noqa: E402
+from server.runs.store import MetricsStore  # noqa: E402
 
 
 def scenario(size: int, rounds: int) -> dict:

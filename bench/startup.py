@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from server.store import MetricsStore  # noqa: E402
+from server.runs.store import MetricsStore  # noqa: E402
 
 
 def one_run(scenario: str, runs_dir: Path) -> dict[str, float]:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import re
 import reprlib
+import tomllib
 import typing
 from pathlib import Path
 from typing import Any
 
-import tomllib
 import yaml
 from pydantic import ValidationError
 

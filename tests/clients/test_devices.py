@@ -70,7 +70,7 @@ def scenario_for(write_scenario, source: str, strategy: dict, privacy: dict | No
 
 def osft_bases(scenario, task_id: int) -> ArrayRecord:
     """Preserved bases for every target weight, as the server sends them (host arrays)."""
-    from server.osft_plan import target_weights
+    from server.serverapp.osft_plan import target_weights
 
     model = client_app.cached_model(scenario, "cpu")
     weights = target_weights(model, scenario.strategy.target_modules)

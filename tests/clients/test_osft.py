@@ -17,7 +17,7 @@ from clients.osft_training import projected_updates
 from clients.training import make_optimizer, train_steps
 from scenarios.loader import load_scenario
 from scenarios.schema import BERT_LINEAR_LAYERS, OptimizerSpec, PrivacySpec
-from server.osft_plan import target_weights
+from server.serverapp.osft_plan import target_weights
 
 
 def test_basis_spans_the_dense_svds_top_singular_vectors() -> None:

@@ -14,8 +14,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from server.runner import free_port
-
+from server.cli.launcher import free_port
 from tests.conftest import ROOT
 
 

@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from server.store import MetricsStore
+from server.runs.store import MetricsStore
 from tests.conftest import ROOT
 from tests.integration.helpers import serving, wait_gone
 

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from server.store import MetricsStore
+from server.runs.store import MetricsStore
 from tests.integration.helpers import serving
 from tests.server.test_api import finished_run
 

@@ -14,8 +14,8 @@ import psutil
 import pytest
 import yaml
 
-from server.runner import stop_tree
-from server.store import MetricsStore
+from server.cli.launcher import stop_tree
+from server.runs.store import MetricsStore
 from tests.conftest import ROOT
 from tests.integration.helpers import last_json_line, run_orthofed
 

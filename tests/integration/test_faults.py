@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from scenarios.loader import load_scenario
-from server.runner import launch
-from server.store import MetricsStore
+from server.cli.launcher import launch
+from server.runs.store import MetricsStore
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration
@@ -38,7 +38,7 @@ dependencies = []
 publisher = "orthofed"
 
 [tool.flwr.app.components]
-serverapp = "server.server_app:app"
+serverapp = "server.serverapp.app:app"
 clientapp = "faulty_client:app"
 
 [tool.flwr.app.config]

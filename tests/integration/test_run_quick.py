@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from clients.synthetic import make_examples
-from server.store import MetricsStore
+from server.runs.store import MetricsStore
 from tests.conftest import ROOT
 from tests.integration.helpers import (
     kill_all,

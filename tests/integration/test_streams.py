@@ -15,8 +15,8 @@ import pytest
 import torch
 import yaml
 
-from server.continual import cl_metrics
-from server.store import MetricsStore
+from server.runs.continual import cl_metrics
+from server.runs.store import MetricsStore
 from tests.conftest import ROOT
 from tests.integration.helpers import (
     kill_all,

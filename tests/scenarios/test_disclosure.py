@@ -67,7 +67,7 @@ def test_the_server_measures_importance_on_test_rows_under_privacy() -> None:
     import torch
 
     from clients.data import server_sample
-    from server.server_app import importance_sample
+    from server.serverapp.app import importance_sample
 
     for doc, split in ((stream_document(target_epsilon=4.0), "test"), (stream_document(), "train")):
         scenario = load_scenario(doc, base=ROOT / "scenarios")

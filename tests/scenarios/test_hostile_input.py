@@ -14,12 +14,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from scenarios.checks import check_data
-from scenarios.confine import outside_roots
 from scenarios.loader import ScenarioError, load_scenario, read_document
 from scenarios.schema import Scenario
-from server.api import create_app
-from server.cli import main
-from server.settings import ServeSettings
+from server.api.app import create_app
+from server.api.confine import outside_roots
+from server.api.settings import ServeSettings
+from server.cli.commands import main
 from tests.conftest import ROOT
 
 QUICK = (ROOT / "scenarios" / "quick.yaml").read_text()

@@ -13,9 +13,9 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 
-from server.api import create_app
-from server.settings import ServeSettings
-from server.store import MetricsStore
+from server.api.app import create_app
+from server.api.settings import ServeSettings
+from server.runs.store import MetricsStore
 from tests.conftest import ROOT, SHARED_DATA
 from tests.server.test_resume import live_process_of
 
@@ -405,10 +405,10 @@ def test_an_uncapped_server_accepts_a_big_run(client) -> None:
 
 
 def test_serve_takes_the_caps_from_flags_or_environment(monkeypatch, tmp_path) -> None:
-    from server.cli import main
+    from server.cli.commands import main
 
     seen = []
-    monkeypatch.setattr("server.api.create_app", seen.append)
+    monkeypatch.setattr("server.api.app.create_app", seen.append)
     monkeypatch.setattr("uvicorn.run", lambda *args, **kwargs: None)
     monkeypatch.setenv("ORTHOFED_MAX_ROUNDS", "100")
     assert main(["serve", "--runs-dir", str(tmp_path), "--max-clients", "8",

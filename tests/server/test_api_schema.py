@@ -14,8 +14,8 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from server.api import create_app
-from server.settings import ServeSettings
+from server.api.app import create_app
+from server.api.settings import ServeSettings
 from tests.conftest import SHARED_DATA
 from tests.server.test_api import finished_run
 

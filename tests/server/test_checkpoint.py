@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from scenarios.loader import load_scenario
-from server.checkpoint import (
+from server.runs.store import MetricsStore
+from server.serverapp.checkpoint import (
     Checkpoints,
     RunState,
     restore_rng,
@@ -22,7 +23,6 @@ from server.checkpoint import (
     save_atomically,
     scenario_digest,
 )
-from server.store import MetricsStore
 from tests.conftest import ROOT
 
 
@@ -110,7 +110,7 @@ def test_the_digest_tells_scenarios_apart() -> None:
 
 WRITER = textwrap.dedent("""
     import sys, torch
-    from server.checkpoint import Checkpoints, RunState
+    from server.serverapp.checkpoint import Checkpoints, RunState
     checkpoints = Checkpoints(sys.argv[1], keep=3)
     for r in range(1, 10_000):
         checkpoints.save(RunState(round=r, task=0, task_rounds=r, scenario_digest="d",

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from server.continual import NO_PROBES, PROBE_SOURCE, cl_metrics, task_summary
-from server.store import MetricsStore
+from server.runs.continual import NO_PROBES, PROBE_SOURCE, cl_metrics, task_summary
+from server.runs.store import MetricsStore
 
 INITIAL = [0.10, 0.20, 0.30]
 MATRIX = [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from server.federation import PartitionOrderedGrid
+from server.serverapp.federation import PartitionOrderedGrid
 
 
 class ShuffledGrid:
@@ -39,7 +39,7 @@ def test_a_restarted_supernode_takes_its_partition_back(monkeypatch) -> None:
     """Node 12 (partition 1) dies and comes back as node 99: 99 is asked its partition
     (a `query` message, here answered by a stand-in for the ClientApp) and replaces 12,
     which is never listed again even while Flower still lists it."""
-    import server.federation as federation
+    import server.serverapp.federation as federation
 
     asked = []
 

@@ -12,10 +12,10 @@ from clients.heads import activate_task, task_heads
 from clients.models import build_model
 from clients.training import evaluate
 from scenarios.loader import load_scenario
-from server.continual import PROBE_SOURCE, task_summary
-from server.probe import halves, head_inputs, probe_accuracy
-from server.server_app import record_task_evals
-from server.store import MetricsStore
+from server.runs.continual import PROBE_SOURCE, task_summary
+from server.runs.store import MetricsStore
+from server.serverapp.app import record_task_evals
+from server.serverapp.probe import halves, head_inputs, probe_accuracy
 from tests.conftest import ROOT
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from server.cli import main
-from server.store import MetricsStore
+from server.cli.commands import main
+from server.runs.store import MetricsStore
 from tests.server.test_api import finished_run
 
 PNG = b"\x89PNG\r\n\x1a\n"

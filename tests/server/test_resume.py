@@ -8,7 +8,7 @@ import shlex
 import subprocess
 import sys
 
-from server.store import MetricsStore
+from server.runs.store import MetricsStore
 from tests.conftest import ROOT
 
 
@@ -31,7 +31,7 @@ def live_process_of(run_id: str, folder, seconds: int = 120) -> subprocess.Popen
 
 
 def test_only_our_programs_count_not_their_arguments() -> None:
-    from server.resume import runs_our_program
+    from server.runs.resume import runs_our_program
 
     assert runs_our_program(["python", "/usr/local/bin/orthofed", "run", "--run-id", "x"])
     assert runs_our_program(["python", "-m", "server.cli", "run"])

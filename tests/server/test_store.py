@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 
-from server.store import SCHEMA, MetricsStore
+from server.runs.store import SCHEMA, MetricsStore
 
 
 def make_store(tmp_path) -> MetricsStore:

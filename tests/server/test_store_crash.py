@@ -11,12 +11,12 @@ import subprocess
 import sys
 import time
 
-from server.store import MetricsStore
+from server.runs.store import MetricsStore
 from tests.conftest import ROOT
 
 WRITER = """
 import sys, time
-from server.store import MetricsStore
+from server.runs.store import MetricsStore
 store = MetricsStore.in_dir(sys.argv[1])
 store.create_run("r", "s", {})
 metrics = {f"m{i}": float(i) for i in range(200)}  # a fat round: longer transactions

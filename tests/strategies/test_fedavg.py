@@ -122,7 +122,7 @@ def test_the_run_ends_when_every_client_has_refused() -> None:
 
 def test_a_sampled_node_that_never_replies_is_a_recorded_failure() -> None:
     """Flower drops the message of a node that vanished: no reply of any kind arrives."""
-    from server.federation import PartitionOrderedGrid
+    from server.serverapp.federation import PartitionOrderedGrid
 
     class TwoNodes:
         def get_node_ids(self):
@@ -164,7 +164,7 @@ def test_each_client_gets_back_its_own_privacy_ledger() -> None:
     only to that partition: Flower's FedAvg shares one RecordDict between messages."""
     from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
-    from server.federation import PartitionOrderedGrid
+    from server.serverapp.federation import PartitionOrderedGrid
 
     class TwoNodes:
         def get_node_ids(self):
@@ -204,7 +204,7 @@ def test_a_resumed_task_continues_its_round_numbers() -> None:
     round 14 in the store."""
     from flwr.app import Array, ArrayRecord, ConfigRecord
 
-    from server.federation import PartitionOrderedGrid
+    from server.serverapp.federation import PartitionOrderedGrid
 
     class TwoNodes:
         def get_node_ids(self):
@@ -245,7 +245,7 @@ def test_the_wrapper_samples_with_its_own_generator_whatever_else_draws() -> Non
 
     from flwr.app import Array, ArrayRecord, ConfigRecord
 
-    from server.federation import PartitionOrderedGrid
+    from server.serverapp.federation import PartitionOrderedGrid
 
     class FiveNodes:
         def get_node_ids(self):

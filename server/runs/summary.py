@@ -4,7 +4,7 @@ Shape (DESIGN.md, Interfaces): {"run_id", "status", "message", "rounds": [{"roun
 "task", "train", "eval"}], "clients": {"<partition-id>": {"rounds", "failures",
 "refusals", "epsilon", "last"}}, "tasks": {"names", "initial", "matrix", "probe_initial",
 "probe_matrix", "aa", "bwt", "fwt", "fwt_source", "forgetting"} (FWT of linear probes,
-server.continual), "privacy": {"noise", "excludes"}}. Sections that do not apply are
+server.runs.continual), "privacy": {"noise", "excludes"}}. Sections that do not apply are
 empty; `privacy.excludes` lists what a private run's epsilon does not cover
 (scenarios.disclosure), empty when it covers everything its clients released.
 """
@@ -14,8 +14,8 @@ from __future__ import annotations
 from typing import Any
 
 from scenarios.disclosure import privacy_disclosure
-from server.continual import task_summary
-from server.store import MetricsStore
+from server.runs.continual import task_summary
+from server.runs.store import MetricsStore
 
 
 def build_summary(store: MetricsStore, run_id: str) -> dict[str, Any]:

@@ -6,7 +6,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-Status = Literal["pending", "running", "completed", "failed", "cancelled"]
+from server.runs.status import RunStatus
+
+Status = RunStatus  # the one enum of run statuses (server.runs.status)
 
 
 class Health(BaseModel):

@@ -1,7 +1,7 @@
 """A scenario submitted over HTTP -> a pending run in the store, or every problem with it.
 
 Same loader and disk checks as `orthofed run`, plus what a network caller must not do:
-read outside the server's scenarios and data folders (scenarios.confine), choose
+read outside the server's scenarios and data folders (server.api.confine), choose
 where the run writes (runs go to the server's runs folder, whatever `runs_dir` says),
 ask for more than the server's caps (clients, rounds, local steps), or learn where the
 server keeps its files (errors name folders relative to the scenarios folder).
@@ -13,16 +13,15 @@ import os
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from scenarios.checks import check_scenario
-from scenarios.confine import outside_roots
 from scenarios.loader import ScenarioError, load_scenario, read_document
 from scenarios.schema import Scenario
 from scenarios.stream import total_rounds
-from server.cli import new_run_id
-from server.settings import PROJECT_ROOT, ServeSettings
-from server.store import MetricsStore
+from server.api.confine import outside_roots
+from server.api.settings import ServeSettings
+from server.runs.layout import PROJECT_ROOT, RunFolder, new_run_id
+from server.runs.store import MetricsStore
 
 
 class SubmissionError(Exception):
@@ -59,9 +58,7 @@ def submit_scenario(settings: ServeSettings, store: MetricsStore, document: Any,
     runs_dir = settings.runs_dir.resolve()
     scenario = scenario.model_copy(update={"runs_dir": runs_dir})
     run_id = new_run_id(scenario.name)
-    path = runs_dir / run_id / "scenario.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(scenario.model_dump(mode="json"), sort_keys=False))
+    path = RunFolder.of(runs_dir, run_id).write_snapshot(scenario.model_dump(mode="json"))
     store.create_run(run_id, scenario.name, scenario.model_dump(mode="json"), str(path))
     return run_id
 

@@ -8,7 +8,7 @@ b[j] the accuracy of the initial model on task j:
     FWT = mean_{j > 0} (p[j-1][j] - p_b[j])
     F_j = max_{j <= i < T-1} a[i][j] - a[T-1][j]   (j < T-1)
 
-FWT is taken on the linear-probe matrix p (server.probe), not on a: with a head per
+FWT is taken on the linear-probe matrix p (server.serverapp.probe), not on a: with a head per
 task, a[j-1][j] goes through task j's untrained head, whose readout is random. Runs
 without probes (recorded before they existed) get FWT None and say so.
 
@@ -21,7 +21,7 @@ from __future__ import annotations
 from statistics import mean
 from typing import Any
 
-PROBE_SOURCE = ("linear probe (logistic regression, server.probe) on the pooled features "
+PROBE_SOURCE = ("linear probe (logistic regression, server.serverapp.probe) on the pooled features "
                 "the task head reads, from the frozen global encoder: fitted on a seeded, "
                 "label-stratified half of task j's server test split, scored on the other")
 NO_PROBES = ("unavailable: no linear probes recorded (a run from before they existed); "

@@ -2,7 +2,7 @@
 
 HTTP lives only here. Everything is read from the metrics store (the same one
 `orthofed run` writes), and runs started over HTTP go through the same command, queued
-by server.run_queue. Paths (DESIGN.md, Interfaces): GET /healthz, GET /runs, POST /runs,
+by server.api.queue. Paths (DESIGN.md, Interfaces): GET /healthz, GET /runs, POST /runs,
 GET /runs/{id}, GET /runs/{id}/rounds, GET /runs/{id}/clients, GET /runs/{id}/tasks,
 GET /runs/{id}/events (server-sent events), POST /runs/{id}/cancel,
 POST /runs/{id}/resume; the dashboard at /.
@@ -26,7 +26,7 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
 from scenarios.loader import parse_yaml
-from server.api_models import (
+from server.api.models import (
     Client,
     ClientList,
     Health,
@@ -39,10 +39,11 @@ from server.api_models import (
     Status,
     Tasks,
 )
-from server.run_queue import ACTIVE, RunQueue
-from server.settings import ServeSettings
-from server.store import TERMINAL, MetricsStore
-from server.submission import SubmissionError, submit_scenario
+from server.api.queue import RunQueue
+from server.api.settings import ServeSettings
+from server.api.submission import SubmissionError, submit_scenario
+from server.runs.status import ACTIVE, TERMINAL
+from server.runs.store import MetricsStore
 
 RUN_ID = r"^[A-Za-z0-9._-]{1,200}$"
 EVENT_POLL_S = 0.5
@@ -144,7 +145,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     @app.get("/runs/{run_id}/clients", response_model=ClientList, responses=not_found)
     def clients(run_id: str) -> ClientList:
         """Per client: rounds joined, failures, refusals, epsilon spent, last metrics."""
-        from server.summary import client_summaries
+        from server.runs.summary import client_summaries
 
         get_run(run_id)
         return ClientList(run_id=run_id, clients=[
@@ -153,7 +154,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     @app.get("/runs/{run_id}/tasks", response_model=Tasks, responses=not_found)
     def tasks(run_id: str) -> Tasks:
         """The accuracy matrix of a task stream and AA / BWT / FWT (empty otherwise)."""
-        from server.continual import task_summary
+        from server.runs.continual import task_summary
 
         get_run(run_id)
         return Tasks(run_id=run_id, **task_summary(store.task_evals(run_id)))

@@ -19,11 +19,10 @@ from pathlib import Path
 
 import psutil
 
-from server.resume import resume_refusal
-from server.settings import PROJECT_ROOT
-from server.store import MetricsStore
-
-ACTIVE = ("pending", "running")
+from server.runs.layout import PROJECT_ROOT, RunFolder
+from server.runs.resume import resume_refusal
+from server.runs.status import ACTIVE, RunStatus
+from server.runs.store import MetricsStore
 
 
 class RunQueue:
@@ -66,10 +65,10 @@ class RunQueue:
                 if self._alive(run["id"], run["pid"]):
                     executing += 1
                 else:
-                    self.store.set_status(run["id"], "failed", (
+                    self.store.set_status(run["id"], RunStatus.FAILED, (
                         f"its process (pid {run['pid']}) ended without finishing the run; "
                         f"see {self.runs_dir / run['id'] / 'orthofed.log'}"))
-            waiting = [r for r in self.store.list_runs(limit=-1, statuses=("pending",),
+            waiting = [r for r in self.store.list_runs(limit=-1, statuses=(RunStatus.PENDING,),
                                                        oldest_first=True) if r["pid"] is None]
             for run in waiting[: max(self.concurrency - executing, 0)]:
                 self._launch(run)
@@ -84,7 +83,7 @@ class RunQueue:
         else:
             command = [sys.executable, "-m", "server.cli", "run", str(run["scenario_path"]),
                        "--runs-dir", str(self.runs_dir), "--run-id", run_id]
-        with (run_dir / "orthofed.log").open("ab") as log:
+        with RunFolder(run_dir).queue_log.open("ab") as log:
             process = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=log,
                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                        start_new_session=True)
@@ -121,7 +120,7 @@ class RunQueue:
             run = self.store.get_run(run_id)
             if run is None or run["status"] not in ACTIVE:
                 return False
-            self.store.set_status(run_id, "cancelled", "cancelled over HTTP")
+            self.store.set_status(run_id, RunStatus.CANCELLED, "cancelled over HTTP")
             if run["pid"] is not None and self._alive(run_id, run["pid"]):
                 try:
                     psutil.Process(run["pid"]).send_signal(signal.SIGTERM)

@@ -8,7 +8,7 @@ import sys
 from pydantic import ValidationError
 
 from scenarios.loader import format_error
-from server.settings import ServeSettings
+from server.api.settings import ServeSettings
 
 FLAGS = ("host", "port", "runs_dir", "concurrency", "token", "max_clients", "max_rounds",
          "max_local_steps")
@@ -17,7 +17,7 @@ FLAGS = ("host", "port", "runs_dir", "concurrency", "token", "max_clients", "max
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from server.api import create_app
+    from server.api.app import create_app
 
     given = {k: getattr(args, k) for k in FLAGS if getattr(args, k, None) is not None}
     try:

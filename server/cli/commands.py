@@ -10,14 +10,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
+
+from server.runs.status import RunStatus
 
 if TYPE_CHECKING:
     from scenarios.schema import Scenario
@@ -78,15 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "resume":
         return cmd_resume(args.run_id, args.runs_dir, args.json, args.deployment, args.queued)
     if args.command == "serve":
-        from server.serve import cmd_serve
+        from server.api.serve import cmd_serve
 
         return cmd_serve(args)
     return cmd_run(args.file, args.runs_dir, args.json, args.run_id, args.deployment)
-
-
-def new_run_id(name: str) -> str:
-    """<scenario name>-<local time>-<4 hex digits>: sortable, readable, unique enough."""
-    return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
 def load_checked(file: Path, console: Console):
@@ -122,23 +117,26 @@ def cmd_validate(file: Path) -> int:
 
 def cmd_run(file: Path, runs_dir: Path | None, as_json: bool, run_id: str | None = None,
             deployment: bool = False) -> int:
-    from server.store import MetricsStore
+    from server.runs.store import MetricsStore
 
     err = Console(stderr=True)
     scenario = load_checked(file, err)
     if scenario is None:
         if run_id is not None and runs_dir is not None:
-            MetricsStore.in_dir(runs_dir).set_status(run_id, "failed", "invalid scenario file")
+            MetricsStore.in_dir(runs_dir).set_status(run_id, RunStatus.FAILED,
+                                                      "invalid scenario file")
         return EXIT_INVALID
     runs_dir = (runs_dir or scenario.runs_dir).resolve()
     store = MetricsStore.in_dir(runs_dir)
     if run_id is None:
+        from server.runs.layout import new_run_id
+
         run_id = new_run_id(scenario.name)
         store.create_run(run_id, scenario.name, scenario.model_dump(mode="json"),
                          str(file.resolve()))
     else:  # queued by the API: the row exists, pending
         run = store.get_run(run_id)
-        if run is None or run["status"] != "pending":
+        if run is None or run["status"] != RunStatus.PENDING:
             err.print(f"run {run_id}: not a pending run of {store.path} "
                       f"({'unknown' if run is None else run['status']})", highlight=False)
             return EXIT_FAILED
@@ -150,7 +148,8 @@ def cmd_resume(run_id: str, runs_dir: Path, as_json: bool, deployment: bool,
     """Continue a run from its newest checkpoint, with the scenario it was validated with.
     Exit 2 when there is nothing to resume (unknown, completed, still running, or
     already being resumed). `queued`: started by the API's queue for a run it reopened."""
-    from server.resume import resume_refusal, write_snapshot
+    from server.runs.layout import RunFolder
+    from server.runs.resume import resume_refusal
 
     err = Console(stderr=True)
     runs_dir = runs_dir.resolve()
@@ -158,17 +157,17 @@ def cmd_resume(run_id: str, runs_dir: Path, as_json: bool, deployment: bool,
     if store is None:
         return EXIT_INVALID
     run = store.get_run(run_id)
-    if not (queued and run["status"] == "pending"):  # the queue reopened it for us
+    if not (queued and run["status"] == RunStatus.PENDING):  # the queue reopened it for us
         refusal = resume_refusal(run, runs_dir)
         if refusal is None and not store.reopen(run_id, pid=os.getpid()):
             refusal = "another process resumed it first"
         if refusal:
             print(f"resume: run {run_id}: {refusal}", file=sys.stderr)
             return EXIT_INVALID
-    snapshot = write_snapshot(run, runs_dir)
+    snapshot = RunFolder.of(runs_dir, run_id).write_snapshot(run["scenario"])
     scenario = load_checked(snapshot, err)  # its data files may have gone since
     if scenario is None:
-        store.set_status(run_id, "failed", "resume: the scenario no longer validates")
+        store.set_status(run_id, RunStatus.FAILED, "resume: the scenario no longer validates")
         return EXIT_INVALID
     return execute(scenario, snapshot, run_id, runs_dir, as_json, deployment, resume=True)
 
@@ -177,10 +176,10 @@ def execute(scenario: Scenario, file: Path, run_id: str, runs_dir: Path, as_json
             deployment: bool, resume: bool) -> int:
     """Launch the run with Flower, show its progress, then print its summary."""
     from scenarios.stream import total_rounds
-    from server.progress import RoundProgress, clients_table, rounds_table, tasks_table
-    from server.runner import launch
-    from server.store import MetricsStore
-    from server.summary import build_summary
+    from server.cli.launcher import launch
+    from server.cli.progress import RoundProgress, clients_table, rounds_table, tasks_table
+    from server.runs.store import MetricsStore
+    from server.runs.summary import build_summary
 
     err = Console(stderr=True)
     store = MetricsStore.in_dir(runs_dir)
@@ -204,14 +203,14 @@ def execute(scenario: Scenario, file: Path, run_id: str, runs_dir: Path, as_json
         out.print(clients_table(summary))
     if summary["tasks"]:
         out.print(tasks_table(summary))
-    if summary["status"] != "completed":
+    if summary["status"] != RunStatus.COMPLETED:
         err.print(f"run {run_id}: {summary['status']}: {summary['message']}", highlight=False)
     for pid, client in summary["clients"].items():
         for reason in client.get("reasons", []):
             err.print(f"client {pid} failed: {reason}", highlight=False, markup=False)
     if as_json:
         print(json.dumps(summary))
-    return 0 if summary["status"] == "completed" else EXIT_FAILED
+    return 0 if summary["status"] == RunStatus.COMPLETED else EXIT_FAILED
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -221,7 +220,7 @@ def _interrupt(signum: int, frame: object) -> None:
 def existing_run_store(command: str, run_id: str, runs_dir: Path):
     """The store of `runs_dir` when it holds run `run_id`; else None, after saying why
     (no store there, or no such run, with the most recent ones)."""
-    from server.store import STORE_FILE, MetricsStore
+    from server.runs.store import STORE_FILE, MetricsStore
 
     if not (runs_dir / STORE_FILE).is_file():
         print(f"{command}: no metrics store in {runs_dir} (give --runs-dir)", file=sys.stderr)
@@ -237,9 +236,9 @@ def existing_run_store(command: str, run_id: str, runs_dir: Path):
 
 def cmd_report(run_id: str, runs_dir: Path) -> int:
     """Print the run's tables and write its plots; exit 2 for an unknown run."""
-    from server.progress import clients_table, rounds_table, tasks_table
-    from server.report import write_plots
-    from server.summary import build_summary
+    from server.cli.progress import clients_table, rounds_table, tasks_table
+    from server.cli.report import write_plots
+    from server.runs.summary import build_summary
 
     runs_dir = runs_dir.resolve()
     store = existing_run_store("report", run_id, runs_dir)

@@ -6,8 +6,8 @@ fresh strategy whose rounds are numbered on from the previous task's, and mark t
 completed (or failed, with the reason) in the store. In a stream, the global model is
 evaluated on every task before the stream and after each task (the accuracy matrix);
 LoRA methods fold their adapter into the base weights at each task end; OSFT gets its
-preserved bases at each task start (server.osft_plan). After every round a checkpoint
-(server.checkpoint) records where the run stands; a resumed run continues from it.
+preserved bases at each task start (server.serverapp.osft_plan). After every round a checkpoint
+(server.serverapp.checkpoint) records where the run stands; a resumed run continues from it.
 """
 
 from __future__ import annotations
@@ -36,15 +36,23 @@ from clients.models import (
     pick_device,
 )
 from clients.training import evaluate
-from scenarios.loader import load_scenario, resolve_scenario_path
 from scenarios.disclosure import importance_data
+from scenarios.loader import load_scenario, resolve_scenario_path
 from scenarios.schema import Scenario
 from scenarios.stream import task_plans
-from server.checkpoint import Checkpoints, RunState, restore_rng, rng_state, scenario_digest
-from server.osft_plan import task_bases
-from server.probe import head_inputs, probe_accuracy
-from server.federation import PartitionOrderedGrid, discover_partitions, wait_for_nodes
-from server.store import MetricsStore
+from server.runs.layout import RunFolder
+from server.runs.status import RunStatus
+from server.runs.store import MetricsStore
+from server.serverapp.checkpoint import (
+    Checkpoints,
+    RunState,
+    restore_rng,
+    rng_state,
+    scenario_digest,
+)
+from server.serverapp.federation import PartitionOrderedGrid, discover_partitions, wait_for_nodes
+from server.serverapp.osft_plan import task_bases
+from server.serverapp.probe import head_inputs, probe_accuracy
 from strategies import keys
 from strategies.recording import BudgetExhausted, RecordedStrategy, best_effort
 from strategies.registry import build_strategy, trained_set
@@ -66,7 +74,7 @@ def main(grid: Grid, context: Context) -> None:
     if store.get_run(run_id) is None:  # launched by plain `flwr run`, not by orthofed
         store.create_run(run_id, scenario.name, scenario.model_dump(mode="json"),
                          str(scenario_path))
-    store.set_status(run_id, "running")
+    store.set_status(run_id, RunStatus.RUNNING)
     message = None
     try:
         run_dir = runs_dir / run_id
@@ -75,9 +83,9 @@ def main(grid: Grid, context: Context) -> None:
     except BudgetExhausted as exc:
         message = str(exc)  # a planned end under DP, not a failure
     except BaseException as exc:
-        store.set_status(run_id, "failed", f"{type(exc).__name__}: {exc}")
+        store.set_status(run_id, RunStatus.FAILED, f"{type(exc).__name__}: {exc}")
         raise
-    store.set_status(run_id, "completed", message)
+    store.set_status(run_id, RunStatus.COMPLETED, message)
 
 
 @dataclass
@@ -123,7 +131,7 @@ def run_scenario(grid: Grid, scenario: Scenario, store: MetricsStore, run_id: st
         run.checkpoints.remove_temporaries()
         store.truncate_after(run_id, state.round if state else -1, state.task if state else -1)
     if state is None:
-        torch.save(global_state(model), run_dir / "global-initial.pt")
+        torch.save(global_state(model), RunFolder(run_dir).global_initial)
         if streaming:
             record_task_evals(model, scenario, store, run_id, after_task=-1, device=device)
         state = RunState(round=0, task=0, task_rounds=0, model={}, scenario_digest=run.digest)
@@ -152,12 +160,12 @@ def run_scenario(grid: Grid, scenario: Scenario, store: MetricsStore, run_id: st
                 if trained_set(scenario.strategy.name) != "full":
                     base_weights = merge_adapters(model)  # sequential LoRA: fold, restart B
                 torch.save(stream_checkpoint(model, base_weights),
-                           run_dir / f"global-after-task-{task_id}.pt")
+                           RunFolder(run_dir).after_task(task_id))
                 record_task_evals(model, scenario, store, run_id, task_id, device)
                 activate_task(model, task_id)
     finally:  # also when the run ends early (budget spent, a round failed)
         final = stream_checkpoint(model, base_weights) if streaming else global_state(model)
-        torch.save(final, run_dir / "global-final.pt")
+        torch.save(final, RunFolder(run_dir).global_final)
 
 
 def stream_checkpoint(model: torch.nn.Module,
@@ -199,7 +207,7 @@ def task_records(model: torch.nn.Module, scenario: Scenario, task_id: int,
         previous = (importance_sample(scenario, task_id - 1)
                     if task_id > 0 and scenario.strategy.rank_rule == "adaptive" else None)
         bases = task_bases(model, scenario.strategy, task_id, previous, device)
-        (run_dir / f"osft-task-{task_id}.json").write_text(json.dumps(
+        RunFolder(run_dir).osft_plan(task_id).write_text(json.dumps(
             {"ranks": bases.ranks, "shapes": bases.shapes, "svd-seconds": bases.seconds},
             indent=1))
         return {keys.OSFT_BASES: bases.record}
@@ -272,7 +280,7 @@ def record_task_evals(model: torch.nn.Module, scenario: Scenario, store: Metrics
                       run_id: str, after_task: int, device: torch.device) -> None:
     """One row of the accuracy matrix: the global model on every task's test split,
     each through its own head; and of the probe matrix: a linear probe fitted on the
-    pooled features the head reads (server.probe), captured in the same pass."""
+    pooled features the head reads (server.serverapp.probe), captured in the same pass."""
     results, probes = [], []
     for task_id, plan in enumerate(task_plans(scenario)):
         activate_task(model, task_id)

@@ -15,37 +15,18 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import psutil
 
 from scenarios.schema import Scenario
-from server.store import MetricsStore
+from server.runs.layout import PROJECT_ROOT, RunFolder
+from server.runs.status import TERMINAL, RunStatus
+from server.runs.store import MetricsStore
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]  # the Flower app: has pyproject.toml
 CONNECTION = "orthofed"
 STARTUP_TIMEOUT_S = 60.0
-
-
-@dataclass(frozen=True)
-class RunPaths:
-    """Where one run keeps its files: runs_dir/<run_id>/..."""
-
-    run_dir: Path
-
-    @property
-    def flwr_home(self) -> Path:
-        return self.run_dir / "flwr-home"
-
-    @property
-    def superlink_log(self) -> Path:
-        return self.run_dir / "superlink.log"
-
-    @property
-    def flower_log(self) -> Path:
-        return self.run_dir / "flower.log"
 
 
 def free_port() -> int:
@@ -55,7 +36,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def flower_env(paths: RunPaths) -> dict[str, str]:
+def flower_env(paths: RunFolder) -> dict[str, str]:
     """The environment of every Flower process of a run."""
     env = dict(os.environ)
     env.update({
@@ -70,7 +51,7 @@ def flower_env(paths: RunPaths) -> dict[str, str]:
     return env
 
 
-def write_connection(paths: RunPaths, port: int) -> None:
+def write_connection(paths: RunFolder, port: int) -> None:
     """config.toml in the run's FLWR_HOME: one connection to the run's SuperLink."""
     paths.flwr_home.mkdir(parents=True, exist_ok=True)
     (paths.flwr_home / "config.toml").write_text(
@@ -79,20 +60,20 @@ def write_connection(paths: RunPaths, port: int) -> None:
     )
 
 
-def start_superlink(paths: RunPaths, port: int, simulation: bool = True) -> subprocess.Popen:
+def start_superlink(paths: RunFolder, port: int, simulation: bool = True) -> subprocess.Popen:
     """A SuperLink on `port` (simulation engine, or deployment engine waiting for
     SuperNodes), its state in the run folder."""
     command = [
         "flower-superlink", "--insecure", *(["--simulation"] if simulation else []),
         "--isolation", "subprocess", "--host", "127.0.0.1", "--port", str(port),
         "--control-api-address", f"127.0.0.1:{free_port()}",
-        "--database", str(paths.run_dir / "superlink.db"),
+        "--database", str(paths.superlink_db),
         "--disable-runtime-dependency-installation",
     ]
     with paths.superlink_log.open("ab") as log:
         process = subprocess.Popen(command, env=flower_env(paths), stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True,
-                                   cwd=paths.run_dir)
+                                   cwd=paths.path)
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -109,7 +90,7 @@ def start_superlink(paths: RunPaths, port: int, simulation: bool = True) -> subp
                        f"see {paths.superlink_log}")
 
 
-def start_supernodes(paths: RunPaths, superlink_port: int, scenario: Scenario,
+def start_supernodes(paths: RunFolder, superlink_port: int, scenario: Scenario,
                      ) -> list[subprocess.Popen]:
     """One SuperNode per client partition, each with its partition in --node-config,
     its own port, and CUDA_VISIBLE_DEVICES from resources.devices (round-robin)."""
@@ -123,13 +104,13 @@ def start_supernodes(paths: RunPaths, superlink_port: int, scenario: Scenario,
         command = ["flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{superlink_port}",
                    "--port", str(free_port()), "--isolation", "subprocess",
                    "--node-config", f"partition-id={partition} num-partitions={count}"]
-        with (paths.run_dir / f"supernode-{partition}.log").open("ab") as log:
+        with (paths.supernode_log(partition)).open("ab") as log:
             nodes.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                          start_new_session=True, cwd=paths.run_dir))
+                                          start_new_session=True, cwd=paths.path))
     return nodes
 
 
-def submit(paths: RunPaths, scenario: Scenario, scenario_path: Path, run_id: str,
+def submit(paths: RunFolder, scenario: Scenario, scenario_path: Path, run_id: str,
            runs_dir: Path, deployment: bool = False, resume: bool = False,
            app_dir: Path = PROJECT_ROOT) -> subprocess.Popen:
     """`flwr run` of the Flower app in `app_dir` (this project; the fault tests' app
@@ -196,15 +177,15 @@ def launch(scenario: Scenario, scenario_path: Path, run_id: str, runs_dir: Path,
     not start, it was killed), the run is marked failed here with the log to read.
     """
     store = MetricsStore.in_dir(runs_dir)
-    paths = RunPaths(runs_dir / run_id)
-    paths.run_dir.mkdir(parents=True, exist_ok=True)
+    paths = RunFolder.of(runs_dir, run_id)
+    paths.path.mkdir(parents=True, exist_ok=True)
     superlink = flwr = None
     supernodes: list[subprocess.Popen] = []
     try:
         port = free_port()
         write_connection(paths, port)
         if resume:  # the old database still holds the killed Flower run: never restart it
-            for db in paths.run_dir.glob("superlink.db*"):
+            for db in paths.path.glob("superlink.db*"):
                 db.unlink()
         superlink = start_superlink(paths, port, simulation=not deployment)
         if deployment:
@@ -214,14 +195,14 @@ def launch(scenario: Scenario, scenario_path: Path, run_id: str, runs_dir: Path,
         while flwr.poll() is None:
             on_tick()
             time.sleep(tick_s)
-            if store.get_run(run_id)["status"] in ("completed", "failed", "cancelled"):
+            if store.get_run(run_id)["status"] in TERMINAL:
                 break  # done (or cancelled over HTTP); `flwr run --stream` may still be draining
         on_tick()
     except KeyboardInterrupt:
-        store.set_status(run_id, "cancelled", "interrupted by the user (Ctrl-C)")
+        store.set_status(run_id, RunStatus.CANCELLED, "interrupted by the user (Ctrl-C)")
         raise
     except Exception as exc:
-        store.set_status(run_id, "failed", f"launch failed: {exc}")
+        store.set_status(run_id, RunStatus.FAILED, f"launch failed: {exc}")
         raise
     finally:
         stopping = time.monotonic()
@@ -231,10 +212,10 @@ def launch(scenario: Scenario, scenario_path: Path, run_id: str, runs_dir: Path,
         for node in supernodes:
             stop_tree(node, grace_s=1.0)
         stop_tree(superlink, grace_s=1.0)
-        with (paths.run_dir / "runner.log").open("a") as log:
+        with (paths.runner_log).open("a") as log:
             log.write(f"stopped Flower processes in {time.monotonic() - stopping:.1f} s\n")
     status = store.get_run(run_id)["status"]
-    if status not in ("completed", "failed", "cancelled"):
-        store.set_status(run_id, "failed", "Flower ended without the ServerApp finishing: "
+    if status not in TERMINAL:
+        store.set_status(run_id, RunStatus.FAILED, "Flower ended without the ServerApp finishing: "
                          f"{log_tail(paths.flower_log)} (full log: {paths.flower_log})")
     return store.get_run(run_id)["status"]

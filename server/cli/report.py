@@ -13,7 +13,8 @@ import numpy as np
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from server.store import MetricsStore  # noqa: E402
+from server.runs.layout import RunFolder  # noqa: E402
+from server.runs.store import MetricsStore  # noqa: E402
 
 
 def plot_rounds(summary: dict[str, Any], path: Path) -> None:
@@ -102,10 +103,11 @@ def _heat_map(axis, names: list[str], initial: list, matrix: list[list], title: 
 def write_plots(store: MetricsStore, summary: dict[str, Any], run_dir: Path) -> list[Path]:
     """Every plot that applies to the run, written into its folder; their paths."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    written = [run_dir / "rounds.png"]
+    folder = RunFolder(run_dir)
+    written = [folder.plot("rounds")]
     plot_rounds(summary, written[0])
-    if plot_epsilon(store, summary["run_id"], run_dir / "epsilon.png"):
-        written.append(run_dir / "epsilon.png")
-    if plot_tasks(summary["tasks"], run_dir / "tasks.png"):
-        written.append(run_dir / "tasks.png")
+    if plot_epsilon(store, summary["run_id"], folder.plot("epsilon")):
+        written.append(folder.plot("epsilon"))
+    if plot_tasks(summary["tasks"], folder.plot("tasks")):
+        written.append(folder.plot("tasks"))
     return written

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from scenarios.disclosure import privacy_note
+from server.runs.status import REOPENABLE, TERMINAL, RunStatus
 
 STORE_FILE = "orthofed.sqlite"
 
@@ -59,7 +60,7 @@ CREATE TABLE IF NOT EXISTS task_evals (
     accuracy REAL NOT NULL,
     loss REAL NOT NULL,
     recorded REAL NOT NULL,
-    probe_accuracy REAL,             -- linear probe of the head's input (server.probe); NULL: none
+    probe_accuracy REAL,             -- linear probe of the head's input (server.serverapp.probe); NULL: none
     PRIMARY KEY (run_id, after_task, task)
 );
 CREATE TABLE IF NOT EXISTS failures (
@@ -72,7 +73,6 @@ CREATE TABLE IF NOT EXISTS failures (
 );
 """
 
-TERMINAL = ("completed", "failed", "cancelled")
 
 # Columns added after the first stores were written: (table, column, type), added on open.
 ADDED_COLUMNS = (("runs", "pid", "INTEGER"), ("task_evals", "probe_accuracy", "REAL"),
@@ -128,22 +128,22 @@ class MetricsStore:
         with self._connect() as db:
             db.execute(
                 "INSERT INTO runs (id, name, scenario, scenario_path, status, created, "
-                "privacy_note) VALUES (?, ?, ?, ?, 'pending', ?, ?)",
-                (run_id, name, json.dumps(scenario), scenario_path, time.time(),
-                 privacy_note(scenario)),
+                "privacy_note) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (run_id, name, json.dumps(scenario), scenario_path, RunStatus.PENDING,
+                 time.time(), privacy_note(scenario)),
             )
 
-    def set_status(self, run_id: str, status: str, message: str | None = None) -> None:
-        """Move a run on. A terminal status is final: a late writer cannot undo it,
-        and the first failure message is the one kept."""
-        now = time.time()
+    def set_status(self, run_id: str, status: RunStatus, message: str | None = None) -> None:
+        """Move a run on (server.runs.status). A terminal status is final: a late writer
+        cannot undo it, and the first failure message is the one kept."""
+        status, now, terminal = RunStatus(status), time.time(), _sql_list(TERMINAL)
         with self._connect() as db:
             db.execute(
                 "UPDATE runs SET status = ?, message = COALESCE(message, ?), "
-                "started = CASE WHEN ? = 'running' THEN COALESCE(started, ?) ELSE started END, "
-                "ended = CASE WHEN ? IN ('completed', 'failed', 'cancelled') THEN ? ELSE ended END "
-                "WHERE id = ? AND status NOT IN ('completed', 'failed', 'cancelled')",
-                (status, message, status, now, status, now, run_id),
+                "started = CASE WHEN ? = ? THEN COALESCE(started, ?) ELSE started END, "
+                f"ended = CASE WHEN ? IN {terminal} THEN ? ELSE ended END "
+                f"WHERE id = ? AND status NOT IN {terminal}",
+                (status, message, status, RunStatus.RUNNING, now, status, now, run_id),
             )
 
     def set_pid(self, run_id: str, pid: int) -> None:
@@ -185,7 +185,7 @@ class MetricsStore:
                           probes: list[float | None] | None = None) -> None:
         """One row of the accuracy matrix: after task `after_task` (-1: before the
         stream), (name, accuracy, loss) of the global model on every task, in order;
-        `probes`: each task's linear-probe accuracy (server.probe), None: not measured."""
+        `probes`: each task's linear-probe accuracy (server.serverapp.probe), None: not measured."""
         now = time.time()
         probes = probes if probes is not None else [None] * len(results)
         if len(probes) != len(results):
@@ -207,8 +207,9 @@ class MetricsStore:
         pending."""
         with self._connect() as db:
             changed = db.execute(
-                "UPDATE runs SET status = 'pending', message = NULL, ended = NULL, pid = ? "
-                "WHERE id = ? AND status IN ('failed', 'cancelled', 'running')", (pid, run_id),
+                "UPDATE runs SET status = ?, message = NULL, ended = NULL, pid = ? "
+                f"WHERE id = ? AND status IN {_sql_list(REOPENABLE)}",
+                (RunStatus.PENDING, pid, run_id),
             ).rowcount
         return changed == 1
 
@@ -313,3 +314,8 @@ def _dumps(value: dict | None) -> str | None:
 
 def _loads(text: str | None) -> dict:
     return {} if text is None else json.loads(text)
+
+
+def _sql_list(statuses: tuple[RunStatus, ...]) -> str:
+    """('completed', 'failed', ...) for an SQL IN clause (enum values, never user input)."""
+    return "(" + ", ".join(f"'{s.value}'" for s in statuses) + ")"

@@ -1,6 +1,6 @@
 """Whether a run may be resumed, and the scenario file it resumes with.
 
-A run resumes from its newest checkpoint (server.checkpoint) when it ended without
+A run resumes from its newest checkpoint (server.serverapp.checkpoint) when it ended without
 completing (failed, cancelled) or was abandoned: still `running` in the store but no
 process of it left (its machine crashed, it was SIGKILLed). It resumes with the
 scenario it was validated with, as the store holds it, not with whatever its file says
@@ -12,9 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import psutil
-import yaml
 
-SNAPSHOT = "scenario.yaml"
+from server.runs.status import RunStatus
+
 
 
 # What a run's processes run: orthofed itself, Flower's, Ray's (a shell or an editor
@@ -62,9 +62,9 @@ def resume_refusal(run: dict, runs_dir: Path) -> str | None:
     store says, a run with live processes (one still stopping after a cancel, one the
     store lost track of) is not resumed under them."""
     status = run["status"]
-    if status == "completed":
+    if status == RunStatus.COMPLETED:
         return "it completed: there is nothing to resume"
-    if status == "pending":
+    if status == RunStatus.PENDING:
         return "it is already waiting to run"
     alive = run_processes(run["id"], runs_dir / run["id"])
     if alive:
@@ -72,10 +72,3 @@ def resume_refusal(run: dict, runs_dir: Path) -> str | None:
         return f"it is still running (pids {pids}); cancel it or wait for it to stop"
     return None
 
-
-def write_snapshot(run: dict, runs_dir: Path) -> Path:
-    """The run's validated scenario as runs/<id>/scenario.yaml; its path."""
-    path = runs_dir / run["id"] / SNAPSHOT
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(run["scenario"], sort_keys=False))
-    return path

@@ -23,8 +23,8 @@ import torch
 from flwr.supercore import log
 
 from scenarios.schema import Scenario
+from server.runs.layout import RunFolder
 
-CHECKPOINT_DIR = "checkpoints"
 FORMAT = 1  # bump when RunState changes shape; older files are then refused by name
 
 
@@ -90,7 +90,7 @@ class Checkpoints:
     """The checkpoints folder of one run."""
 
     def __init__(self, run_dir: Path, keep: int) -> None:
-        self.folder = Path(run_dir) / CHECKPOINT_DIR
+        self.folder = RunFolder(Path(run_dir)).checkpoints
         self.keep = keep
 
     def round_path(self, round_: int, task: int) -> Path:

@@ -14,7 +14,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from server.store import MetricsStore
+from server.runs.store import MetricsStore
 
 
 class RoundProgress:
@@ -82,7 +82,7 @@ def clients_table(summary: dict[str, Any]) -> Table:
 
 def tasks_table(summary: dict[str, Any]) -> Table:
     """The accuracy matrix of a task stream (rows: after each task; "initial": before the
-    stream), then the linear-probe matrix FWT is measured on (server.probe), with AA,
+    stream), then the linear-probe matrix FWT is measured on (server.serverapp.probe), with AA,
     BWT and FWT (or why it is unavailable) in the caption."""
     tasks = summary["tasks"]
     fwt = (_fmt(tasks["fwt"], ".4f") if tasks.get("fwt") is not None
