@@ -20,7 +20,6 @@ from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner
 from torch.utils.data import TensorDataset
 
 from clients.synthetic import make_examples
-from scenarios.stream import task_plan, task_plans
 from scenarios.schema import (
     ClBenchmarkSource,
     DataSpec,
@@ -31,6 +30,7 @@ from scenarios.schema import (
     JsonlSource,
     Scenario,
 )
+from scenarios.stream import task_plan, task_plans
 
 
 @dataclass(frozen=True)

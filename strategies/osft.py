@@ -3,7 +3,7 @@ to the preserved subspaces (clients.osft, ALGORITHMS.md section 2, "In a federat
 
 The projection is linear, so the weighted average of projected client updates is itself
 projected: plain FedAvg keeps every preserved singular triplet of the task start. The
-server computes the bases at each task start (server.osft_plan) and sends them with every
+server computes the bases at each task start (server.serverapp.osft_plan) and sends them with every
 train message of the task; a client joining mid-task may never have seen the task-start
 weights, so it could not compute them itself.
 """
@@ -15,7 +15,7 @@ from strategies.fedavg import FedAvgFull
 
 class Osft(FedAvgFull):
     """FedAvg of full weights. The OSFT settings (rank rule, targets) are the ServerApp's
-    business at each task start (server.osft_plan reads them from the scenario); the
+    business at each task start (server.serverapp.osft_plan reads them from the scenario); the
     aggregation itself needs none of them."""
 
     trains = "full"

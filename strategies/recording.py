@@ -35,7 +35,7 @@ REASON_MAX = 500  # characters of an error reason kept in the store
 
 
 class RoundRecorder(Protocol):
-    """What the wrapper needs of a metrics store (server.store.MetricsStore has it)."""
+    """What the wrapper needs of a metrics store (server.runs.store.MetricsStore has it)."""
 
     def record_round(self, run_id: str, round_: int, task: int,
                      train: dict | None = None, eval: dict | None = None) -> None: ...

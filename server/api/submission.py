@@ -13,8 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-
-from scenarios.checks import check_scenario
+from clients.checks import check_scenario
 from scenarios.loader import ScenarioError, load_scenario, read_document
 from scenarios.schema import Scenario
 from scenarios.stream import total_rounds

@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def load_checked(file: Path, console: Console):
     """The scenario of `file`, or None after printing every problem (schema, then disk)."""
-    from scenarios.checks import check_scenario
+    from clients.checks import check_scenario
     from scenarios.loader import ScenarioError, load_scenario
 
     try:
@@ -177,7 +177,12 @@ def execute(scenario: Scenario, file: Path, run_id: str, runs_dir: Path, as_json
     """Launch the run with Flower, show its progress, then print its summary."""
     from scenarios.stream import total_rounds
     from server.cli.launcher import launch
-    from server.cli.progress import RoundProgress, clients_table, rounds_table, tasks_table
+    from server.cli.progress import (
+        RoundProgress,
+        clients_table,
+        rounds_table,
+        tasks_table,
+    )
     from server.runs.store import MetricsStore
     from server.runs.summary import build_summary
 

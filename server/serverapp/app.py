@@ -50,7 +50,11 @@ from server.serverapp.checkpoint import (
     rng_state,
     scenario_digest,
 )
-from server.serverapp.federation import PartitionOrderedGrid, discover_partitions, wait_for_nodes
+from server.serverapp.federation import (
+    PartitionOrderedGrid,
+    discover_partitions,
+    wait_for_nodes,
+)
 from server.serverapp.osft_plan import task_bases
 from server.serverapp.probe import head_inputs, probe_accuracy
 from strategies import keys

@@ -62,7 +62,9 @@ def probe_accuracy(features: np.ndarray, labels: np.ndarray, seed: int) -> float
     the fitting half's statistics (lbfgs converges on raw BERT features only slowly);
     lbfgs is deterministic, so equal features give equal probes. None when the features
     are not finite (a diverged model): a metric must not end the run."""
-    from sklearn.linear_model import LogisticRegression  # imported here: ~1 s, server only
+    from sklearn.linear_model import (
+        LogisticRegression,  # imported here: ~1 s, server only
+    )
     from sklearn.preprocessing import StandardScaler
 
     if not np.isfinite(features).all():

@@ -12,7 +12,13 @@ from peft.tuners.osf.utils import project_gradient_to_orthogonal_space
 from clients.data import client_data
 from clients.dp_training import dp_train_steps
 from clients.models import build_model
-from clients.osft import adaptive_ranks, basis, layer_importance, project, scheduled_rank
+from clients.osft import (
+    adaptive_ranks,
+    basis,
+    layer_importance,
+    project,
+    scheduled_rank,
+)
 from clients.osft_training import projected_updates
 from clients.training import make_optimizer, train_steps
 from scenarios.loader import load_scenario

@@ -10,7 +10,13 @@ from torch.utils.data import TensorDataset
 from clients.dp_training import dp_train_steps
 from clients.dp_training import noise_only_step as _noise_only
 from clients.models import build_model, trainable_state
-from clients.privacy import PrivacyState, epsilon_of, noise_for_budget, planned_rounds, sample_rate
+from clients.privacy import (
+    PrivacyState,
+    epsilon_of,
+    noise_for_budget,
+    planned_rounds,
+    sample_rate,
+)
 from clients.training import make_optimizer
 from scenarios.loader import load_scenario
 from scenarios.schema import OptimizerSpec, PrivacySpec

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scenarios.checks import check_data
+from clients.checks import check_data
 from scenarios.loader import ScenarioError, load_scenario, read_document
 from scenarios.schema import Scenario
 from server.api.app import create_app

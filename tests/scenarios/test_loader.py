@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from scenarios.checks import check_scenario
+from clients.checks import check_scenario
 from scenarios.loader import ScenarioError, load_scenario
 from scenarios.schema import Scenario
 from tests.conftest import ROOT

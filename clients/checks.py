@@ -3,6 +3,8 @@
 Schema validation (scenarios.loader) knows shapes and ranges; these checks know the
 world: the data files exist, the model can be loaded offline, and every LoRA target
 module exists in that model. Each problem is one line naming its path in the file.
+They live with the clients because they need what the clients know (how a model is
+built, what a task folder holds); scenarios/ itself imports nothing of the project.
 """
 
 from __future__ import annotations
