@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from datasets import Dataset
+from datasets import ClassLabel, Dataset, disable_progress_bars
 from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner
 from torch.utils.data import TensorDataset
 
@@ -31,6 +31,8 @@ from scenarios.schema import (
     Scenario,
 )
 from scenarios.stream import task_plan, task_plans
+
+disable_progress_bars()  # datasets' bars would fill every client's log each time it casts
 
 
 @dataclass(frozen=True)
@@ -123,21 +125,19 @@ def _load_hub(source: HubSource, spec: DataSpec) -> TaskData:
 
 
 def stratified_split(rows: list[dict], test_fraction: float, seed: int, label_field: str):
-    """Split `rows` into (train, test), holding out `test_fraction` of every label; both
-    come back shuffled (seeded), not grouped by label: anything that takes a contiguous
-    slice of them (a partitioner, a capped eval set) gets every label."""
-    by_label: dict[str, list[dict]] = {}
-    for row in rows:
-        by_label.setdefault(str(row[label_field]), []).append(row)
-    rng, train, test = random.Random(seed), [], []
-    for label in sorted(by_label):
-        group = by_label[label][:]
-        rng.shuffle(group)
-        cut = round(len(group) * test_fraction)
-        test.extend(group[:cut])
-        train.extend(group[cut:])
-    rng.shuffle(train)
-    rng.shuffle(test)
+    """Split `rows` into (train, test), holding out `test_fraction` of every label, with
+    datasets' own stratified split (`Dataset.train_test_split(stratify_by_column=...)`,
+    seeded); both come back shuffled, not grouped by label, so anything that takes a
+    contiguous slice of them (a partitioner, a capped eval set) gets every label. Rows
+    come back as they went in (their labels as text)."""
+    names = sorted({str(row[label_field]) for row in rows})
+    data = Dataset.from_list([{**row, label_field: str(row[label_field])} for row in rows])
+    data = data.cast_column(label_field, ClassLabel(names=names))
+    split = data.train_test_split(test_size=test_fraction, stratify_by_column=label_field,
+                                  seed=seed)
+    text = split["train"].features[label_field].int2str
+    train, test = ([{**row, label_field: text(row[label_field])} for row in split[part].to_list()]
+                   for part in ("train", "test"))
     return train, test
 
 

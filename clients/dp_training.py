@@ -43,7 +43,9 @@ def dp_train_steps(model: nn.Module, data: TensorDataset, steps: int, batch_size
     """
     model.train()  # Opacus refuses eval-mode modules (its hooks skip them)
     engine = PrivacyEngine(accountant=spec.accountant)
-    engine.accountant.history = list(history)
+    # The client's past steps, through the accountant's own (validated) loader.
+    engine.accountant.load_state_dict({"history": list(history),
+                                       "mechanism": engine.accountant.mechanism()})
     noise_seed, batch_seed = ((seed, seed + 1) if seed is not None
                               else (secrets.randbits(63), secrets.randbits(63)))
     hooks, dp_optimizer, loader = engine.make_private(

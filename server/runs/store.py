@@ -74,9 +74,13 @@ CREATE TABLE IF NOT EXISTS failures (
 """
 
 
-# Columns added after the first stores were written: (table, column, type), added on open.
+# Columns added after the first stores were written, in order: (table, column, type).
+# A store's schema version is SQLite's `PRAGMA user_version`: the number of these it
+# has. Opening an older file adds the rest (a file from before versions were kept, at
+# 0, may already have some: each is added only when missing).
 ADDED_COLUMNS = (("runs", "pid", "INTEGER"), ("task_evals", "probe_accuracy", "REAL"),
                  ("runs", "privacy_note", "TEXT"))
+SCHEMA_VERSION = len(ADDED_COLUMNS)
 
 
 class MetricsStore:
@@ -90,9 +94,12 @@ class MetricsStore:
         try:
             db.execute("PRAGMA journal_mode=WAL")  # persistent: set once per file
             db.executescript(SCHEMA)
-            for table, column, kind in ADDED_COLUMNS:  # stores written before they existed
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            for table, column, kind in ADDED_COLUMNS[version:]:
                 if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
                     db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+            if version < SCHEMA_VERSION:
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         finally:
             db.close()
 

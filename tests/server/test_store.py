@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 
-from server.runs.store import SCHEMA, MetricsStore
+from server.runs.store import SCHEMA, SCHEMA_VERSION, MetricsStore
 
 
 def make_store(tmp_path) -> MetricsStore:
@@ -100,5 +100,7 @@ def test_a_store_from_before_the_probes_gains_the_column(tmp_path) -> None:
     store.record_task_evals("old", 0, [("a", 0.9, 0.2)], [0.75])
     assert store.task_evals("old")[1]["probe_accuracy"] == 0.75
     assert store.get_run("old")["pid"] is None and store.get_run("old")["privacy_note"] is None
+    with sqlite3.connect(path) as db:  # the schema's version is SQLite's user_version
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     MetricsStore(path)  # opening it again changes nothing
     assert len(store.task_evals("old")) == 2
