@@ -1,12 +1,12 @@
-"""Runs started over HTTP: a queue that executes them as `orthofed run` processes.
+"""Runs started over HTTP: a queue that executes each in a process of its own.
 
-Each run is its own `orthofed run FILE --run-id ID` process, or `orthofed resume ID`
-for a run that ran before (its own session, so it and its Flower processes outlive an
-API restart and finish writing to the store). The
-queue starts pending runs oldest first, at most `concurrency` at once, and watches the
-ones executing: a run whose process is gone while the store still says pending or
-running is marked failed with the reason. State lives in the store only, so a new API
-process picks up where the last one stopped.
+Each run is its own `python -m server.api.worker run ID` process, or `... resume ID`
+for a run that ran before (server.api.worker; its own session, so it and its Flower
+processes outlive an API restart and finish writing to the store). The queue starts
+pending runs oldest first, at most `concurrency` at once, and watches the ones
+executing: a run whose process is gone while the store still says pending or running
+is marked failed with the reason. State lives in the store only, so a new API process
+picks up where the last one stopped.
 """
 
 from __future__ import annotations
@@ -77,12 +77,9 @@ class RunQueue:
         run_id = run["id"]
         run_dir = self.runs_dir / run_id
         run_dir.mkdir(parents=True, exist_ok=True)
-        if run["started"] is not None:  # it ran before: continue from its checkpoint
-            command = [sys.executable, "-m", "server.cli", "resume", run_id,
-                       "--runs-dir", str(self.runs_dir), "--queued"]
-        else:
-            command = [sys.executable, "-m", "server.cli", "run", str(run["scenario_path"]),
-                       "--runs-dir", str(self.runs_dir), "--run-id", run_id]
+        mode = "run" if run["started"] is None else "resume"  # resume: from its checkpoint
+        command = [sys.executable, "-m", "server.api.worker", mode, run_id,
+                   "--runs-dir", str(self.runs_dir)]
         with RunFolder(run_dir).queue_log.open("ab") as log:
             process = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=log,
                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

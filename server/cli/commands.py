@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
@@ -21,6 +21,7 @@ from server.runs.status import RunStatus
 
 if TYPE_CHECKING:
     from scenarios.schema import Scenario
+    from server.runs.store import MetricsStore
 
 EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED = 1, 2, 130
 
@@ -39,8 +40,6 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--deployment", action="store_true",
                      help="use Flower's deployment engine: a SuperLink and one SuperNode per "
                      "client on this host (resources.devices pins their GPUs)")
-    run.add_argument("--run-id", default=None,
-                     help="execute this pending run of the store (the API's queue uses it)")
     resume = commands.add_parser("resume", help="continue a killed, failed or cancelled run "
                                  "from its newest checkpoint")
     resume.add_argument("run_id")
@@ -50,7 +49,6 @@ def main(argv: list[str] | None = None) -> int:
                         help="print the run summary as one JSON object on the last line")
     resume.add_argument("--deployment", action="store_true",
                         help="continue on Flower's deployment engine (see run --deployment)")
-    resume.add_argument("--queued", action="store_true", help=argparse.SUPPRESS)  # the API's queue
     report = commands.add_parser("report", help="a run's tables, and PNG plots in its folder")
     report.add_argument("run_id")
     report.add_argument("--runs-dir", type=Path, default=Path("runs"),
@@ -76,12 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "report":
         return cmd_report(args.run_id, args.runs_dir)
     if args.command == "resume":
-        return cmd_resume(args.run_id, args.runs_dir, args.json, args.deployment, args.queued)
+        return cmd_resume(args.run_id, args.runs_dir, args.json, args.deployment)
     if args.command == "serve":
         from server.api.serve import cmd_serve
 
         return cmd_serve(args)
-    return cmd_run(args.file, args.runs_dir, args.json, args.run_id, args.deployment)
+    return cmd_run(args.file, args.runs_dir, args.json, args.deployment)
 
 
 def load_checked(file: Path, console: Console):
@@ -115,61 +113,61 @@ def cmd_validate(file: Path) -> int:
     return 0
 
 
-def cmd_run(file: Path, runs_dir: Path | None, as_json: bool, run_id: str | None = None,
-            deployment: bool = False) -> int:
+def cmd_run(file: Path, runs_dir: Path | None, as_json: bool, deployment: bool = False) -> int:
+    from server.runs.layout import new_run_id
     from server.runs.store import MetricsStore
 
-    err = Console(stderr=True)
-    scenario = load_checked(file, err)
+    scenario = load_checked(file, Console(stderr=True))
     if scenario is None:
-        if run_id is not None and runs_dir is not None:
-            MetricsStore.in_dir(runs_dir).set_status(run_id, RunStatus.FAILED,
-                                                      "invalid scenario file")
         return EXIT_INVALID
     runs_dir = (runs_dir or scenario.runs_dir).resolve()
-    store = MetricsStore.in_dir(runs_dir)
-    if run_id is None:
-        from server.runs.layout import new_run_id
-
-        run_id = new_run_id(scenario.name)
-        store.create_run(run_id, scenario.name, scenario.model_dump(mode="json"),
-                         str(file.resolve()))
-    else:  # queued by the API: the row exists, pending
-        run = store.get_run(run_id)
-        if run is None or run["status"] != RunStatus.PENDING:
-            err.print(f"run {run_id}: not a pending run of {store.path} "
-                      f"({'unknown' if run is None else run['status']})", highlight=False)
-            return EXIT_FAILED
+    run_id = new_run_id(scenario.name)
+    MetricsStore.in_dir(runs_dir).create_run(run_id, scenario.name,
+                                             scenario.model_dump(mode="json"),
+                                             str(file.resolve()))
     return execute(scenario, file, run_id, runs_dir, as_json, deployment, resume=False)
 
 
-def cmd_resume(run_id: str, runs_dir: Path, as_json: bool, deployment: bool,
-               queued: bool = False) -> int:
+def cmd_resume(run_id: str, runs_dir: Path, as_json: bool, deployment: bool) -> int:
     """Continue a run from its newest checkpoint, with the scenario it was validated with.
     Exit 2 when there is nothing to resume (unknown, completed, still running, or
-    already being resumed). `queued`: started by the API's queue for a run it reopened."""
-    from server.runs.layout import RunFolder
-    from server.runs.resume import resume_refusal
-
-    err = Console(stderr=True)
+    already being resumed)."""
     runs_dir = runs_dir.resolve()
     store = existing_run_store("resume", run_id, runs_dir)
     if store is None:
         return EXIT_INVALID
     run = store.get_run(run_id)
-    if not (queued and run["status"] == RunStatus.PENDING):  # the queue reopened it for us
-        refusal = resume_refusal(run, runs_dir)
-        if refusal is None and not store.reopen(run_id, pid=os.getpid()):
-            refusal = "another process resumed it first"
-        if refusal:
-            print(f"resume: run {run_id}: {refusal}", file=sys.stderr)
-            return EXIT_INVALID
-    snapshot = RunFolder.of(runs_dir, run_id).write_snapshot(run["scenario"])
-    scenario = load_checked(snapshot, err)  # its data files may have gone since
-    if scenario is None:
-        store.set_status(run_id, RunStatus.FAILED, "resume: the scenario no longer validates")
+    if not claim_for_resume(store, run, runs_dir):
         return EXIT_INVALID
-    return execute(scenario, snapshot, run_id, runs_dir, as_json, deployment, resume=True)
+    return continue_run(store, run, runs_dir, as_json, deployment)
+
+
+def claim_for_resume(store: MetricsStore, run: dict[str, Any], runs_dir: Path) -> bool:
+    """Reopen `run` (a store row) for this process, in one step (of two resumers, one
+    wins); False after saying why it cannot be resumed."""
+    from server.runs.resume import resume_refusal
+
+    refusal = resume_refusal(run, runs_dir)
+    if refusal is None and not store.reopen(run["id"], pid=os.getpid()):
+        refusal = "another process resumed it first"
+    if refusal:
+        print(f"resume: run {run['id']}: {refusal}", file=sys.stderr)
+        return False
+    return True
+
+
+def continue_run(store: MetricsStore, run: dict[str, Any], runs_dir: Path, as_json: bool,
+                 deployment: bool) -> int:
+    """Execute a reopened run from its newest checkpoint, with the scenario the store
+    holds (written to the run's folder); exit 2 when that no longer validates."""
+    from server.runs.layout import RunFolder
+
+    snapshot = RunFolder.of(runs_dir, run["id"]).write_snapshot(run["scenario"])
+    scenario = load_checked(snapshot, Console(stderr=True))  # its data files may have gone
+    if scenario is None:
+        store.set_status(run["id"], RunStatus.FAILED, "resume: the scenario no longer validates")
+        return EXIT_INVALID
+    return execute(scenario, snapshot, run["id"], runs_dir, as_json, deployment, resume=True)
 
 
 def execute(scenario: Scenario, file: Path, run_id: str, runs_dir: Path, as_json: bool,

@@ -17,9 +17,10 @@ from server.runs.status import RunStatus
 
 
 
-# What a run's processes run: orthofed itself, Flower's, Ray's (a shell or an editor
-# that merely names the run folder does not keep a run alive).
-RUN_PROGRAMS = ("server.cli", "orthofed", "flower-", "flwr", "ray")
+# What a run's processes run: orthofed itself (the CLI, or the API queue's worker),
+# Flower's, Ray's (a shell or an editor that merely names the run folder does not keep a
+# run alive).
+RUN_PROGRAMS = ("server.cli", "server.api.worker", "orthofed", "flower-", "flwr", "ray")
 
 
 def runs_our_program(cmdline: list[str]) -> bool:

@@ -276,6 +276,56 @@ def test_a_restarted_server_fails_runs_whose_process_vanished(settings, store) -
         assert client.get("/runs/still-here").json()["status"] == "failed"  # pid reused
 
 
+def test_the_queue_starts_its_runs_with_the_worker(settings, store, monkeypatch) -> None:
+    """`python -m server.api.worker run|resume ID --runs-dir D`, not the user's CLI; a
+    program server.runs.resume counts as the run's own."""
+    from server.api.queue import RunQueue
+    from server.runs.resume import runs_our_program
+
+    started = []
+
+    class Started:
+        pid = os.getpid()
+
+        def __init__(self, command, **kwargs) -> None:
+            started.append(command)
+
+    monkeypatch.setattr("server.api.queue.subprocess.Popen", Started)
+    store.create_run("new-1", "s", {"name": "s"}, "/scenarios/s.yaml")
+    store.create_run("again-1", "s", {"name": "s"})
+    store.set_status("again-1", "running")  # it started once: it resumes
+    store.set_status("again-1", "failed", "killed")
+    assert store.reopen("again-1")
+    RunQueue(store, settings.runs_dir, concurrency=2).tick()
+    runs_dir = str(settings.runs_dir.resolve())
+    assert sorted(c[1:] for c in started) == [
+        ["-m", "server.api.worker", "resume", "again-1", "--runs-dir", runs_dir],
+        ["-m", "server.api.worker", "run", "new-1", "--runs-dir", runs_dir]]
+    assert all(runs_our_program(command) for command in started)
+
+
+def test_the_worker_executes_only_what_the_queue_gave_it(settings, store, tmp_path,
+                                                         capsys) -> None:
+    """An unknown or no longer pending run is refused (1); a scenario file that no longer
+    validates fails the run (2); a resume is refused like `orthofed resume`'s (2)."""
+    from server.api.worker import main
+
+    runs_dir = str(settings.runs_dir)
+    assert main(["run", "nope", "--runs-dir", runs_dir]) == 1
+    assert "not a pending run" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [")
+    store.create_run("bad-1", "s", {"name": "s"}, str(bad))
+    assert main(["run", "bad-1", "--runs-dir", runs_dir]) == 2
+    assert (store.get_run("bad-1")["status"], store.get_run("bad-1")["message"]) == (
+        "failed", "invalid scenario file")
+    assert main(["run", "bad-1", "--runs-dir", runs_dir]) == 1  # no longer pending
+    done = finished_run(store)
+    assert main(["resume", done, "--runs-dir", runs_dir]) == 2
+    assert "it completed: there is nothing to resume" in capsys.readouterr().err
+    assert main(["resume", "nope", "--runs-dir", runs_dir]) == 2
+
+
 def test_dashboard_page_is_served(client) -> None:
     page = client.get("/")
     assert page.status_code == 200 and "EventSource" in page.text

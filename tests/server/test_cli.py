@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from tests.conftest import ROOT
@@ -48,3 +49,14 @@ def test_missing_file_exits_2_without_traceback(tmp_path) -> None:
     done = orthofed("validate", str(tmp_path / "nope.yaml"))
     assert done.returncode == 2 and "no such scenario file" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("args", [["run", "scenarios/quick.yaml", "--run-id", "x"],
+                                  ["resume", "x", "--queued"]])
+def test_the_api_queues_modes_are_not_the_users(args, capsys) -> None:
+    """`--run-id` and `--queued` were the API queue's; it has server.api.worker now."""
+    from server.cli.commands import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(args)
+    assert exited.value.code == 2 and "unrecognized arguments" in capsys.readouterr().err
