@@ -114,7 +114,7 @@ def cmd_validate(file: Path) -> int:
 
 
 def cmd_run(file: Path, runs_dir: Path | None, as_json: bool, deployment: bool = False) -> int:
-    from server.runs.layout import new_run_id
+    from server.runs.layout import RunFolder, new_run_id
     from server.runs.store import MetricsStore
 
     scenario = load_checked(file, Console(stderr=True))
@@ -122,10 +122,14 @@ def cmd_run(file: Path, runs_dir: Path | None, as_json: bool, deployment: bool =
         return EXIT_INVALID
     runs_dir = (runs_dir or scenario.runs_dir).resolve()
     run_id = new_run_id(scenario.name)
-    MetricsStore.in_dir(runs_dir).create_run(run_id, scenario.name,
-                                             scenario.model_dump(mode="json"),
+    validated = scenario.model_dump(mode="json")
+    MetricsStore.in_dir(runs_dir).create_run(run_id, scenario.name, validated,
                                              str(file.resolve()))
-    return execute(scenario, file, run_id, runs_dir, as_json, deployment, resume=False)
+    # Flower's run config carries scalars only: what travels to the ServerApp and every
+    # ClientApp is the path of this validated snapshot (data paths resolved), the same
+    # file a resume reads; an edit of the user's file mid-run changes nothing.
+    snapshot = RunFolder.of(runs_dir, run_id).write_snapshot(validated)
+    return execute(scenario, snapshot, run_id, runs_dir, as_json, deployment, resume=False)
 
 
 def cmd_resume(run_id: str, runs_dir: Path, as_json: bool, deployment: bool) -> int:
