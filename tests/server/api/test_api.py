@@ -17,7 +17,7 @@ from server.api.app import create_app
 from server.api.settings import ServeSettings
 from server.runs.store import MetricsStore
 from tests.conftest import ROOT, SHARED_DATA
-from tests.server.test_resume import live_process_of
+from tests.server.runs.test_resume import live_process_of
 
 TOKEN = {"Authorization": "Bearer s3cret"}
 
