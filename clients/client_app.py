@@ -2,8 +2,9 @@
 
 A train message carries the global values of the tensors the method trains; the reply
 carries the client's new values of exactly those tensors, its metrics (num-examples,
-train loss, local eval accuracy) and who it is. A client that fails replies with an
-error naming its partition, so the server can record which client failed and why.
+train loss, local eval accuracy) and who it is. A client that fails logs its traceback
+and replies with an error saying why; the server, which knows the partition each node
+holds, records which client failed.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ def train(msg: Message, context: Context) -> Message:
         return Message(content=content, reply_to=msg)
     except Exception as exc:  # noqa: BLE001 - every failure becomes a recorded error reply
         log(ERROR, "partition %d failed:\n%s", partition_id, traceback.format_exc())
-        reason = f"partition-id={partition_id}: {type(exc).__name__}: {exc}"
+        # The server knows which partition this node holds: the reason says only what.
+        reason = f"{type(exc).__name__}: {exc}"
         return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason),
                        reply_to=msg)
 

@@ -16,7 +16,7 @@ target is refused. No Flower here: the ClientApp stores `PrivacyState` in contex
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from opacus.accountants import create_accountant
 from opacus.accountants.utils import get_noise_multiplier
@@ -24,8 +24,7 @@ from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 
 from scenarios.schema import PrivacySpec, Scenario
 from scenarios.stream import total_rounds
-
-Step = tuple[float, float, int]  # (noise_multiplier, sample_rate, steps): Opacus's history
+from strategies.ledger_record import PrivacyLedger, Step
 
 
 def sample_rate(num_examples: int, batch_size: int) -> float:
@@ -65,12 +64,9 @@ def noise_for_budget(spec: PrivacySpec, q: float, total_steps: int) -> float:
 
 
 @dataclass
-class PrivacyState:
-    """One client's privacy ledger: its sigma (sized once) and what it has spent."""
-
-    partition_id: int
-    noise_multiplier: float
-    history: list[Step] = field(default_factory=list)
+class PrivacyState(PrivacyLedger):
+    """One client's privacy ledger (its record format: strategies.ledger_record) and the
+    epsilon it has spent and would spend."""
 
     def epsilon(self, spec: PrivacySpec) -> float:
         return epsilon_of(self.history, spec.delta, spec.accountant)
@@ -83,32 +79,3 @@ class PrivacyState:
     def can_train(self, spec: PrivacySpec, q: float, steps: int) -> bool:
         # A relative slack absorbs get_noise_multiplier's own tolerance (0.01 in epsilon).
         return self.epsilon_after(spec, q, steps) <= spec.target_epsilon * (1 + 1e-9)
-
-    def to_record(self) -> dict:
-        """Plain lists of scalars, as a Flower ConfigRecord holds them."""
-        return {"partition-id": self.partition_id, "noise-multiplier": self.noise_multiplier,
-                "history-sigma": [float(h[0]) for h in self.history],
-                "history-q": [float(h[1]) for h in self.history],
-                "history-steps": [int(h[2]) for h in self.history]}
-
-    @classmethod
-    def from_record(cls, record: dict) -> PrivacyState:
-        history = list(zip(record.get("history-sigma", []), record.get("history-q", []),
-                           record.get("history-steps", []), strict=True))
-        return cls(int(record["partition-id"]), float(record["noise-multiplier"]),
-                   [(float(s), float(q), int(n)) for s, q, n in history])
-
-
-def charge_unreported_round(record: dict, steps: int) -> dict:
-    """A ledger record (PrivacyState.to_record) charged for one more round of `steps`
-    steps at its sigma and the largest sampling rate in its history: what the server
-    assumes a client spent in a round it was sent but whose reply never came (it may
-    have trained, then hung or died). The client's own ledger replaces this guess with
-    its next reply; a client that lost its state starts from it, erring on the side of
-    spending. A ledger with no history yet is returned as it is (no rate to assume)."""
-    ledger = PrivacyState.from_record(record)
-    if not ledger.history:
-        return record
-    q = max(h[1] for h in ledger.history)
-    ledger.history.append((ledger.noise_multiplier, q, steps))
-    return ledger.to_record()

@@ -37,7 +37,7 @@ def trained_set(name: str) -> str:
 
 def build_strategy(scenario: Scenario) -> FedAvg:
     """The scenario's strategy, training every node it is shown each round: the
-    `clients_per_round` that strategies.recording.RecordedStrategy samples.
+    `clients_per_round` that strategies.round_policy.sampling.ClientSampler samples.
 
     Clients evaluate their local model inside the train reply; the global model is
     evaluated on the server (evaluate_fn), so Flower's federated evaluate round is off.

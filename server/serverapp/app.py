@@ -58,8 +58,12 @@ from server.serverapp.federation import (
 from server.serverapp.osft_plan import task_bases
 from server.serverapp.probe import head_inputs, probe_accuracy
 from strategies import keys
-from strategies.recording import BudgetExhausted, RecordedStrategy, best_effort
+from strategies.recording import RecordedStrategy, best_effort
 from strategies.registry import build_strategy, trained_set
+from strategies.round_policy.budget_watch import BudgetExhausted, BudgetWatch
+from strategies.round_policy.ledger_relay import LedgerRelay
+from strategies.round_policy.quorum import Quorum
+from strategies.round_policy.sampling import ClientSampler
 
 app = ServerApp()
 NODE_WAIT_S = 60.0  # simulation registers nodes at once; deployment SuperNodes may be slower
@@ -237,12 +241,12 @@ def run_task(run: RunContext, task_id: int, round_offset: int, extra: dict[str, 
     scenario, model, store, run_id = run.scenario, run.model, run.store, run.run_id
     fed = scenario.federation
     plan = task_plans(scenario)[task_id]
-    strategy = RecordedStrategy(build_strategy(scenario), store, run_id, task=task_id,
-                                round_offset=round_offset, num_clients=fed.num_clients,
-                                extra_records=extra, min_replies=fed.min_replies,
-                                rounds_done=rounds_done, ledgers=run.ledgers,
-                                out_of_budget=out_of_budget, local_steps=fed.local_steps,
-                                sampler=run.sampler, clients_per_round=fed.clients_per_round)
+    strategy = RecordedStrategy(
+        build_strategy(scenario), store, run_id, task=task_id, round_offset=round_offset,
+        rounds_done=rounds_done, extra_records=extra,
+        sampler=ClientSampler(run.sampler, fed.clients_per_round, fed.num_clients),
+        ledgers=LedgerRelay(run.ledgers, fed.local_steps), quorum=Quorum(fed.min_replies),
+        budget=BudgetWatch(fed.num_clients, out_of_budget))
     initial = global_state(model)
     sent = frozenset(initial) | frozenset(extra.get(keys.BASE_WEIGHTS, {}))
     train_config = ConfigRecord({keys.TASK_ID: task_id,

@@ -40,6 +40,7 @@ def train_reply(node_id: int, partition_id: int, arrays: dict[str, np.ndarray],
 
 
 def error_reply(node_id: int, reason: str) -> Message:
+    """A client's error reply: it says why, not who (the server knows whom it sampled)."""
     return Message(Error(code=1, reason=reason), reply_to=instruction(node_id))
 
 

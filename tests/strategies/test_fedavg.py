@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
 import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
 from scenarios.loader import load_scenario
 from strategies import keys
 from strategies.fedavg import FedAvgFull
 from strategies.fedavg_lora import FedAvgLora
-from strategies.recording import AllClientsFailed, BudgetExhausted, RecordedStrategy
+from strategies.recording import RecordedStrategy
+from strategies.round_policy.budget_watch import BudgetExhausted, BudgetWatch
+from strategies.round_policy.ledger_relay import LedgerRelay
+from strategies.round_policy.quorum import AllClientsFailed, Quorum
+from strategies.round_policy.sampling import ClientSampler
 from strategies.registry import build_strategy, strategy_class, trained_set
 from tests.conftest import ROOT
+from server.serverapp.federation import PartitionOrderedGrid
 from tests.strategies.replies import as_server, error_reply, refusal_reply, train_reply
 
 
@@ -65,12 +73,36 @@ class FakeStore:
         self.clients.append((run_id, round_, metrics_by_partition, failures))
 
 
+class Nodes:
+    """A Grid's node listing, all the wrapper's configure_train needs of it."""
+
+    def __init__(self, *node_ids: int) -> None:
+        self.node_ids = list(node_ids)
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.node_ids)
+
+
+def grid_of(node_by_partition: dict[int, int]) -> PartitionOrderedGrid:
+    return PartitionOrderedGrid(Nodes(*node_by_partition.values()), node_by_partition)
+
+
+def send_round(strategy: RecordedStrategy, server_round: int, grid) -> list[Message]:
+    """The wrapper's train messages of a round: it learns whom it sampled."""
+    as_server()
+    return list(strategy.configure_train(server_round, ArrayRecord({"w": Array(np.zeros(3))}),
+                                         ConfigRecord(), grid))
+
+
 def test_wrapper_records_clients_failures_and_the_aggregate() -> None:
+    """An error reply names no partition: the wrapper records it under the partition
+    it sampled the node as."""
     store = FakeStore()
     strategy = RecordedStrategy(FedAvgLora(), store, "run-1", task=2, round_offset=10)
+    send_round(strategy, 1, grid_of({0: 7, 1: 8, 2: 9}))
     replies = [
         train_reply(7, 0, {"w": np.ones(3)}, 10, **{keys.TRAIN_LOSS: 0.5}),
-        error_reply(8, "partition-id=1: ValueError: bad row"),
+        error_reply(8, "ValueError: bad row"),
         error_reply(9, "node vanished"),
     ]
     arrays, _ = strategy.aggregate_train(1, replies)
@@ -78,7 +110,7 @@ def test_wrapper_records_clients_failures_and_the_aggregate() -> None:
     (run_id, round_, per_client, failures), = store.clients
     assert (run_id, round_) == ("run-1", 11)
     assert per_client == {0: {keys.NUM_EXAMPLES: 10, keys.TRAIN_LOSS: 0.5, keys.DEVICE: "cpu"}}
-    assert failures == [(1, "8", "partition-id=1: ValueError: bad row"), (None, "9", "node vanished")]
+    assert failures == [(1, "8", "ValueError: bad row"), (2, "9", "node vanished")]
     (_, round_, task, train), = store.rounds
     assert (round_, task, train["clients"], train["failures"]) == (11, 2, 1, 2)
 
@@ -86,10 +118,11 @@ def test_wrapper_records_clients_failures_and_the_aggregate() -> None:
 def test_a_round_where_every_client_failed_fails_loudly() -> None:
     store = FakeStore()
     strategy = RecordedStrategy(FedAvgLora(), store, "run-1")
-    with pytest.raises(AllClientsFailed,
-                       match="round 1: every client failed: partition 0 .node 3.: partition-id=0: boom"):
-        strategy.aggregate_train(1, [error_reply(3, "partition-id=0: boom")])
-    assert store.clients[0][3] == [(0, "3", "partition-id=0: boom")]  # recorded before failing
+    send_round(strategy, 1, grid_of({0: 3, 1: 4}))  # FedAvg's default: 2 nodes at least
+    with pytest.raises(AllClientsFailed, match="round 1: every client failed: partition 0 "
+                                               ".node 3.: boom; partition 1 .node 4.: bad"):
+        strategy.aggregate_train(1, [error_reply(3, "boom"), error_reply(4, "bad")])
+    assert store.clients[0][3] == [(0, "3", "boom"), (1, "4", "bad")]  # recorded before failing
 
 
 def test_a_store_outage_does_not_stop_training() -> None:
@@ -100,7 +133,8 @@ def test_a_store_outage_does_not_stop_training() -> None:
 
 def test_refusals_are_recorded_and_left_out_of_the_average() -> None:
     store = FakeStore()
-    strategy = RecordedStrategy(FedAvgLora(), store, "run-1", num_clients=3)
+    budget = BudgetWatch(num_clients=3)
+    strategy = RecordedStrategy(FedAvgLora(), store, "run-1", budget=budget)
     replies = [train_reply(1, 0, {"w": np.full(2, 4.0)}, 10, **{keys.EPSILON: 2.0}),
                refusal_reply(2, 1, epsilon=5.9)]
     arrays, metrics = strategy.aggregate_train(1, replies)
@@ -109,33 +143,32 @@ def test_refusals_are_recorded_and_left_out_of_the_average() -> None:
     assert per_client[1][keys.REFUSED] == 1 and per_client[1][keys.EPSILON] == 5.9
     train = store.rounds[0][3]
     assert (train["clients"], train["refusals"], train["failures"]) == (1, 1, 0)
+    assert strategy.out_of_budget == budget.out_of_budget == {1}  # what checkpoints save
 
 
 def test_the_run_ends_when_every_client_has_refused() -> None:
     store = FakeStore()
-    strategy = RecordedStrategy(FedAvgLora(), store, "run-1", num_clients=2)
+    strategy = RecordedStrategy(FedAvgLora(), store, "run-1", budget=BudgetWatch(2))
     arrays, _ = strategy.aggregate_train(1, [refusal_reply(1, 0, 6.0)])
     assert arrays is None  # nobody trained: the global model stays as it was
     with pytest.raises(BudgetExhausted, match="all 2 clients have spent their privacy budget"):
         strategy.aggregate_train(2, [refusal_reply(2, 1, 6.0)])
+    assert [r[1] for r in store.rounds] == [1, 2]  # the last round recorded before ending
+
+
+def test_a_resumed_run_remembers_who_refused() -> None:
+    budget = BudgetWatch(2, out_of_budget=[0])
+    budget.check(round_=5)  # one of two: the run goes on
+    budget.note({1})
+    with pytest.raises(BudgetExhausted, match="stopped after round 6"):
+        budget.check(round_=6)
 
 
 def test_a_sampled_node_that_never_replies_is_a_recorded_failure() -> None:
     """Flower drops the message of a node that vanished: no reply of any kind arrives."""
-    from server.serverapp.federation import PartitionOrderedGrid
-
-    class TwoNodes:
-        def get_node_ids(self):
-            return [7, 8]
-
     store = FakeStore()
     strategy = RecordedStrategy(FedAvgLora(), store, "run-1")
-    grid = PartitionOrderedGrid(TwoNodes(), {0: 7, 1: 8})
-    from flwr.app import Array, ArrayRecord, ConfigRecord
-
-    as_server()
-    sent = strategy.configure_train(1, ArrayRecord({"w": Array(np.zeros(3))}), ConfigRecord(),
-                                    grid)
+    sent = send_round(strategy, 1, grid_of({0: 7, 1: 8}))
     assert sorted(m.metadata.dst_node_id for m in sent) == [7, 8]
     strategy.aggregate_train(1, [train_reply(7, 0, {"w": np.ones(3)}, 10)])
     (_, _, per_client, failures), = store.clients
@@ -146,36 +179,37 @@ def test_a_sampled_node_that_never_replies_is_a_recorded_failure() -> None:
 
 def test_a_round_with_fewer_results_than_the_minimum_fails_naming_who_and_why() -> None:
     store = FakeStore()
-    strategy = RecordedStrategy(FedAvgLora(), store, "run-1", min_replies=2)
-    replies = [train_reply(7, 0, {"w": np.ones(3)}, 10),
-               error_reply(8, "partition-id=1: ValueError: bad row")]
+    strategy = RecordedStrategy(FedAvgLora(), store, "run-1", quorum=Quorum(min_replies=2))
+    send_round(strategy, 1, grid_of({0: 7, 1: 8}))
+    replies = [train_reply(7, 0, {"w": np.ones(3)}, 10), error_reply(8, "ValueError: bad row")]
     with pytest.raises(AllClientsFailed) as failed:
         strategy.aggregate_train(1, replies)
     assert str(failed.value) == ("round 1: 1 replied, fewer than federation.min_replies = 2: "
-                                 "partition 1 (node 8): partition-id=1: ValueError: bad row")
-    ok = RecordedStrategy(FedAvgLora(), FakeStore(), "run-1", min_replies=1)
+                                 "partition 1 (node 8): ValueError: bad row")
+    ok = RecordedStrategy(FedAvgLora(), FakeStore(), "run-1", quorum=Quorum(min_replies=1))
     arrays, _ = ok.aggregate_train(1, replies)  # one result is enough at the default
     np.testing.assert_array_equal(arrays["w"].numpy(), np.ones(3))
+
+
+def test_a_quorum_without_replies_says_so() -> None:
+    Quorum(1).check(1, results=1, failures=[])
+    with pytest.raises(AllClientsFailed, match="round 3: every client failed: no replies "
+                                               "before the timeout"):
+        Quorum(1).check(3, results=0, failures=[])
 
 
 def test_each_client_gets_back_its_own_privacy_ledger() -> None:
     """DP replies carry the client's ledger; the next train message to that partition
     carries it back (a client process that lost its context.state resumes from it), and
     only to that partition: Flower's FedAvg shares one RecordDict between messages."""
-    from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
-
-    from server.serverapp.federation import PartitionOrderedGrid
-
-    class TwoNodes:
-        def get_node_ids(self):
-            return [7, 8]
-
     def ledger(partition: int) -> dict:
         return {"partition-id": partition, "noise-multiplier": 1.1,
                 "history-sigma": [1.1], "history-q": [0.1], "history-steps": [5]}
 
-    strategy = RecordedStrategy(FedAvgLora(), FakeStore(), "run-1", local_steps=5)
-    grid = PartitionOrderedGrid(TwoNodes(), {0: 7, 1: 8})
+    run_ledgers: dict[int, dict] = {}  # the run's, saved in its checkpoints
+    relay = LedgerRelay(run_ledgers, local_steps=5)
+    strategy = RecordedStrategy(FedAvgLora(), FakeStore(), "run-1", ledgers=relay)
+    grid = grid_of({0: 7, 1: 8})
     replies = []
     for node, partition in ((7, 0), (8, 1)):
         reply = train_reply(node, partition, {"w": np.ones(3)}, 10)
@@ -183,39 +217,27 @@ def test_each_client_gets_back_its_own_privacy_ledger() -> None:
                                     keys.PRIVACY_STATE: ConfigRecord(ledger(partition))})
         replies.append(reply)
     strategy.aggregate_train(1, replies)
-    assert strategy.ledgers == {0: ledger(0), 1: ledger(1)}
-    as_server()
-    sent = strategy.configure_train(2, ArrayRecord({"w": Array(np.zeros(3))}), ConfigRecord(),
-                                    grid)
+    assert run_ledgers == {0: ledger(0), 1: ledger(1)}
+    sent = send_round(strategy, 2, grid)
     got = {m.metadata.dst_node_id: dict(m.content[keys.PRIVACY_STATE]) for m in sent}
     assert got == {7: ledger(0), 8: ledger(1)}
 
     # Round 2: partition 1 fails (it may have trained first): the server charges it a
     # round at its sigma and largest rate, so a restarted client cannot under-count.
-    strategy.aggregate_train(2, [replies[0], error_reply(8, "partition-id=1: boom")])
-    assert strategy.ledgers[0] == ledger(0)
-    assert strategy.ledgers[1] == {**ledger(1), "history-sigma": [1.1, 1.1],
-                                   "history-q": [0.1, 0.1], "history-steps": [5, 5]}
+    strategy.aggregate_train(2, [replies[0], error_reply(8, "boom")])
+    assert run_ledgers[0] == ledger(0)
+    assert run_ledgers[1] == {**ledger(1), "history-sigma": [1.1, 1.1],
+                              "history-q": [0.1, 0.1], "history-steps": [5, 5]}
 
 
 def test_a_resumed_task_continues_its_round_numbers() -> None:
     """After 3 of a task's rounds were done (and 10 rounds of earlier tasks), Flower's
     round 1 is the task's round 4 for the inner strategy and the clients, and global
     round 14 in the store."""
-    from flwr.app import Array, ArrayRecord, ConfigRecord
-
-    from server.serverapp.federation import PartitionOrderedGrid
-
-    class TwoNodes:
-        def get_node_ids(self):
-            return [7, 8]
-
     store = FakeStore()
     strategy = RecordedStrategy(FedAvgLora(), store, "run-1", task=1, round_offset=10,
                                 rounds_done=3)
-    as_server()
-    sent = strategy.configure_train(1, ArrayRecord({"w": Array(np.zeros(3))}), ConfigRecord(),
-                                    PartitionOrderedGrid(TwoNodes(), {0: 7, 1: 8}))
+    sent = send_round(strategy, 1, grid_of({0: 7, 1: 8}))
     assert {m.content[keys.CONFIG][keys.SERVER_ROUND] for m in sent} == {4}
     strategy.aggregate_train(1, [train_reply(7, 0, {"w": np.ones(3)}, 10),
                                  train_reply(8, 1, {"w": np.ones(3)}, 10)])
@@ -241,30 +263,19 @@ def test_the_wrapper_samples_with_its_own_generator_whatever_else_draws() -> Non
     """Two wrappers with equally seeded samplers pick the same partitions round after
     round, however much the global `random` is used meanwhile (Flower's heartbeat and
     retry threads draw from it); the inner strategy sends to exactly the sample."""
-    import random
-
-    from flwr.app import Array, ArrayRecord, ConfigRecord
-
-    from server.serverapp.federation import PartitionOrderedGrid
-
-    class FiveNodes:
-        def get_node_ids(self):
-            return [50, 40, 30, 20, 10]
-
-    grid = PartitionOrderedGrid(FiveNodes(), {0: 10, 1: 20, 2: 30, 3: 40, 4: 50})
+    grid = PartitionOrderedGrid(Nodes(50, 40, 30, 20, 10),
+                                {0: 10, 1: 20, 2: 30, 3: 40, 4: 50})
     picks = []
     for noise in (0, 7):
+        sampler = ClientSampler(random.Random(3), clients_per_round=2, num_clients=5)
         strategy = RecordedStrategy(FedAvgLora(fraction_train=1.0, min_train_nodes=2,
                                                min_available_nodes=2), FakeStore(), "run-1",
-                                    num_clients=5, sampler=random.Random(3),
-                                    clients_per_round=2)
+                                    sampler=sampler)
         rounds = []
         for server_round in (1, 2, 3):
             for _ in range(noise * server_round):
                 random.random()
-            as_server()
-            sent = strategy.configure_train(server_round, ArrayRecord({"w": Array(np.zeros(3))}),
-                                            ConfigRecord(), grid)
+            sent = send_round(strategy, server_round, grid)
             rounds.append(sorted(strategy.sampled.values()))
             assert len(sent) == 2
         picks.append(rounds)
