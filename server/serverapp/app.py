@@ -109,7 +109,7 @@ class RunContext:
     device: torch.device
     checkpoints: Checkpoints
     digest: str
-    sampler: random.Random  # which clients train each round (strategies.recording)
+    sampler: random.Random  # which clients train each round (strategies.round_policy)
     ledgers: dict[int, dict] = field(default_factory=dict)  # clients' privacy ledgers
 
 
@@ -118,62 +118,87 @@ def run_scenario(grid: Grid, scenario: Scenario, store: MetricsStore, run_id: st
     """Build the global model and run the scenario's task stream (a single-task scenario
     is a stream of one): each task through its own strategy.start. `resume`: restore the
     newest checkpoint, drop what the store holds past it, and go on from there."""
-    fed = scenario.federation
-    nodes = wait_for_nodes(grid, fed.num_clients, NODE_WAIT_S)
-    grid = PartitionOrderedGrid(grid, discover_partitions(grid, nodes, fed.round_timeout),
-                                min(fed.round_timeout, NODE_WAIT_S))
-
-    torch.manual_seed(scenario.seed)
+    run = run_context(grid, scenario, store, run_id, run_dir)
+    state = starting_state(run, resume)
     plans = task_plans(scenario)
-    streaming = scenario.stream is not None
-    counts = label_counts(scenario)
-    device = pick_device()
-    model = build_model(scenario.model, counts[0], scenario.seed,
-                        trained_set(scenario.strategy.name), device,
-                        label_counts=counts if streaming else None)
-    run = RunContext(grid, model, scenario, store, run_id, run_dir, device,
-                     Checkpoints(run_dir, scenario.checkpoints.keep), scenario_digest(scenario),
-                     random.Random(scenario.seed))
-    state = run.checkpoints.latest(run.digest) if resume else None
-    if resume:  # rounds past the checkpoint are redone: drop what the store has of them
-        run.checkpoints.remove_temporaries()
-        store.truncate_after(run_id, state.round if state else -1, state.task if state else -1)
-    if state is None:
-        torch.save(global_state(model), RunFolder(run_dir).global_initial)
-        if streaming:
-            record_task_evals(model, scenario, store, run_id, after_task=-1, device=device)
-        state = RunState(round=0, task=0, task_rounds=0, model={}, scenario_digest=run.digest)
-    else:
-        load_trainable(model, state.model)
-        restore_rng(state.rng, run.sampler)
-        run.ledgers.update(state.ledgers)
-        log(INFO, "resuming %s after round %d (task %d, %d of its rounds done)", run_id,
-            state.round, state.task, state.task_rounds)
     base_weights: dict[str, torch.Tensor] = {}  # LoRA streams: earlier tasks merged in
     round_offset = sum(plan.rounds for plan in plans[:state.task])
     try:
         for task_id in range(state.task, len(plans)):
             resumed = task_id == state.task
             rounds_done = state.task_rounds if resumed else 0
-            activate_task(model, task_id)
+            activate_task(run.model, task_id)
             extra = task_setup(run, task_id, base_weights, resumed and state.round > 0)
             if keys.BASE_WEIGHTS in extra:
                 base_weights = extra[keys.BASE_WEIGHTS].to_torch_state_dict()
-                load_trainable(model, base_weights)  # a no-op unless restored from disk
+                load_trainable(run.model, base_weights)  # a no-op unless restored from disk
             if rounds_done < plans[task_id].rounds:
                 run_task(run, task_id, round_offset, extra, rounds_done,
                          state.out_of_budget if resumed else ())
             round_offset += plans[task_id].rounds
-            if streaming:
-                if trained_set(scenario.strategy.name) != "full":
-                    base_weights = merge_adapters(model)  # sequential LoRA: fold, restart B
-                torch.save(stream_checkpoint(model, base_weights),
-                           RunFolder(run_dir).after_task(task_id))
-                record_task_evals(model, scenario, store, run_id, task_id, device)
-                activate_task(model, task_id)
+            if scenario.stream is not None:
+                base_weights = end_task(run, task_id, base_weights)
     finally:  # also when the run ends early (budget spent, a round failed)
-        final = stream_checkpoint(model, base_weights) if streaming else global_state(model)
+        final = (stream_checkpoint(run.model, base_weights) if scenario.stream is not None
+                 else global_state(run.model))
         torch.save(final, RunFolder(run_dir).global_final)
+
+
+def run_context(grid: Grid, scenario: Scenario, store: MetricsStore, run_id: str,
+                run_dir: Path) -> RunContext:
+    """Wait for the clients, order them by partition, and build the global model (a head
+    per task for a stream) from the scenario's seed."""
+    fed = scenario.federation
+    nodes = wait_for_nodes(grid, fed.num_clients, NODE_WAIT_S)
+    grid = PartitionOrderedGrid(grid, discover_partitions(grid, nodes, fed.round_timeout),
+                                min(fed.round_timeout, NODE_WAIT_S))
+    torch.manual_seed(scenario.seed)
+    counts = label_counts(scenario)
+    device = pick_device()
+    model = build_model(scenario.model, counts[0], scenario.seed,
+                        trained_set(scenario.strategy.name), device,
+                        label_counts=counts if scenario.stream is not None else None)
+    return RunContext(grid, model, scenario, store, run_id, run_dir, device,
+                      Checkpoints(run_dir, scenario.checkpoints.keep),
+                      scenario_digest(scenario), random.Random(scenario.seed))
+
+
+def starting_state(run: RunContext, resume: bool) -> RunState:
+    """Where the run starts: a fresh start (the initial model saved, a stream's initial
+    accuracy row recorded), or, resuming, the newest checkpoint restored into the model,
+    the sampler and the ledgers, with what the store holds past it dropped (those rounds
+    are redone)."""
+    state = run.checkpoints.latest(run.digest) if resume else None
+    if resume:
+        run.checkpoints.remove_temporaries()
+        run.store.truncate_after(run.run_id, state.round if state else -1,
+                                 state.task if state else -1)
+    if state is None:
+        torch.save(global_state(run.model), RunFolder(run.run_dir).global_initial)
+        if run.scenario.stream is not None:
+            record_task_evals(run.model, run.scenario, run.store, run.run_id, after_task=-1,
+                              device=run.device)
+        return RunState(round=0, task=0, task_rounds=0, model={}, scenario_digest=run.digest)
+    load_trainable(run.model, state.model)
+    restore_rng(state.rng, run.sampler)
+    run.ledgers.update(state.ledgers)
+    log(INFO, "resuming %s after round %d (task %d, %d of its rounds done)", run.run_id,
+        state.round, state.task, state.task_rounds)
+    return state
+
+
+def end_task(run: RunContext, task_id: int,
+             base_weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A stream's task end: LoRA methods fold the adapter into the base weights (B
+    restarts at 0), the model is saved, and the accuracy matrix gets its row. Returns
+    the base weights the next task starts from."""
+    if trained_set(run.scenario.strategy.name) != "full":
+        base_weights = merge_adapters(run.model)  # sequential LoRA: fold, restart B
+    torch.save(stream_checkpoint(run.model, base_weights),
+               RunFolder(run.run_dir).after_task(task_id))
+    record_task_evals(run.model, run.scenario, run.store, run.run_id, task_id, run.device)
+    activate_task(run.model, task_id)
+    return base_weights
 
 
 def stream_checkpoint(model: torch.nn.Module,

@@ -35,7 +35,7 @@ class RunState:
     `model` holds what the server owns of the global model (the trained tensors, every
     task's head); the frozen rest is rebuilt from the seed, a LoRA stream's merged base
     weights come from the task file. `ledgers` are the clients' privacy ledgers as they
-    last reported them (clients.privacy.PrivacyState.to_record), `out_of_budget` the
+    last reported them (strategies.ledger_record.PrivacyLedger.to_record), `out_of_budget` the
     partitions that refused this task, `rng` the server's random states (its client
     sampler's, torch's).
     """

@@ -1,7 +1,7 @@
 """Who is in the federation: partition ids of the connected nodes, in a stable order.
 
 Flower's node ids are random per run (and change when a SuperNode restarts), and
-clients are sampled with `sampler.sample(grid.get_node_ids(), k)` (strategies.recording).
+clients are sampled with `sampler.sample(grid.get_node_ids(), k)` (strategies.round_policy.sampling).
 Listing the nodes in partition order makes that sample, under a seeded sampler, the
 same partitions in every run of a scenario: runs are reproducible, not only each
 client's local step.
