@@ -52,7 +52,7 @@ def epsilon_of(history: list[Step], delta: float, accountant: str) -> float:
     if not history:
         return 0.0
     acc = create_accountant(accountant)
-    acc.history = [tuple(h) for h in history]
+    acc.load_state_dict({"history": [tuple(h) for h in history], "mechanism": acc.mechanism()})
     return float(acc.get_epsilon(delta))
 
 
