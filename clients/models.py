@@ -84,6 +84,44 @@ def head_names(model: nn.Module) -> list[str]:
             if n.split(".")[-2] in ("classifier", "score") or ".classifier." in "." + n]
 
 
+def pooling_of(spec: ModelSpec) -> str:
+    """The scenario's pooling, else the one the model was trained with: all-MiniLM-L6-v2
+    is a sentence-transformers model trained (and used) with mean pooling, its CLS pooler
+    is untrained; BERT-style models otherwise pool the first token."""
+    return spec.pooling or ("mean" if spec.name == "minilm" else "cls")
+
+
+class MeanPooler(nn.Module):
+    """(B, T, H) last hidden states -> (B, H): the mean over each example's own tokens
+    (its attention mask), sentence-transformers' mean pooling. Takes the place of BERT's
+    CLS pooler; `attach_mean_pooling` hands it each forward's attention mask."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mask: torch.Tensor | None = None  # (B, T), set before every forward
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        mask = self.mask if self.mask is not None else torch.ones(hidden.shape[:2])
+        weights = mask.to(device=hidden.device, dtype=hidden.dtype).unsqueeze(-1)  # (B, T, 1)
+        return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
+def attach_mean_pooling(model: nn.Module) -> None:
+    """Replace the encoder's pooler (BERT: `pooler`) with a MeanPooler that sees the
+    attention mask of every forward (a pre-hook on the encoder). Per example, so DP-SGD's
+    per-sample gradients stay per sample."""
+    encoder = next((m for m in model.modules() if hasattr(m, "pooler")), None)
+    if encoder is None or encoder.pooler is None:
+        raise ValueError("model.pooling 'mean': the model has no pooler to replace")
+    pooler = MeanPooler()
+    encoder.pooler = pooler
+
+    def remember_mask(_module: nn.Module, args: tuple, kwargs: dict) -> None:
+        pooler.mask = kwargs.get("attention_mask")
+
+    encoder.register_forward_pre_hook(remember_mask, with_kwargs=True)
+
+
 def add_lora(model: nn.Module, spec: LoraSpec) -> nn.Module:
     """Wrap `model` with PEFT LoRA adapters on `spec.target_modules` (A kaiming, B zero)."""
     config = LoraConfig(r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
@@ -121,6 +159,8 @@ def build_model(spec: ModelSpec, num_labels: int, seed: int, trains: str,
     `label_counts` (a task stream): one head per task (clients.heads), task 0 active.
     """
     model = build_classifier(spec, num_labels, seed).to(device)
+    if pooling_of(spec) == "mean":
+        attach_mean_pooling(model)
     if label_counts is not None:
         torch.manual_seed(seed + 2)  # the task heads, identical everywhere
         install_task_heads(model, label_counts)

@@ -80,6 +80,13 @@ class ModelSpec(Spec):
     )
     max_length: int = Field(64, ge=4, le=4096, description="Tokens kept per example.")
     lora: LoraSpec = Field(default_factory=LoraSpec, description="Adapter settings (LoRA methods).")
+    pooling: Literal["cls", "mean"] | None = Field(
+        None, description="What the classifier head reads: 'cls' (BERT's pooler: dense + tanh "
+        "on the first token) or 'mean' (the mean of the last hidden states over each "
+        "example's tokens, as sentence-transformers trained all-MiniLM-L6-v2). None: what the "
+        "model was trained with: 'mean' for minilm, 'cls' otherwise. The server and every "
+        "client use the same, in every task head."
+    )
     train_head: bool = Field(
         True,
         description="Whether the classifier head trains (and is averaged). FedSVD's reference "

@@ -138,3 +138,28 @@ def test_max_grad_norm_clips_a_non_private_step_like_the_reference(quick) -> Non
         for name, value in trainable_state(model).items():
             torch.testing.assert_close(value - start[name], -0.1 * scale * grads[name],
                                        rtol=1e-4, atol=1e-7)
+
+
+def test_mean_pooling_is_sentence_transformers_pooling(quick_document, write_scenario) -> None:
+    """model.pooling 'mean' (MiniLM's default): the head reads what sentence-transformers'
+    own all-MiniLM-L6-v2 pipeline embeds (its Pooling, then Normalize), padding ignored."""
+    from sentence_transformers import SentenceTransformer
+
+    from clients.data import tokenize
+    from clients.models import minilm_path, pooling_of
+    from clients.training import forward_logits
+
+    quick_document["model"] = {"name": "minilm", "max_length": 32}
+    scenario = load_scenario(write_scenario(quick_document))
+    assert pooling_of(scenario.model) == "mean"
+    texts = ["the market rallied on strong earnings", "rain", "a long match went to penalties"]
+    model = build_model(scenario.model, 3, 0, "lora-b").eval()
+    seen = []
+    model.base_model.model.classifier.register_forward_pre_hook(lambda _m, a: seen.append(a[0]))
+    from clients.models import build_tokenizer
+    rows = [{"text": t, "text_pair": None, "label": 0} for t in texts]
+    with torch.no_grad():
+        forward_logits(model, list(tokenize(rows, build_tokenizer(scenario.model), 32).tensors))
+    ours = torch.nn.functional.normalize(seen[0], dim=-1)
+    oracle = SentenceTransformer(minilm_path(), device="cpu").encode(texts, convert_to_tensor=True)
+    torch.testing.assert_close(ours, oracle, rtol=0, atol=1e-5)
