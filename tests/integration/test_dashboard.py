@@ -15,7 +15,7 @@ import pytest
 
 from server.runs.store import MetricsStore
 from tests.integration.helpers import serving
-from tests.server.api.test_api import finished_run
+from tests.server.runs.stored import finished_run
 
 pytestmark = pytest.mark.integration
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

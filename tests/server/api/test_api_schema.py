@@ -17,7 +17,7 @@ from schemathesis.checks import (
 from server.api.app import create_app
 from server.api.settings import ServeSettings
 from tests.conftest import SHARED_DATA
-from tests.server.api.test_api import finished_run
+from tests.server.runs.stored import finished_run
 
 
 @pytest.fixture

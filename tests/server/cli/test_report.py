@@ -6,7 +6,7 @@ import pytest
 
 from server.cli.commands import main
 from server.runs.store import MetricsStore
-from tests.server.api.test_api import finished_run
+from tests.server.runs.stored import finished_run
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
