@@ -21,7 +21,8 @@ def round_seed(seed: int, task_id: int, server_round: int, partition_id: int) ->
     """A distinct, reproducible seed per (scenario seed, task, round within the task,
     client), collision-free (numpy's SeedSequence hashes the tuple), for batches and
     dropout. The task is part of it: round r of every task would otherwise repeat the
-    same batches. Never for DP noise (clients.dp_training draws that from OS entropy)."""
+    same batches. DP noise is drawn from OS entropy instead (clients.dp_training), except
+    under privacy.reproducible_noise_voids_guarantee (debugging: no guarantee)."""
     return int(np.random.SeedSequence([seed, task_id, server_round, partition_id])
                .generate_state(1)[0])
 

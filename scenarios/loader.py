@@ -230,4 +230,6 @@ def resolve_scenario_path(path: str) -> Path:
     candidate = Path(path)
     if candidate.is_absolute() or candidate.exists():
         return candidate.resolve()
+    # The repository root, as server.runs.layout.PROJECT_ROOT; spelled here because
+    # scenarios/ imports nothing else of the project.
     return Path(__file__).resolve().parents[1] / candidate

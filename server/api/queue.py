@@ -67,7 +67,7 @@ class RunQueue:
                 else:
                     self.store.set_status(run["id"], RunStatus.FAILED, (
                         f"its process (pid {run['pid']}) ended without finishing the run; "
-                        f"see {self.runs_dir / run['id'] / 'orthofed.log'}"))
+                        f"see {RunFolder.of(self.runs_dir, run['id']).queue_log}"))
             waiting = [r for r in self.store.list_runs(limit=-1, statuses=(RunStatus.PENDING,),
                                                        oldest_first=True) if r["pid"] is None]
             for run in waiting[: max(self.concurrency - executing, 0)]:
@@ -75,12 +75,12 @@ class RunQueue:
 
     def _launch(self, run: dict) -> None:
         run_id = run["id"]
-        run_dir = self.runs_dir / run_id
-        run_dir.mkdir(parents=True, exist_ok=True)
+        folder = RunFolder.of(self.runs_dir, run_id)
+        folder.path.mkdir(parents=True, exist_ok=True)
         mode = "run" if run["started"] is None else "resume"  # resume: from its checkpoint
         command = [sys.executable, "-m", "server.api.worker", mode, run_id,
                    "--runs-dir", str(self.runs_dir)]
-        with RunFolder(run_dir).queue_log.open("ab") as log:
+        with folder.queue_log.open("ab") as log:
             process = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=log,
                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                        start_new_session=True)

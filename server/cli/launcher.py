@@ -185,7 +185,7 @@ def launch(scenario: Scenario, scenario_path: Path, run_id: str, runs_dir: Path,
         port = free_port()
         write_connection(paths, port)
         if resume:  # the old database still holds the killed Flower run: never restart it
-            for db in paths.path.glob("superlink.db*"):
+            for db in paths.path.glob(paths.superlink_db.name + "*"):  # with its WAL files
                 db.unlink()
         superlink = start_superlink(paths, port, simulation=not deployment)
         if deployment:
