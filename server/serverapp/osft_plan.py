@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from clients.osft import adaptive_ranks, basis, layer_importance, scheduled_rank
-from clients.training import forward_logits
+from clients.training import forward_logits, trim_padding
 from scenarios.schema import OsftSpec
 from strategies import keys
 
@@ -92,7 +92,7 @@ def importance_by_layer(model: nn.Module, weights: dict[str, nn.Parameter],
     model.eval()
     try:
         for batch in DataLoader(sample, batch_size=32):
-            batch = [t.to(device) for t in batch]
+            batch = [t.to(device) for t in trim_padding(batch)]
             keep[:] = [batch[1].bool()]
             forward_logits(model, batch)  # the previous task's rows, through any head
     finally:

@@ -118,10 +118,11 @@ def test_max_grad_norm_clips_a_non_private_step_like_the_reference(quick) -> Non
     """federation.max_grad_norm: one SGD step moves the trainable tensors by
     -lr * g * min(1, C / ||g||) with g the whole gradient (the oracle: a backward pass
     by hand); without it, by -lr * g."""
-    from clients.training import forward_loss
+    from clients.training import forward_loss, trim_padding
 
     data = client_data(quick, 0)
-    batch = [t[:16] for t in data.train.tensors]
+    # Trimmed as the loop trims it: dropout then draws masks of the same shape.
+    batch = trim_padding([t[:16] for t in data.train.tensors])
     sgd = OptimizerSpec(name="sgd", lr=0.1)
     oracle = build_model(quick.model, data.num_labels, quick.seed, "lora").train()
     torch.manual_seed(0)  # dropout, as the training loop will draw it
