@@ -1,89 +1,166 @@
-"""FedSVD vs FFA-LoRA vs FedAvg-LoRA on the FedSVD paper's SST-2 split, at CPU scale.
+"""FedSVD vs FFA-LoRA vs FedAvg-LoRA on the FedSVD paper's SST-2 split, non-private and
+under DP-SGD at epsilon 6, over seeds.
 
-Runs scenarios/{fedsvd,ffa-lora,fedavg-lora}-sst2.yaml (MiniLM, LoRA r = 8 on query and
-value, frozen random head, 6 pre-split clients with Dirichlet 0.5 label skew, 3 per
-round) through `orthofed run` for each seed, then prints the accuracy of the final
-global model on val.jsonl (872 rows): mean and spread over seeds, and the wall time.
+Each setting has one scenario file, `scenarios/fedsvd-sst2[-paper][-dp].yaml` (MiniLM,
+LoRA r = 8 on query and value, 6 pre-split clients with Dirichlet 0.5 label skew, 3 per
+round, SGD 0.5; under DP: C = 2, PRV, delta 1e-5), and the three methods differ only in
+`strategy`, so a seed gives each method the same clients, the same client sampling and
+the same initial model: differences between methods at one seed are paired. Every run is
+a real `orthofed run --json`; the accuracy is the final global model's on val.jsonl (872
+rows; the majority class is 50.9 %).
+
+It prints, per setting and method, the final accuracy's mean, sd and 95 % t-interval
+over seeds, the mean of the last three rounds, the per-round mean curve, and FedSVD's
+paired differences to each baseline; the same go to bench/results/fedsvd_sst2_<scale>.json
+and .md, with the command and commit, rewritten after every run (`--resume` continues).
 The paper (RoBERTa-large, 100 rounds, non-private): FedSVD 94.26 > FFA-LoRA 94.06 >
-FedAvg-LoRA 85.89.
+FedAvg-LoRA 85.89; under DP FedSVD stays best and the gap widens.
 
-Usage: python bench/fedsvd_sst2.py [--seeds 0 1] [--rounds N] [--epsilon 6] [--runs-dir DIR]
+Usage: python bench/fedsvd_sst2.py [--settings non-private dp] [--seeds 0 1 2]
+                                   [--scale cpu|paper] [--rounds N] [--resume]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
-
-import yaml
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from scenarios.loader import load_scenario  # noqa: E402
-from scenarios.schema import PrivacySpec  # noqa: E402
+from seeded import ResultsFile, digest, mean_sd, pct, run_document, spread  # noqa: E402
 
-METHODS = ("fedsvd", "ffa-lora", "fedavg-lora")
+METHODS = {"fedsvd": {"name": "fedsvd", "svd_period": 1}, "ffa-lora": {"name": "ffa-lora"},
+           "fedavg-lora": {"name": "fedavg-lora"}}
+SETTINGS = {"non-private": "", "dp": "-dp"}  # the scenario file's suffix
+MAJORITY = 0.509  # val.jsonl's majority class
+PAPER_NON_PRIVATE = {"fedsvd": 94.26, "ffa-lora": 94.06, "fedavg-lora": 85.89}  # RoBERTa-large
 
 
-def run_method(method: str, seed: int, rounds: int | None, epsilon: float | None,
-               runs_dir: Path, tmp: Path) -> dict:
-    """One `orthofed run --json` of the method's scenario with the seed (rounds, and a
-    DP budget per client) set."""
-    scenario = load_scenario(ROOT / "scenarios" / f"{method}-sst2.yaml")  # paths made absolute
-    federation = scenario.federation.model_copy(update={"rounds": rounds or scenario.federation.rounds})
-    privacy = None if epsilon is None else PrivacySpec(target_epsilon=epsilon, delta=1e-5,
-                                                         max_grad_norm=2.0, accountant="prv")
-    scenario = scenario.model_copy(update={"seed": seed, "federation": federation,
-                                           "privacy": privacy})
-    path = tmp / f"{method}-seed{seed}.yaml"
-    path.write_text(yaml.safe_dump(scenario.model_dump(mode="json")))
-    started = time.time()
-    done = subprocess.run([sys.executable, "-m", "server.cli", "run", str(path), "--runs-dir",
-                           str(runs_dir), "--json"], cwd=ROOT, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"{method} seed {seed} failed:\n{done.stderr[-3000:]}")
-    summary = json.loads(done.stdout.strip().splitlines()[-1])
-    accs = [r["eval"]["eval-acc"] for r in summary["rounds"]]
-    return {"final": accs[-1], "best": max(accs), "last3": statistics.mean(accs[-3:]),
-            "curve": accs, "seconds": time.time() - started}
+def document_for(scale: str, setting: str, method: str, seed: int, rounds: int | None) -> dict:
+    """The setting's scenario with the method's strategy and the seed (paths absolute)."""
+    name = f"fedsvd-sst2{'-paper' if scale == 'paper' else ''}{SETTINGS[setting]}.yaml"
+    document = load_scenario(ROOT / "scenarios" / name).model_dump(mode="json")
+    document.update(name=f"{method}-sst2-{scale}-{setting}", seed=seed, strategy=METHODS[method])
+    if rounds is not None:
+        document["federation"]["rounds"] = rounds
+    return document
+
+
+def record_of(summary: dict[str, Any]) -> dict[str, Any]:
+    """What one run contributes: its accuracy curve (round 0 = the initial model), final,
+    best and last-3 accuracy, the most epsilon any client spent, refusals, wall time."""
+    curve = [r["eval"]["eval-acc"] for r in summary["rounds"] if r.get("eval")]
+    epsilons = [c["epsilon"] for c in summary["clients"].values() if "epsilon" in c]
+    return {"final": curve[-1], "best": max(curve[1:]), "last3": sum(curve[-3:]) / 3,
+            "curve": curve, "max_epsilon": max(epsilons, default=None),
+            "refusals": sum(c["refusals"] for c in summary["clients"].values()),
+            "failures": sum(c["failures"] for c in summary["clients"].values()),
+            "minutes": summary["wall_seconds"] / 60}
+
+
+def summarise(runs: dict[str, dict]) -> dict[str, Any]:
+    """Per setting and method: spread of final and last-3 accuracy, the mean curve and
+    its sd per round; per setting: FedSVD minus each baseline, paired by seed."""
+    out: dict[str, Any] = {}
+    for setting in SETTINGS:
+        per_method = {m: {k.rsplit("seed", 1)[1]: r for k, r in runs.items()
+                          if k.startswith(f"{setting}/{m}/")} for m in METHODS}
+        if not any(per_method.values()):
+            continue
+        block: dict[str, Any] = {}
+        for method, by_seed in per_method.items():
+            if not by_seed:
+                continue
+            curves = list(zip(*[r["curve"] for r in by_seed.values()], strict=False))
+            block[method] = {
+                "seeds": sorted(int(s) for s in by_seed),
+                "final": spread(r["final"] for r in by_seed.values()),
+                "last3": spread(r["last3"] for r in by_seed.values()),
+                "best": spread(r["best"] for r in by_seed.values()),
+                "curve_mean": [spread(c)["mean"] for c in curves],
+                "curve_sd": [spread(c)["sd"] for c in curves],
+                "max_epsilon": max((r["max_epsilon"] or 0) for r in by_seed.values()) or None,
+                "minutes": spread(r["minutes"] for r in by_seed.values())["mean"],
+            }
+        block["paired_fedsvd_minus"] = {
+            other: spread(per_method["fedsvd"][s]["final"] - per_method[other][s]["final"]
+                          for s in per_method["fedsvd"] if s in per_method[other])
+            for other in ("ffa-lora", "fedavg-lora")
+            if set(per_method["fedsvd"]) & set(per_method[other])}
+        out[setting] = block
+    return out
+
+
+def markdown(results: ResultsFile, summary: dict[str, Any], scale: str) -> str:
+    lines = [results.header(f"FedSVD vs FFA-LoRA vs FedAvg-LoRA, SST-2 ({scale} scale)"),
+             "Accuracy (%) of the final global model on val.jsonl (872 rows; majority class "
+             f"{100 * MAJORITY:.1f} %). Mean ± sd over seeds, 95 % t-interval half width. "
+             "Paper (RoBERTa-large, 100 rounds, non-private): FedSVD 94.26, FFA-LoRA 94.06, "
+             "FedAvg-LoRA 85.89.", ""]
+    for setting, block in summary.items():
+        lines += [f"## {setting}", "",
+                  "| method | seeds | final | ± 95 % CI | last 3 rounds | best round | max ε | min/run |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for method in METHODS:
+            if method not in block:
+                continue
+            row = block[method]
+            eps = "-" if row["max_epsilon"] is None else f"{row['max_epsilon']:.2f}"
+            lines.append(f"| {method} | {len(row['seeds'])} | {mean_sd(row['final'])} | "
+                         f"{pct(row['final'], 'ci95')} | {mean_sd(row['last3'])} | "
+                         f"{mean_sd(row['best'])} | {eps} | {row['minutes']:.1f} |")
+        lines += ["", "FedSVD minus baseline, final accuracy, paired by seed:", ""]
+        for other, diff in block["paired_fedsvd_minus"].items():
+            lines.append(f"- {other}: {mean_sd(diff)} points (95 % CI ± {pct(diff, 'ci95')}, "
+                         f"{diff['n']} seeds)")
+        rounds = max(len(block[m]["curve_mean"]) for m in METHODS if m in block)
+        lines += ["", "Mean accuracy per round (round 0: the initial model):", "",
+                  "| method | " + " | ".join(str(r) for r in range(rounds)) + " |",
+                  "|---|" + "---|" * rounds]
+        for method in METHODS:
+            if method in block:
+                lines.append(f"| {method} | " + " | ".join(
+                    f"{100 * a:.1f}" for a in block[method]["curve_mean"]) + " |")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--scale", choices=["cpu", "paper"], default="cpu",
+                        help="cpu: scenarios/fedsvd-sst2[-dp].yaml; paper: the -paper files (a GPU)")
     parser.add_argument("--rounds", type=int, default=None, help="override the scenarios' rounds")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--epsilon", type=float, default=None,
-                        help="DP-SGD with this budget per client (delta 1e-5, C = 2, PRV, as "
-                        "in the paper's reference code)")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the runs already in the results file that ran the same scenario")
     parser.add_argument("--runs-dir", type=Path, default=None)
     args = parser.parse_args()
-    results: dict[str, list[dict]] = {m: [] for m in args.methods}
+    suffix = "" if args.rounds is None else f"_{args.rounds}rounds"
+    results = ResultsFile(f"fedsvd_sst2_{args.scale}{suffix}", resume=args.resume)
     with tempfile.TemporaryDirectory() as tmp:
         runs_dir = (args.runs_dir or Path(tmp) / "runs").resolve()
-        for seed in args.seeds:
-            for method in args.methods:
-                result = run_method(method, seed, args.rounds, args.epsilon, runs_dir, Path(tmp))
-                results[method].append(result)
-                print(f"{method:>12} seed {seed}: final {result['final']:.4f}  "
-                      f"curve {[round(a, 3) for a in result['curve']]}  "
-                      f"{result['seconds'] / 60:.1f} min", flush=True)
-    print(f"\n{'method':>12} {'final acc mean':>15} {'spread (sd)':>12} {'last-3 mean':>12} "
-          f"{'best-round mean':>16} {'minutes/run':>12}")
-    for method, rows in results.items():
-        finals = [r["final"] for r in rows]
-        spread = statistics.stdev(finals) if len(finals) > 1 else 0.0
-        print(f"{method:>12} {100 * statistics.mean(finals):15.2f} {100 * spread:12.2f} "
-              f"{100 * statistics.mean(r['last3'] for r in rows):12.2f} "
-              f"{100 * statistics.mean(r['best'] for r in rows):16.2f} "
-              f"{statistics.mean(r['seconds'] for r in rows) / 60:12.1f}")
+        for setting in args.settings:
+            for seed in args.seeds:
+                for method in args.methods:  # methods interleaved: partial results stay paired
+                    key = f"{setting}/{method}/seed{seed}"
+                    document = document_for(args.scale, setting, method, seed, args.rounds)
+                    if results.done(key, digest(document)):
+                        continue
+                    record = record_of(run_document(document, runs_dir, Path(tmp)))
+                    results.runs[key] = {**record, "scenario_digest": digest(document)}
+                    summary = summarise(results.runs)
+                    results.write(summary, markdown(results, summary, args.scale))
+                    print(f"{key:>28}: final {100 * record['final']:.2f}  curve "
+                          f"{[round(100 * a, 1) for a in record['curve']]}  "
+                          f"{record['minutes']:.1f} min", flush=True)
+    print(results.md_path.read_text())
 
 
 if __name__ == "__main__":
