@@ -1,96 +1,142 @@
-"""OSFT vs sequential full fine-tuning vs sequential LoRA on a 4-task CL stream.
+"""OSFT vs sequential full fine-tuning vs sequential LoRA vs FedSVD-LoRA per task on a
+4-task continual-learning stream, over seeds.
 
 Runs scenarios/{osft,seqft,seqlora}-cl-4task.yaml (MiniLM, dbpedia -> amazon -> yelp ->
-agnews from ../shared/data/cl_benchmark, 4 clients, a head per task) through
-`orthofed run --json`, one after the other, and prints each method's accuracy matrix
-(row i: after task i; column j: task j; row "init": the model before the stream),
-then AA, BWT, FWT and per-task forgetting side by side.
-What the papers found (T5-large, generative, 4-task order 1): OSFT keeps backward
-transfer near zero while sequential fine-tuning forgets.
+agnews from ../shared/data/cl_benchmark, 4 IID clients, 2 per round, a head per task;
+fedsvd: the LoRA file with strategy fedsvd) through `orthofed run --json` for each seed,
+methods interleaved so that each seed's runs share the data split and client sampling.
+Prints and writes to bench/results/cl_stream.json and .md (with the command and commit,
+after every run; `--resume` continues): per method AA, BWT, FWT (linear probes) and mean
+forgetting as mean +- sd with a 95 % t-interval over seeds, OSFT's paired differences to
+each baseline, and the accuracy matrix averaged over seeds.
+What the papers found (T5-large / LLaMA-2, generative): OSFT keeps backward transfer
+near zero while sequential fine-tuning forgets.
 
-Usage: python bench/cl_stream.py [--methods osft seqft seqlora] [--rounds N] [--steps N]
+Usage: python bench/cl_stream.py [--methods osft seqft seqlora fedsvd] [--seeds 0 1 2]
+                                 [--rounds N] [--steps N] [--resume]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
-
-import yaml
+from statistics import fmean
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from scenarios.loader import load_scenario  # noqa: E402
+from seeded import ResultsFile, digest, mean_sd, pct, run_document, spread  # noqa: E402
 
 METHODS = {"osft": "OSFT", "seqft": "sequential full FT", "seqlora": "sequential LoRA",
            "fedsvd": "FedSVD-LoRA per task"}
+METRICS = ("aa", "bwt", "fwt", "forgetting")
 
 
-def scenario_for(method: str, rounds: int | None, steps: int | None, tmp: Path) -> Path:
-    """The method's scenario (fedsvd: the LoRA one with strategy fedsvd), with rounds per
-    task and local steps overridden when asked; written with absolute paths."""
+def document_for(method: str, seed: int, rounds: int | None, steps: int | None) -> dict:
+    """The method's scenario (fedsvd: the LoRA one with strategy fedsvd) with the seed, and
+    rounds per task and local steps when overridden; paths absolute."""
     source = "seqlora" if method == "fedsvd" else method
-    scenario = load_scenario(ROOT / "scenarios" / f"{source}-cl-4task.yaml")
-    fed = scenario.federation.model_copy(update={
-        "rounds": rounds or scenario.federation.rounds,
-        "local_steps": steps or scenario.federation.local_steps})
-    document = scenario.model_copy(update={"federation": fed}).model_dump(mode="json")
+    document = load_scenario(ROOT / "scenarios" / f"{source}-cl-4task.yaml").model_dump(mode="json")
+    document["seed"] = seed
     if method == "fedsvd":
         document.update(name="fedsvd-cl-4task", strategy={"name": "fedsvd", "svd_period": 1})
-    path = tmp / f"{method}.yaml"
-    path.write_text(yaml.safe_dump(document))
-    return path
+    for key, value in (("rounds", rounds), ("local_steps", steps)):
+        if value is not None:
+            document["federation"][key] = value
+    return document
 
 
-def run(path: Path, runs_dir: Path) -> dict:
-    done = subprocess.run([sys.executable, "-m", "server.cli", "run", str(path), "--runs-dir",
-                           str(runs_dir), "--json"], cwd=ROOT, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"{path.name} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+def record_of(summary: dict[str, Any]) -> dict[str, Any]:
+    tasks = summary["tasks"]
+    return {"names": tasks["names"], "initial": tasks["initial"], "matrix": tasks["matrix"],
+            "probe_initial": tasks["probe_initial"], "probe_matrix": tasks["probe_matrix"],
+            "aa": tasks["aa"], "bwt": tasks["bwt"], "fwt": tasks["fwt"],
+            "forgetting": fmean(tasks["forgetting"]), "forgetting_per_task": tasks["forgetting"],
+            "minutes": summary["wall_seconds"] / 60}
 
 
-def show_matrix(label: str, tasks: dict, minutes: float) -> None:
-    names = tasks["names"]
-    print(f"\n{label} ({minutes:.1f} min): accuracy on each task (columns) after each task (rows)")
-    print(f"{'':>10}" + "".join(f"{n:>10}" for n in names))
-    print(f"{'init':>10}" + "".join(f"{a:10.3f}" for a in tasks["initial"]))
-    for name, row in zip(names, tasks["matrix"], strict=False):
-        print(f"{name:>10}" + "".join(f"{a:10.3f}" for a in row))
-    print("linear-probe accuracy (what FWT is measured on)")
-    print(f"{'init':>10}" + "".join(f"{a:10.3f}" for a in tasks["probe_initial"]))
-    for name, row in zip(names, tasks["probe_matrix"], strict=False):
-        print(f"{name:>10}" + "".join(f"{a:10.3f}" for a in row))
+def summarise(runs: dict[str, dict]) -> dict[str, Any]:
+    """Per method: spread of each metric and the seed-mean matrix; OSFT minus each
+    baseline, paired by seed."""
+    by_method = {m: {k.rsplit("seed", 1)[1]: r for k, r in runs.items() if k.startswith(f"{m}/")}
+                 for m in METHODS}
+    out: dict[str, Any] = {}
+    for method, by_seed in by_method.items():
+        if not by_seed:
+            continue
+        rows = list(by_seed.values())
+        out[method] = {"seeds": sorted(int(s) for s in by_seed), "names": rows[0]["names"],
+                       **{m: spread(r[m] for r in rows) for m in METRICS},
+                       "matrix_mean": [[fmean(col) for col in zip(*cells, strict=True)]
+                                       for cells in zip(*[r["matrix"] for r in rows], strict=True)],
+                       "initial_mean": [fmean(c) for c in zip(*[r["initial"] for r in rows],
+                                                              strict=True)],
+                       "minutes": fmean(r["minutes"] for r in rows)}
+    out["paired_osft_minus"] = {
+        other: {m: spread(by_method["osft"][s][m] - by_method[other][s][m]
+                          for s in by_method["osft"] if s in by_method[other]) for m in METRICS}
+        for other in METHODS if other != "osft" and set(by_method["osft"]) & set(by_method[other])}
+    return out
+
+
+def markdown(results: ResultsFile, summary: dict[str, Any]) -> str:
+    lines = [results.header("OSFT vs its baselines on a 4-task stream (MiniLM)"),
+             "Accuracy in %, mean ± sd over seeds (95 % t-interval half width in brackets). "
+             "AA: mean final accuracy over tasks; BWT: mean (final - just after training) over "
+             "the first three tasks; FWT: through linear probes; forgetting: mean over the "
+             "first three tasks of (best earlier - final).", "",
+             "| method | seeds | AA | BWT | FWT | forgetting | min/run |", "|---|---|---|---|---|---|---|"]
+    methods = [m for m in METHODS if m in summary]
+    for method in methods:
+        row = summary[method]
+        cells = " | ".join(f"{mean_sd(row[m])} [{pct(row[m], 'ci95')}]" for m in METRICS)
+        lines.append(f"| {METHODS[method]} | {len(row['seeds'])} | {cells} | {row['minutes']:.1f} |")
+    lines += ["", "OSFT minus baseline, paired by seed (points):", ""]
+    for other, diffs in summary["paired_osft_minus"].items():
+        lines.append(f"- {METHODS[other]}: " + ", ".join(
+            f"{m.upper() if m != 'forgetting' else m} {mean_sd(d)} [± {pct(d, 'ci95')}]"
+            for m, d in diffs.items()))
+    for method in methods:
+        row = summary[method]
+        lines += ["", f"{METHODS[method]}: accuracy on each task (columns) after each task "
+                  "(rows), mean over seeds", "",
+                  "| after | " + " | ".join(row["names"]) + " |", "|---|" + "---|" * len(row["names"]),
+                  "| init | " + " | ".join(f"{100 * a:.1f}" for a in row["initial_mean"]) + " |"]
+        lines += [f"| {name} | " + " | ".join(f"{100 * a:.1f}" for a in cells) + " |"
+                  for name, cells in zip(row["names"], row["matrix_mean"], strict=False)]
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--methods", nargs="+", default=["osft", "seqft", "seqlora"],
-                        choices=list(METHODS))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--rounds", type=int, default=None, help="rounds per task")
     parser.add_argument("--steps", type=int, default=None, help="local steps per round")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the runs already in the results file that ran the same scenario")
     parser.add_argument("--runs-dir", type=Path, default=None)
     args = parser.parse_args()
-    results = {}
+    custom = "" if (args.rounds, args.steps) == (None, None) else f"_r{args.rounds}_s{args.steps}"
+    results = ResultsFile(f"cl_stream{custom}", resume=args.resume)
     with tempfile.TemporaryDirectory() as tmp:
         runs_dir = (args.runs_dir or Path(tmp) / "runs").resolve()
-        for method in args.methods:
-            started = time.time()
-            summary = run(scenario_for(method, args.rounds, args.steps, Path(tmp)), runs_dir)
-            results[method] = (summary["tasks"], (time.time() - started) / 60)
-            show_matrix(METHODS[method], *results[method])
-    print(f"\n{'method':>22} {'AA':>7} {'BWT':>7} {'FWT':>7}  forgetting per task   minutes"
-          "   (FWT: linear probes)")
-    for method, (tasks, minutes) in results.items():
-        forgetting = " ".join(f"{f:6.3f}" for f in tasks["forgetting"])
-        print(f"{METHODS[method]:>22} {tasks['aa']:7.3f} {tasks['bwt']:7.3f} {tasks['fwt']:7.3f}"
-              f"  {forgetting:<21} {minutes:7.1f}")
+        for seed in args.seeds:
+            for method in args.methods:
+                key, document = f"{method}/seed{seed}", document_for(method, seed, args.rounds, args.steps)
+                if results.done(key, digest(document)):
+                    continue
+                record = record_of(run_document(document, runs_dir, Path(tmp)))
+                results.runs[key] = {**record, "scenario_digest": digest(document)}
+                summary = summarise(results.runs)
+                results.write(summary, markdown(results, summary))
+                print(f"{key:>14}: AA {100 * record['aa']:.1f}  BWT {100 * record['bwt']:.1f}  "
+                      f"FWT {100 * (record['fwt'] or 0):.1f}  {record['minutes']:.1f} min", flush=True)
+    print(results.md_path.read_text())
 
 
 if __name__ == "__main__":
