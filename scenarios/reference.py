@@ -32,7 +32,15 @@ def _default(field) -> str:
     return f"`{list(value) if isinstance(value, tuple) else value}`"
 
 
+def _is_tag(annotation) -> bool:
+    """A union member's tag (`kind: Literal["iid"]`): one literal value, shown in the
+    section title. A Literal of several values is an ordinary choice field."""
+    return typing.get_origin(annotation) is typing.Literal and len(typing.get_args(annotation)) == 1
+
+
 def _type_name(annotation) -> str:
+    if typing.get_origin(annotation) is typing.Literal:
+        return " or ".join(f"'{value}'" for value in typing.get_args(annotation))
     text = getattr(annotation, "__name__", None) or str(annotation)
     return text.replace("typing.", "").replace("pathlib.", "").replace("|", "or")
 
@@ -43,8 +51,8 @@ def rows(model: type[BaseModel], prefix: str) -> list[str]:
     for name, field in model.model_fields.items():
         path = f"{prefix}{name}"
         subs = _members(field.annotation)
-        if typing.get_origin(field.annotation) is typing.Literal:
-            continue  # the tag of a union member: shown in its section title
+        if _is_tag(field.annotation):
+            continue  # shown in its section title
         if subs:
             nested.append((path, subs))
             continue
@@ -53,7 +61,7 @@ def rows(model: type[BaseModel], prefix: str) -> list[str]:
     for path, subs in nested:
         for sub in subs:
             tag = next((f for f in ("kind", "name") if f in sub.model_fields
-                        and typing.get_origin(sub.model_fields[f].annotation) is typing.Literal), None)
+                        and _is_tag(sub.model_fields[f].annotation)), None)
             title = path
             if tag:
                 value = typing.get_args(sub.model_fields[tag].annotation)[0]

@@ -123,6 +123,14 @@ class FederationSpec(Spec):
         "reply with a result (failed, hung or vanished clients are recorded); else the run "
         "fails naming each failed client and why. At most clients_per_round."
     )
+    sampling: Literal["uniform", "balanced"] = Field(
+        "uniform", description="How each round's clients are drawn: 'uniform', a uniformly "
+        "random subset every round (Flower's FedAvg); 'balanced', dealt from a shuffled deck "
+        "of all clients, reshuffled when it runs out, so each client joins floor or ceil of "
+        "rounds x clients_per_round / num_clients rounds. Under privacy, 'balanced' gives each "
+        "client exactly the participation its noise is sized for: no client refuses a round "
+        "(with 'uniform', clients drawn more often than planned refuse their extra rounds)."
+    )
     max_grad_norm: float | None = Field(
         None, gt=0, description="Non-private training: clip each step's gradient to this "
         "global L2 norm before the optimizer steps (torch's clip_grad_norm_; the FedSVD "

@@ -13,7 +13,6 @@ preserved bases at each task start (server.serverapp.osft_plan). After every rou
 from __future__ import annotations
 
 import json
-import random
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -63,7 +62,7 @@ from strategies.registry import build_strategy, trained_set
 from strategies.round_policy.budget_watch import BudgetExhausted, BudgetWatch
 from strategies.round_policy.ledger_relay import LedgerRelay
 from strategies.round_policy.quorum import Quorum
-from strategies.round_policy.sampling import ClientSampler
+from strategies.round_policy.sampling import ClientSampler, ShuffledDeck
 
 app = ServerApp()
 NODE_WAIT_S = 60.0  # simulation registers nodes at once; deployment SuperNodes may be slower
@@ -109,7 +108,7 @@ class RunContext:
     device: torch.device
     checkpoints: Checkpoints
     digest: str
-    sampler: random.Random  # which clients train each round (strategies.round_policy)
+    sampler: ShuffledDeck  # which clients train each round (strategies.round_policy)
     ledgers: dict[int, dict] = field(default_factory=dict)  # clients' privacy ledgers
 
 
@@ -160,7 +159,7 @@ def run_context(grid: Grid, scenario: Scenario, store: MetricsStore, run_id: str
                         label_counts=counts if scenario.stream is not None else None)
     return RunContext(grid, model, scenario, store, run_id, run_dir, device,
                       Checkpoints(run_dir, scenario.checkpoints.keep),
-                      scenario_digest(scenario), random.Random(scenario.seed))
+                      scenario_digest(scenario), ShuffledDeck(scenario.seed))
 
 
 def starting_state(run: RunContext, resume: bool) -> RunState:
@@ -269,7 +268,8 @@ def run_task(run: RunContext, task_id: int, round_offset: int, extra: dict[str, 
     strategy = RecordedStrategy(
         build_strategy(scenario), store, run_id, task=task_id, round_offset=round_offset,
         rounds_done=rounds_done, extra_records=extra,
-        sampler=ClientSampler(run.sampler, fed.clients_per_round, fed.num_clients),
+        sampler=ClientSampler(run.sampler, fed.clients_per_round, fed.num_clients,
+                              balanced=fed.sampling == "balanced"),
         ledgers=LedgerRelay(run.ledgers, fed.local_steps), quorum=Quorum(fed.min_replies),
         budget=BudgetWatch(fed.num_clients, out_of_budget))
     initial = global_state(model)

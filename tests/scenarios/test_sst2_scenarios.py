@@ -40,6 +40,7 @@ def test_every_sst2_scenario_has_the_reference_settings(name: str) -> None:
     assert (fed["num_clients"], fed["clients_per_round"], fed["local_steps"]) == (6, 3, 10)
     assert fed["optimizer"]["name"] == "sgd" and fed["optimizer"]["lr"] == 0.5
     assert doc["data"]["partitioning"] == {"kind": "presplit"}
+    assert fed["sampling"] == "balanced"  # the expected share the reference's accounting assumes
     if name.endswith("-dp"):
         assert fed["max_grad_norm"] is None
         privacy = doc["privacy"]
