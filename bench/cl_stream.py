@@ -131,12 +131,15 @@ def main() -> None:
                 if results.done(key, digest(document)):
                     continue
                 record = record_of(run_document(document, runs_dir, Path(tmp)))
-                results.runs[key] = {**record, "scenario_digest": digest(document)}
+                results.add(key, record, digest(document))
                 summary = summarise(results.runs)
                 results.write(summary, markdown(results, summary))
                 print(f"{key:>14}: AA {100 * record['aa']:.1f}  BWT {100 * record['bwt']:.1f}  "
                       f"FWT {100 * (record['fwt'] or 0):.1f}  {record['minutes']:.1f} min", flush=True)
-    print(results.md_path.read_text())
+    if results.runs:  # also when nothing new ran: the tables from the recorded runs
+        summary = summarise(results.runs)
+        results.write(summary, markdown(results, summary))
+        print(results.md_path.read_text())
 
 
 if __name__ == "__main__":

@@ -95,14 +95,21 @@ class ResultsFile:
         self.json_path, self.md_path = RESULTS / f"{name}.json", RESULTS / f"{name}.md"
         previous = json.loads(self.json_path.read_text()) if resume and self.json_path.exists() else {}
         self.runs: dict[str, dict[str, Any]] = previous.get("runs", {})
+        # A resumed file keeps the command and commit of every invocation that added runs.
+        self.history: list[dict[str, Any]] = previous.get("history", [])
         self.provenance = provenance()
-        # A resumed file keeps the commands and commits of every session that added runs.
-        self.history = previous.get("history", []) + [self.provenance]
 
     def done(self, key: str, scenario_digest: str) -> dict[str, Any] | None:
         """The recorded run under `key`, if it ran the same scenario."""
         record = self.runs.get(key)
         return record if record and record.get("scenario_digest") == scenario_digest else None
+
+    def add(self, key: str, record: dict[str, Any], scenario_digest: str) -> None:
+        """A run's record (made by this invocation: its provenance joins the history)."""
+        if self.provenance not in self.history:
+            self.history.append(self.provenance)
+        self.runs[key] = {**record, "scenario_digest": scenario_digest,
+                          "commit": self.provenance["commit"]}
 
     def write(self, summary: dict[str, Any], markdown: str) -> None:
         """Both files, as they stand (after every run)."""
