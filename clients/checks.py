@@ -59,23 +59,28 @@ def check_source(source, where: str, base: Path | None = None) -> list[str]:
 
 def check_model(scenario: Scenario) -> list[str]:
     """The model loads offline, and each LoRA target matches a module of it."""
-    from clients.models import module_names, pretrained_path
+    from clients.decoder_models import DECODER_NAMES
+    from clients.models import lora_targets, model_kind, module_names, osft_targets, pretrained_path
 
     spec = scenario.model
-    path = pretrained_path(spec.name)
+    path = None if spec.name in DECODER_NAMES else pretrained_path(spec.name)
     if path is not None and not Path(path).exists() and _hub_offline():
-        return [f"model.name: unknown model {spec.name!r}: not 'tiny-bert' or 'minilm', not a "
-                "local folder, and the hub is offline"]
+        return [f"model.name: unknown model {spec.name!r}: not 'tiny-bert', 'minilm', "
+                "'tiny-llama' or 'smollm2', not a local folder, and the hub is offline"]
     try:
         names = module_names(spec)
     except Exception as exc:  # noqa: BLE001 - whatever transformers raises, say it plainly
         return [f"model.name: cannot load {spec.name!r}: {type(exc).__name__}: {exc}"]
+    if model_kind(spec) == "causal-lm" and spec.pooling is not None:
+        return [f"model.pooling: {spec.pooling!r} is for encoders; a causal LM reads its "
+                "answer from its own next-token distribution: remove model.pooling"]
     if scenario.strategy.name == "fedavg":
         return []  # full fine-tuning: no adapters
     if scenario.strategy.name == "osft":
-        targets, where = scenario.strategy.target_modules, "strategy.target_modules"
+        targets = osft_targets(spec, scenario.strategy.target_modules)
+        where = "strategy.target_modules"
     else:
-        targets, where = spec.lora.target_modules, "model.lora.target_modules"
+        targets, where = lora_targets(spec), "model.lora.target_modules"
     leaves = {n.rsplit(".", 1)[-1] for n in names}
     return [f"{where}: {t!r} is not a module of {spec.name!r} "
             f"(some of its modules: {sorted(leaves)[:12]})"

@@ -19,7 +19,8 @@ from datasets import ClassLabel, Dataset, disable_progress_bars
 from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner
 from torch.utils.data import TensorDataset
 
-from clients.synthetic import make_examples
+from clients.prompts import PromptFormat, instruction_for, scoring_set, training_set
+from clients.synthetic import TOPIC_NAMES, make_examples
 from scenarios.schema import (
     ClBenchmarkSource,
     DataSpec,
@@ -54,7 +55,8 @@ def load_task(spec: DataSpec, seed: int) -> TaskData:
                               source.first_topic)
         test = make_examples(source.num_labels, source.test_size, seed + 1,
                              first_topic=source.first_topic)
-        names = tuple(str(i) for i in range(source.num_labels))
+        names = tuple(TOPIC_NAMES[(source.first_topic + c) % len(TOPIC_NAMES)]
+                      for c in range(source.num_labels))
         return TaskData([_normalise(e, spec, names) for e in train],
                         [_normalise(e, spec, names) for e in test], names)
     if isinstance(source, ClBenchmarkSource):
@@ -210,19 +212,39 @@ class ClientData:
 def client_data(scenario: Scenario, partition_id: int, task_id: int = 0) -> ClientData:
     """Client `partition_id`'s tokenized train and local-eval sets of task `task_id`,
     built once per process."""
-    from clients.models import build_tokenizer
-
     spec = task_plan(scenario, task_id).data
     task = cached_task(spec, scenario.seed)
     rows = partition(task, spec, scenario.federation.num_clients, partition_id, scenario.seed)
     rows = rows[:]
     random.Random(scenario.seed + partition_id).shuffle(rows)
     cut = int(len(rows) * spec.local_eval_fraction)
-    tokenizer = build_tokenizer(scenario.model)
-    train = tokenize(rows[cut:], tokenizer, scenario.model.max_length)
+    train = tokenized(rows[cut:], scenario, task_id, "train")
     # No held-out share (local_eval_fraction 0): the local eval is on the training rows.
-    local_eval = tokenize(rows[:cut], tokenizer, scenario.model.max_length) if cut else train
+    local_eval = tokenized(rows[:cut] if cut else rows, scenario, task_id, "score")
     return ClientData(train=train, local_eval=local_eval, num_labels=len(task.label_names))
+
+
+def tokenized(rows: list[dict], scenario: Scenario, task_id: int, purpose: str) -> TensorDataset:
+    """`rows` as the scenario's model reads them: an encoder's (ids, mask, token types,
+    labels) for any purpose; a causal LM's prompt + answer for 'train', its prompt and
+    options for 'score' (clients.prompts)."""
+    from clients.models import build_tokenizer, model_kind
+
+    tokenizer, length = build_tokenizer(scenario.model), scenario.model.max_length
+    if model_kind(scenario.model) != "causal-lm":
+        return tokenize(rows, tokenizer, length)
+    make = training_set if purpose == "train" else scoring_set
+    return make(rows, tokenizer, prompt_format(scenario, task_id), length)
+
+
+def prompt_format(scenario: Scenario, task_id: int) -> PromptFormat:
+    """Task `task_id`'s instruction (its own, else its CL-benchmark folder's, else the
+    generic one) and label texts."""
+    plan = task_plan(scenario, task_id)
+    source = plan.data.source
+    name = source.path.name if isinstance(source, ClBenchmarkSource) else plan.name
+    return PromptFormat(instruction_for(name, plan.data.instruction),
+                        cached_task(plan.data, scenario.seed).label_names)
 
 
 @functools.lru_cache(maxsize=16)
@@ -241,14 +263,12 @@ def label_counts(scenario: Scenario) -> tuple[int, ...]:
 def server_test_set(scenario: Scenario, task_id: int = 0) -> TensorDataset:
     """The test split of task `task_id` the server evaluates the global model on (a
     seeded subset if data.server_eval_max caps it)."""
-    from clients.models import build_tokenizer
-
     spec = task_plan(scenario, task_id).data
     test = cached_task(spec, scenario.seed).test
     cap = spec.server_eval_max
     if cap is not None and cap < len(test):
         test = random.Random(scenario.seed).sample(test, cap)
-    return by_length(tokenize(test, build_tokenizer(scenario.model), scenario.model.max_length))
+    return by_length(tokenized(test, scenario, task_id, "score"))
 
 
 def by_length(data: TensorDataset) -> TensorDataset:
@@ -266,9 +286,7 @@ def server_sample(scenario: Scenario, task_id: int, count: int,
     sample for OSFT's layer importance. 'train' reads the clients' training rows (in
     simulation the server can read the task files; that is client data, outside any DP
     guarantee); 'test' the held-out split the server evaluates on anyway."""
-    from clients.models import build_tokenizer
-
     task = cached_task(task_plan(scenario, task_id).data, scenario.seed)
     rows = task.test if split == "test" else task.train
     rows = random.Random(scenario.seed).sample(rows, min(count, len(rows)))
-    return tokenize(rows, build_tokenizer(scenario.model), scenario.model.max_length)
+    return tokenized(rows, scenario, task_id, "score")

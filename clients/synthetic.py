@@ -20,6 +20,8 @@ TOPICS: tuple[tuple[str, ...], ...] = (
     ("doctor", "patient", "hospital", "virus", "health", "medicine", "nurse", "disease"),
     ("computer", "software", "internet", "phone", "chip", "robot", "code", "network"),
 )
+TOPIC_NAMES = ("sports", "markets", "science", "politics", "arts", "weather", "health",
+               "technology")  # a causal LM's label texts, one per tuple of TOPICS
 FILLER: tuple[str, ...] = (
     "the", "a", "of", "and", "to", "in", "on", "with", "for", "new", "after", "today",
     "report", "says", "big", "year", "week", "people", "city", "time", "first", "last",

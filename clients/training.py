@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
+from clients.causal_lm import hidden_states, is_causal_lm, option_scores, target_loss
 from scenarios.schema import OptimizerSpec
 
 
@@ -64,8 +65,30 @@ def trim_padding(batch: list[torch.Tensor]) -> list[torch.Tensor]:
     return [t[:, used] if t.dim() == 2 else t for t in batch]
 
 
+def train_loss(model: nn.Module, batch: list[torch.Tensor]) -> torch.Tensor:
+    """What a training step minimises, a mean over the batch's examples: the
+    cross-entropy of an encoder's head, a causal LM's NLL of each example's label tokens
+    (clients.causal_lm.target_loss)."""
+    if is_causal_lm(model):
+        return target_loss(model, batch)
+    return forward_loss(model, batch)[0]
+
+
+def forward_hidden(model: nn.Module, batch: list[torch.Tensor]) -> None:
+    """Run the network over the batch's inputs (for hooks that read its hidden states):
+    an encoder through its head, a causal LM over its prompts."""
+    if is_causal_lm(model):
+        hidden_states(model, batch[0], batch[1])
+    else:
+        forward_logits(model, batch)
+
+
 def forward_logits(model: nn.Module, batch: list[torch.Tensor]) -> torch.Tensor:
-    """The model's logits (B, C) for a batch of tokenized tensors (labels unused)."""
+    """The model's class scores (B, C) for a batch of tokenized tensors (labels unused):
+    an encoder's logits; a causal LM's log-likelihood of each label option
+    (clients.causal_lm.option_scores, on a scoring batch)."""
+    if is_causal_lm(model):
+        return option_scores(model, batch)
     input_ids, attention_mask, token_type_ids = batch[:3]
     # Explicit position ids: per-sample-gradient code needs (B, T) position tensors.
     positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
@@ -114,7 +137,7 @@ def run_steps(model: nn.Module, batches: Iterator[list[torch.Tensor]], steps: in
                 raise ValueError("an empty batch, and no way to step on one")
             empty_step(optimizer)
             continue
-        loss, _ = forward_loss(model, batch)
+        loss = train_loss(model, batch)
         loss.backward()
         if max_grad_norm is not None:
             nn.utils.clip_grad_norm_(params, max_grad_norm)
@@ -134,12 +157,14 @@ class EvalResult:
 @torch.no_grad()
 def evaluate(model: nn.Module, data: TensorDataset, device: torch.device,
              batch_size: int = 128) -> EvalResult:
-    """Mean loss and accuracy of `model` on `data`."""
+    """Accuracy of `model` on `data`, and the mean cross-entropy of its class scores (a
+    causal LM: of the softmax over its options' log-likelihoods)."""
     model.eval()
     loss_sum, correct, n = torch.zeros((), device=device), torch.zeros((), device=device), 0
     for batch in DataLoader(data, batch_size=batch_size):
         batch = [t.to(device) for t in trim_padding(batch)]
-        loss, logits = forward_loss(model, batch)
+        logits = forward_logits(model, batch)  # (B, C)
+        loss = nn.functional.cross_entropy(logits, batch[3])
         loss_sum += loss * len(batch[0])
         correct += (logits.argmax(-1) == batch[3]).sum()
         n += len(batch[0])

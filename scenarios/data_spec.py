@@ -119,6 +119,13 @@ class DataSpec(Spec):
         None, ge=1, description="Evaluate the global model on at most this many test examples "
         "(a seeded subset); None uses the whole test split."
     )
+    instruction: str | None = Field(
+        None, min_length=1, max_length=2000, description="Causal LMs: the task's instruction, "
+        "the first line of every prompt (then the options, the text, and 'Answer:'). None: "
+        "one for the CL benchmark's task by its name (e.g. agnews: 'What is the topic of the "
+        "text?'), else 'Which option fits the text?'. In a stream, a task's own "
+        "`instruction` takes its place."
+    )
 
 
 # ---- continual task streams ---------------------------------------------------------
@@ -143,16 +150,20 @@ class TaskSpec(Spec):
     rounds: int | None = Field(
         None, ge=1, le=100_000, description="Rounds of this task; None: federation.rounds."
     )
+    instruction: str | None = Field(
+        None, min_length=1, max_length=2000,
+        description="Causal LMs: this task's instruction; None: data.instruction's rule."
+    )
 
 
 class StreamSpec(Spec):
     """An ordered stream of tasks, learned one after the other by the same federation.
 
-    Each task keeps its own classifier head (a head per task, chosen by the task id at
-    training and at test time): the benchmark is task-aware (its instructions name the
-    task and its options), so forgetting then measures the shared encoder's drift, which
-    is what OSFT protects, and amazon and yelp, which share label texts, do not overwrite
-    each other's head.
+    An encoder keeps a classifier head per task (chosen by the task id at training and
+    at test time): the benchmark is task-aware (its instructions name the task and its
+    options), so forgetting then measures the shared encoder's drift, which is what OSFT
+    protects, and amazon and yelp, which share label texts, do not overwrite each other's
+    head. A causal LM reads each task's instruction and options in its prompt instead.
     """
 
     order: Literal["order-1", "order-2", "order-3"] | None = Field(

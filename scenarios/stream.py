@@ -29,8 +29,9 @@ def task_plans(scenario: Scenario) -> tuple[TaskPlan, ...]:
     if scenario.stream is None:
         return (TaskPlan(scenario.name, scenario.data, fed.rounds),)
     return tuple(
-        TaskPlan(task.name, scenario.data.model_copy(update={"source": task.source}),
-                 task.rounds or fed.rounds)
+        TaskPlan(task.name, scenario.data.model_copy(update={
+            "source": task.source, "instruction": task.instruction or scenario.data.instruction}),
+            task.rounds or fed.rounds)
         for task in scenario.stream.tasks
     )
 

@@ -84,8 +84,9 @@ class Tasks(BaseModel):
         "task i (a logistic regression on the features the task head reads).")
     aa: float | None = None
     bwt: float | None = None
-    fwt: float | None = Field(None, description="Forward transfer of the linear probes "
-                              "(None: unavailable, fwt_source says why).")
+    fwt: float | None = Field(None, description="Forward transfer: of the linear probes "
+                              "(encoders), of the accuracy matrix (causal LMs); None: "
+                              "unavailable, fwt_source says why.")
     fwt_source: str | None = Field(None, description="What FWT was measured on, or why it is "
                                    "unavailable.")
     forgetting: list[float] = Field(default_factory=list)

@@ -14,6 +14,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from server.runs.continual import fwt_basis
 from server.runs.store import MetricsStore
 
 
@@ -82,14 +83,15 @@ def clients_table(summary: dict[str, Any]) -> Table:
 
 def tasks_table(summary: dict[str, Any]) -> Table:
     """The accuracy matrix of a task stream (rows: after each task; "initial": before the
-    stream), then the linear-probe matrix FWT is measured on (server.serverapp.probe), with AA,
-    BWT and FWT (or why it is unavailable) in the caption."""
+    stream), then the linear-probe matrix FWT is measured on (server.serverapp.probe; a causal
+    LM has none: FWT is on the accuracy matrix), with AA, BWT and FWT (or why it is
+    unavailable) in the caption."""
     tasks = summary["tasks"]
     fwt = (_fmt(tasks["fwt"], ".4f") if tasks.get("fwt") is not None
            else f"- ({tasks.get('fwt_source') or 'unavailable'})")
     table = Table(title="accuracy on each task (columns) after each task (rows)",
                   caption=f"AA {_fmt(tasks['aa'], '.4f')}   BWT {_fmt(tasks['bwt'], '.4f')}   "
-                          f"FWT (linear probe) {fwt}")
+                          f"FWT ({fwt_basis(tasks.get('fwt_source'))}) {fwt}")
     table.add_column("after", justify="right")
     for name in tasks["names"]:
         table.add_column(name, justify="right")

@@ -13,6 +13,7 @@ import numpy as np
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
+from server.runs.continual import fwt_basis  # noqa: E402
 from server.runs.layout import RunFolder  # noqa: E402
 from server.runs.store import MetricsStore  # noqa: E402
 
@@ -67,8 +68,9 @@ def plot_tasks(tasks: dict[str, Any], path: Path) -> bool:
     run is not a stream."""
     if not tasks:
         return False
-    panels = [("accuracy (task heads)", tasks["initial"], tasks["matrix"])]
-    if tasks.get("probe_initial") or tasks.get("probe_matrix"):
+    probed = bool(tasks.get("probe_initial") or tasks.get("probe_matrix"))
+    panels = [("accuracy (task heads)" if probed else "accuracy", tasks["initial"], tasks["matrix"])]
+    if probed:
         panels.append(("linear-probe accuracy", tasks["probe_initial"], tasks["probe_matrix"]))
     size = (1.2 * len(tasks["names"]) + 2, 0.6 * len(tasks["matrix"]) + 2.1)
     fig, axes = plt.subplots(1, len(panels), figsize=(size[0] * len(panels), size[1]),
@@ -79,7 +81,7 @@ def plot_tasks(tasks: dict[str, Any], path: Path) -> bool:
     fwt = f"{tasks['fwt']:.3f}" if tasks.get("fwt") is not None else "unavailable"
     fig.suptitle(f"AA {tasks['aa']:.3f}" + (f"  BWT {tasks['bwt']:.3f}"
                                            if tasks["bwt"] is not None else "")
-                 + f"  FWT (linear probe) {fwt}", fontsize=9)
+                 + f"  FWT ({fwt_basis(tasks.get('fwt_source'))}) {fwt}", fontsize=9)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return True

@@ -10,7 +10,9 @@ b[j] the accuracy of the initial model on task j:
 
 FWT is taken on the linear-probe matrix p (server.serverapp.probe), not on a: with a head per
 task, a[j-1][j] goes through task j's untrained head, whose readout is random. Runs
-without probes (recorded before they existed) get FWT None and say so.
+without probes (recorded before they existed) get FWT None and say so. A causal LM has no
+heads: it answers every task through its prompt and its own output embedding, so its
+a[j-1][j] is a real zero-shot accuracy and FWT is taken on a itself (`prompted`).
 
 Lopez-Paz & Ranzato 2017 (GEM) for BWT and FWT; Chaudhry et al. 2018 for forgetting.
 Pure arithmetic; a stream cut short yields the metrics of the rows it has.
@@ -24,9 +26,18 @@ from typing import Any
 PROBE_SOURCE = ("linear probe (logistic regression, server.serverapp.probe) on the pooled features "
                 "the task head reads, from the frozen global encoder: fitted on a seeded, "
                 "label-stratified half of task j's server test split, scored on the other")
+PROMPT_SOURCE = ("the accuracy matrix: a causal LM ranks task j's label options through its "
+                 "prompt and its own output embedding, no head trained for the task, so "
+                 "a[j-1][j] before task j trains is a zero-shot accuracy")
 NO_PROBES = ("unavailable: no linear probes recorded (a run from before they existed); "
              "the accuracy matrix cannot give FWT, its a[j-1][j] goes through task j's "
              "untrained head")
+
+
+def fwt_basis(source: str | None) -> str:
+    """The short name of what FWT was measured on, for captions: 'linear probe', 'the
+    accuracy matrix', or 'unavailable'."""
+    return (source or "unavailable").split(" (")[0].split(":")[0]
 
 
 def forward_transfer(initial: list[float | None],
@@ -53,16 +64,23 @@ def fwt_unavailable(probe_initial: list[float | None],
 
 
 def cl_metrics(matrix: list[list[float]], probe_initial: list[float | None] | None = None,
-               probe_matrix: list[list[float | None]] | None = None) -> dict[str, Any]:
+               probe_matrix: list[list[float | None]] | None = None,
+               prompted_initial: list[float] | None = None) -> dict[str, Any]:
     """AA, BWT and per-task forgetting of a (complete rows) accuracy matrix; FWT of the
-    probe matrix and its initial row, with where it comes from (`fwt_source`).
+    probe matrix and its initial row, or, for a prompted causal LM, of the accuracy
+    matrix and its initial row (`prompted_initial`); and where FWT comes from
+    (`fwt_source`).
 
     `matrix` has one row per finished task, each with an accuracy for every task of the
     stream; metrics that need more rows than exist are None.
     """
     probe_initial, probe_matrix = probe_initial or [], probe_matrix or []
-    fwt = forward_transfer(probe_initial, probe_matrix)
-    source = PROBE_SOURCE if fwt is not None else fwt_unavailable(probe_initial, probe_matrix)
+    if prompted_initial is not None:
+        fwt = forward_transfer(prompted_initial, matrix)
+        source = PROMPT_SOURCE if fwt is not None else fwt_unavailable(prompted_initial, matrix)
+    else:
+        fwt = forward_transfer(probe_initial, probe_matrix)
+        source = PROBE_SOURCE if fwt is not None else fwt_unavailable(probe_initial, probe_matrix)
     if not matrix:
         return {"aa": None, "bwt": None, "fwt": fwt, "fwt_source": source, "forgetting": []}
     done = len(matrix)          # tasks trained so far
@@ -74,10 +92,23 @@ def cl_metrics(matrix: list[list[float]], probe_initial: list[float | None] | No
             "fwt_source": source, "forgetting": forgetting}
 
 
-def task_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def prompted(scenario: dict[str, Any]) -> bool:
+    """Whether a run's model (its scenario as stored) is a causal LM answering in text;
+    False when that cannot be told any more (a local model folder since removed)."""
+    from clients.models import model_kind
+    from scenarios.schema import ModelSpec
+
+    try:
+        return model_kind(ModelSpec.model_validate(scenario["model"])) == "causal-lm"
+    except (OSError, ValueError):
+        return False
+
+
+def task_summary(rows: list[dict[str, Any]], is_prompted: bool = False) -> dict[str, Any]:
     """The summary's "tasks" section from the store's task_evals rows: task names, the
     initial accuracies, the matrix, the probe matrix and its initial row (empty lists
-    when no probe was recorded), and the metrics. Empty for a single-task run."""
+    when no probe was recorded), and the metrics (FWT on the accuracy matrix when the
+    model `is_prompted`, see `prompted`). Empty for a single-task run."""
     if not rows:
         return {}
     first = min(r["after_task"] for r in rows)
@@ -95,4 +126,5 @@ def task_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     probe_matrix = [probes[i] for i in sorted(probes)] if probed else []
     return {"names": names, "initial": initial, "matrix": matrix,
             "probe_initial": probe_initial, "probe_matrix": probe_matrix,
-            **cl_metrics(matrix, probe_initial, probe_matrix)}
+            **cl_metrics(matrix, probe_initial, probe_matrix,
+                         prompted_initial=initial if is_prompted else None)}

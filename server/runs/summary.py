@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from scenarios.disclosure import privacy_disclosure
-from server.runs.continual import task_summary
+from server.runs.continual import prompted, task_summary
 from server.runs.store import MetricsStore
 
 
@@ -31,7 +31,7 @@ def build_summary(store: MetricsStore, run_id: str) -> dict[str, Any]:
         "seconds": (run["ended"] - run["created"]) if run["ended"] else None,
         "rounds": store.rounds(run_id),
         "clients": client_summaries(store, run_id),
-        "tasks": task_summary(store.task_evals(run_id)),
+        "tasks": task_summary(store.task_evals(run_id), prompted(run["scenario"])),
         "privacy": privacy_disclosure(run["scenario"]),
     }
 

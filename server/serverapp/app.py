@@ -25,13 +25,14 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
 from clients.data import label_counts, server_sample, server_test_set
-from clients.heads import HEADS, activate_task
+from clients.heads import HEADS, activate_task, task_heads
 from clients.models import (
     build_model,
     frozen_fingerprint,
     global_state,
     load_trainable,
     merge_adapters,
+    osft_targets,
     pick_device,
 )
 from clients.training import evaluate
@@ -238,7 +239,8 @@ def task_records(model: torch.nn.Module, scenario: Scenario, task_id: int,
     if scenario.strategy.name == "osft":
         previous = (importance_sample(scenario, task_id - 1)
                     if task_id > 0 and scenario.strategy.rank_rule == "adaptive" else None)
-        bases = task_bases(model, scenario.strategy, task_id, previous, device)
+        targets = osft_targets(scenario.model, scenario.strategy.target_modules)
+        bases = task_bases(model, scenario.strategy, targets, task_id, previous, device)
         RunFolder(run_dir).osft_plan(task_id).write_text(json.dumps(
             {"ranks": bases.ranks, "shapes": bases.shapes, "svd-seconds": bases.seconds},
             indent=1))
@@ -312,15 +314,20 @@ def run_task(run: RunContext, task_id: int, round_offset: int, extra: dict[str, 
 def record_task_evals(model: torch.nn.Module, scenario: Scenario, store: MetricsStore,
                       run_id: str, after_task: int, device: torch.device) -> None:
     """One row of the accuracy matrix: the global model on every task's test split,
-    each through its own head; and of the probe matrix: a linear probe fitted on the
-    pooled features the head reads (server.serverapp.probe), captured in the same pass."""
+    each through its own head (a causal LM: its rank classification); and of the probe
+    matrix: a linear probe fitted on the pooled features the head reads
+    (server.serverapp.probe), captured in the same pass (None for a causal LM)."""
     results, probes = [], []
     for task_id, plan in enumerate(task_plans(scenario)):
         activate_task(model, task_id)
         test_set = server_test_set(scenario, task_id)
-        with head_inputs(model) as features:
-            result = evaluate(model, test_set, device)
+        if task_heads(model) is None:  # a causal LM: no head to probe (continual.prompted)
+            result, probe = evaluate(model, test_set, device), None
+        else:
+            with head_inputs(model) as features:
+                result = evaluate(model, test_set, device)
+            probe = probe_accuracy(torch.cat(features).numpy(), test_set.tensors[3].numpy(),
+                                   scenario.seed + task_id)
         results.append((plan.name, result.accuracy, result.loss))
-        probes.append(probe_accuracy(torch.cat(features).numpy(),
-                                     test_set.tensors[3].numpy(), scenario.seed + task_id))
+        probes.append(probe)
     best_effort(store.record_task_evals, run_id, after_task, results, probes)

@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from clients.osft import adaptive_ranks, basis, layer_importance, scheduled_rank
-from clients.training import forward_logits, trim_padding
+from clients.training import forward_hidden, trim_padding
 from scenarios.schema import OsftSpec
 from strategies import keys
 
@@ -94,18 +94,19 @@ def importance_by_layer(model: nn.Module, weights: dict[str, nn.Parameter],
         for batch in DataLoader(sample, batch_size=32):
             batch = [t.to(device) for t in trim_padding(batch)]
             keep[:] = [batch[1].bool()]
-            forward_logits(model, batch)  # the previous task's rows, through any head
+            forward_hidden(model, batch)  # the previous task's rows
     finally:
         for handle in handles:
             handle.remove()
     return {n: sums[id(b)] / max(counts[id(b)], 1) for n, b in owners.items()}
 
 
-def task_bases(model: nn.Module, strategy: OsftSpec, task_id: int,
+def task_bases(model: nn.Module, strategy: OsftSpec, targets: tuple[str, ...], task_id: int,
                previous_sample: TensorDataset | None, device: torch.device) -> TaskBases:
-    """The preserved bases of every target weight at the start of task `task_id`."""
+    """The preserved bases of every target weight (`targets`: strategy.target_modules, or
+    the model's default, clients.models.osft_targets) at the start of task `task_id`."""
     started = time.perf_counter()
-    weights = target_weights(model, strategy.target_modules)
+    weights = target_weights(model, targets)
     shapes = {n: tuple(w.shape) for n, w in weights.items()}
     if task_id == 0:
         ranks = dict.fromkeys(weights, 0)

@@ -20,7 +20,7 @@ from torch.utils._pytree import tree_leaves
 
 import clients.client_app as client_app
 from clients.heads import activate_task
-from clients.models import global_state
+from clients.models import global_state, osft_targets
 from clients.osft import basis
 from clients.osft_training import projected_updates
 from clients.training import make_optimizer
@@ -73,7 +73,7 @@ def osft_bases(scenario, task_id: int) -> ArrayRecord:
     from server.serverapp.osft_plan import target_weights
 
     model = client_app.cached_model(scenario, "cpu")
-    weights = target_weights(model, scenario.strategy.target_modules)
+    weights = target_weights(model, osft_targets(scenario.model, scenario.strategy.target_modules))
     arrays = {}
     for name, weight in weights.items():
         u, v = basis(weight.detach(), 4)

@@ -112,10 +112,11 @@ def clients(run_id: str, store: StoreDep) -> ClientList:
 @router.get("/{run_id}/tasks", response_model=Tasks, responses=NOT_FOUND)
 def tasks(run_id: str, store: StoreDep) -> Tasks:
     """The accuracy matrix of a task stream and AA / BWT / FWT (empty otherwise)."""
-    from server.runs.continual import task_summary
+    from server.runs.continual import prompted, task_summary
 
-    get_run(store, run_id)
-    return Tasks(run_id=run_id, **task_summary(store.task_evals(run_id)))
+    run = get_run(store, run_id)
+    return Tasks(run_id=run_id,
+                 **task_summary(store.task_evals(run_id), prompted(run["scenario"])))
 
 
 @router.post("/{run_id}/cancel", status_code=202, response_model=RunInfo,
