@@ -87,11 +87,11 @@ def tasks_table(summary: dict[str, Any]) -> Table:
     LM has none: FWT is on the accuracy matrix), with AA, BWT and FWT (or why it is
     unavailable) in the caption."""
     tasks = summary["tasks"]
-    fwt = (_fmt(tasks["fwt"], ".4f") if tasks.get("fwt") is not None
-           else f"- ({tasks.get('fwt_source') or 'unavailable'})")
+    fwt = (f"({fwt_basis(tasks.get('fwt_source'))}) {_fmt(tasks['fwt'], '.4f')}"
+           if tasks.get("fwt") is not None else f"- ({tasks.get('fwt_source') or 'unavailable'})")
     table = Table(title="accuracy on each task (columns) after each task (rows)",
                   caption=f"AA {_fmt(tasks['aa'], '.4f')}   BWT {_fmt(tasks['bwt'], '.4f')}   "
-                          f"FWT ({fwt_basis(tasks.get('fwt_source'))}) {fwt}")
+                          f"FWT {fwt}")
     table.add_column("after", justify="right")
     for name in tasks["names"]:
         table.add_column(name, justify="right")

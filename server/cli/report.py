@@ -78,10 +78,11 @@ def plot_tasks(tasks: dict[str, Any], path: Path) -> bool:
     for axis, (title, initial, matrix) in zip(axes[0], panels, strict=True):
         image = _heat_map(axis, tasks["names"], initial, matrix, title)
     fig.colorbar(image, ax=list(axes[0]), label="accuracy")
-    fwt = f"{tasks['fwt']:.3f}" if tasks.get("fwt") is not None else "unavailable"
+    fwt = (f"({fwt_basis(tasks.get('fwt_source'))}) {tasks['fwt']:.3f}"
+           if tasks.get("fwt") is not None else "unavailable")
     fig.suptitle(f"AA {tasks['aa']:.3f}" + (f"  BWT {tasks['bwt']:.3f}"
                                            if tasks["bwt"] is not None else "")
-                 + f"  FWT ({fwt_basis(tasks.get('fwt_source'))}) {fwt}", fontsize=9)
+                 + f"  FWT {fwt}", fontsize=9)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return True

@@ -94,13 +94,16 @@ def cl_metrics(matrix: list[list[float]], probe_initial: list[float | None] | No
 
 def prompted(scenario: dict[str, Any]) -> bool:
     """Whether a run's model (its scenario as stored) is a causal LM answering in text;
-    False when that cannot be told any more (a local model folder since removed)."""
+    False when that cannot be told (no model section; a local model folder since
+    removed)."""
     from clients.models import model_kind
     from scenarios.schema import ModelSpec
 
+    if not isinstance(scenario.get("model"), dict):
+        return False
     try:
         return model_kind(ModelSpec.model_validate(scenario["model"])) == "causal-lm"
-    except (OSError, ValueError):
+    except (OSError, ValueError):  # pydantic's ValidationError is a ValueError
         return False
 
 

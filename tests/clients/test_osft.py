@@ -1,6 +1,6 @@
 """OSFT math against independent oracles: numpy's dense SVD, PEFT's OSF projection, and
 the preserved-triplet invariant after real training (one client, FedAvg of several,
-DP-SGD)."""
+DP-SGD), on the tiny BERT and the tiny LLaMA."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from peft.tuners.osf.utils import project_gradient_to_orthogonal_space
 
 from clients.data import client_data
 from clients.dp_training import dp_train_steps
-from clients.models import build_model
+from clients.models import build_model, osft_targets
 from clients.osft import (
     adaptive_ranks,
     basis,
@@ -22,7 +22,7 @@ from clients.osft import (
 from clients.osft_training import projected_updates
 from clients.training import make_optimizer, train_steps
 from scenarios.loader import load_scenario
-from scenarios.schema import BERT_LINEAR_LAYERS, OptimizerSpec, PrivacySpec
+from scenarios.schema import OptimizerSpec, PrivacySpec
 from server.serverapp.osft_plan import target_weights
 
 
@@ -100,10 +100,13 @@ def test_schedule_grows_with_the_task_and_leaves_room_to_learn() -> None:
 # ---- the invariant after real training --------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def setup():
+@pytest.fixture(scope="module", params=["tiny-bert", "tiny-llama"])
+def setup(request):
+    """The invariant on both model kinds: a BERT-style encoder, a LLaMA-style decoder
+    (attention and MLP projections of every block; the causal LM's loss on its answers)."""
+    length = 24 if request.param == "tiny-bert" else 48  # room for a prompt's instruction
     scenario = load_scenario({
-        "name": "osft-unit", "seed": 0, "model": {"name": "tiny-bert", "max_length": 24},
+        "name": "osft-unit", "seed": 0, "model": {"name": request.param, "max_length": length},
         "data": {"source": {"kind": "generated", "num_labels": 3, "train_size": 300,
                             "test_size": 30}},
         "federation": {"num_clients": 3, "clients_per_round": 3, "rounds": 1,
@@ -111,7 +114,7 @@ def setup():
         "strategy": {"name": "osft"},
     })
     start = build_model(scenario.model, 3, 0, "full")
-    weights = target_weights(start, BERT_LINEAR_LAYERS)
+    weights = target_weights(start, osft_targets(scenario.model, None))
     # Preserve half of every target matrix, from the weights at the "task start".
     svds = {n: torch.linalg.svd(w.detach().double(), full_matrices=False)
             for n, w in weights.items()}

@@ -72,12 +72,14 @@ def test_mismatched_inner_dimensions_are_refused() -> None:
         refactorize(torch.zeros(4, 3), torch.zeros(2, 5))
 
 
-def test_refactorization_leaves_the_model_outputs_unchanged() -> None:
-    """Load re-factorized adapters into a real PEFT model: the logits do not move."""
+@pytest.mark.parametrize("name", ["tiny-bert", "tiny-llama"])
+def test_refactorization_leaves_the_model_outputs_unchanged(name: str) -> None:
+    """Load re-factorized adapters into a real PEFT model (a BERT-style classifier, a
+    LLaMA-style causal LM with adapters on q_proj and v_proj): the logits do not move."""
     from clients.models import build_model, load_trainable
     from scenarios.schema import ModelSpec
 
-    model = build_model(ModelSpec(name="tiny-bert"), 3, seed=0, trains="lora-b").eval()
+    model = build_model(ModelSpec(name=name), 3, seed=0, trains="lora-b").eval()
     g = torch.Generator().manual_seed(1)
     state = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
     for n in state:
@@ -86,7 +88,13 @@ def test_refactorization_leaves_the_model_outputs_unchanged() -> None:
     load_trainable(model, state)
     inputs = torch.randint(1000, 2000, (4, 12), generator=g)
     before = model(input_ids=inputs).logits
-    load_trainable(model, refactorize_state(state))
+    new = refactorize_state(state)
+    for name_b in (n for n in state if ".lora_B." in n):  # every adapter's product, exactly
+        name_a = name_b.replace(".lora_B.", ".lora_A.")
+        product = state[name_b].double() @ state[name_a].double()
+        error = (new[name_b].double() @ new[name_a].double() - product).norm() / product.norm()
+        assert error < 1e-6, (name_b, float(error))
+    load_trainable(model, new)
     after = model(input_ids=inputs).logits
     torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
     # Not vacuous: the adapters do move the outputs (B = 0 gives other logits).

@@ -50,6 +50,6 @@ def test_a_run_without_probes_reports_fwt_unavailable(tmp_path, capsys) -> None:
         store.record_task_evals("old", after - 1, [("a", row[0], 1.0), ("b", row[1], 1.0)])
     assert main(["report", "old", "--runs-dir", str(tmp_path)]) == 0
     out = " ".join(capsys.readouterr().out.split())  # rich wraps the caption
-    assert "FWT (linear probe) - (unavailable: no linear probes recorded" in out
+    assert "FWT - (unavailable: no linear probes recorded" in out
     assert "probe initial" not in out
     assert (tmp_path / "old" / "tasks.png").read_bytes()[:8] == PNG
