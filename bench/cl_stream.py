@@ -1,9 +1,11 @@
 """OSFT vs sequential full fine-tuning vs sequential LoRA vs FedSVD-LoRA per task on a
-4-task continual-learning stream, over seeds.
+continual-learning stream, over seeds.
 
 Runs scenarios/{osft,seqft,seqlora}-cl-4task.yaml (MiniLM, dbpedia -> amazon -> yelp ->
 agnews from ../shared/data/cl_benchmark, 4 IID clients, 2 per round, a head per task;
-fedsvd: the LoRA file with strategy fedsvd) through `orthofed run --json` for each seed,
+fedsvd: the LoRA file with strategy fedsvd), or with --suite smollm2
+scenarios/smollm2-{osft,seqft,seqlora}-cl.yaml (SmolLM2-135M answering each task in text,
+dbpedia -> amazon -> agnews), through `orthofed run --json` for each seed,
 methods interleaved so that each seed's runs share the data split and client sampling.
 Prints and writes to bench/results/cl_stream.json and .md (with the command and commit,
 after every run; `--resume` continues): per method AA, BWT, FWT (linear probes) and mean
@@ -12,8 +14,8 @@ each baseline, and the accuracy matrix averaged over seeds.
 What the papers found (T5-large / LLaMA-2, generative): OSFT keeps backward transfer
 near zero while sequential fine-tuning forgets.
 
-Usage: python bench/cl_stream.py [--methods osft seqft seqlora fedsvd] [--seeds 0 1 2]
-                                 [--rounds N] [--steps N] [--resume]
+Usage: python bench/cl_stream.py [--suite minilm|smollm2] [--methods osft seqft seqlora fedsvd]
+                                 [--seeds 0 1 2] [--rounds N] [--steps N] [--resume]
 """
 
 from __future__ import annotations
@@ -36,14 +38,19 @@ METHODS = {"osft": "OSFT", "seqft": "sequential full FT", "seqlora": "sequential
 METRICS = ("aa", "bwt", "fwt", "forgetting")
 
 
-def document_for(method: str, seed: int, rounds: int | None, steps: int | None) -> dict:
-    """The method's scenario (fedsvd: the LoRA one with strategy fedsvd) with the seed, and
-    rounds per task and local steps when overridden; paths absolute."""
-    source = "seqlora" if method == "fedsvd" else method
-    document = load_scenario(ROOT / "scenarios" / f"{source}-cl-4task.yaml").model_dump(mode="json")
+SUITES = {"minilm": "{}-cl-4task", "smollm2": "smollm2-{}-cl"}  # scenario file per method
+
+
+def document_for(suite: str, method: str, seed: int, rounds: int | None,
+                 steps: int | None) -> dict:
+    """The suite's scenario of the method (fedsvd: the LoRA one with strategy fedsvd) with
+    the seed, and rounds per task and local steps when overridden; paths absolute."""
+    source = SUITES[suite].format("seqlora" if method == "fedsvd" else method)
+    document = load_scenario(ROOT / "scenarios" / f"{source}.yaml").model_dump(mode="json")
     document["seed"] = seed
     if method == "fedsvd":
-        document.update(name="fedsvd-cl-4task", strategy={"name": "fedsvd", "svd_period": 1})
+        document.update(name=SUITES[suite].format("fedsvd"),
+                        strategy={"name": "fedsvd", "svd_period": 1})
     for key, value in (("rounds", rounds), ("local_steps", steps)):
         if value is not None:
             document["federation"][key] = value
@@ -83,12 +90,14 @@ def summarise(runs: dict[str, dict]) -> dict[str, Any]:
     return out
 
 
-def markdown(results: ResultsFile, summary: dict[str, Any]) -> str:
-    lines = [results.header("OSFT vs its baselines on a 4-task stream (MiniLM)"),
+def markdown(results: ResultsFile, summary: dict[str, Any], suite: str) -> str:
+    title = {"minilm": "a 4-task stream (MiniLM)", "smollm2": "a 3-task stream (SmolLM2-135M)"}
+    lines = [results.header(f"OSFT vs its baselines on {title[suite]}"),
              "Accuracy in %, mean ± sd over seeds (95 % t-interval half width in brackets). "
              "AA: mean final accuracy over tasks; BWT: mean (final - just after training) over "
-             "the first three tasks; FWT: through linear probes; forgetting: mean over the "
-             "first three tasks of (best earlier - final).", "",
+             "all tasks but the last; FWT: " + ("through linear probes" if suite == "minilm" else
+             "on the accuracy matrix (zero-shot before each task)") + "; forgetting: mean over "
+             "all tasks but the last of (best earlier - final).", "",
              "| method | seeds | AA | BWT | FWT | forgetting | min/run |", "|---|---|---|---|---|---|---|"]
     methods = [m for m in METHODS if m in summary]
     for method in methods:
@@ -113,6 +122,8 @@ def markdown(results: ResultsFile, summary: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--suite", choices=list(SUITES), default="minilm",
+                        help="minilm: scenarios/*-cl-4task.yaml; smollm2: scenarios/smollm2-*-cl.yaml")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--rounds", type=int, default=None, help="rounds per task")
@@ -122,23 +133,25 @@ def main() -> None:
     parser.add_argument("--runs-dir", type=Path, default=None)
     args = parser.parse_args()
     custom = "" if (args.rounds, args.steps) == (None, None) else f"_r{args.rounds}_s{args.steps}"
-    results = ResultsFile(f"cl_stream{custom}", resume=args.resume)
+    suite = "" if args.suite == "minilm" else f"_{args.suite}"
+    results = ResultsFile(f"cl_stream{suite}{custom}", resume=args.resume)
     with tempfile.TemporaryDirectory() as tmp:
         runs_dir = (args.runs_dir or Path(tmp) / "runs").resolve()
         for seed in args.seeds:
             for method in args.methods:
-                key, document = f"{method}/seed{seed}", document_for(method, seed, args.rounds, args.steps)
+                key = f"{method}/seed{seed}"
+                document = document_for(args.suite, method, seed, args.rounds, args.steps)
                 if results.done(key, digest(document)):
                     continue
                 record = record_of(run_document(document, runs_dir, Path(tmp)))
                 results.add(key, record, digest(document))
                 summary = summarise(results.runs)
-                results.write(summary, markdown(results, summary))
+                results.write(summary, markdown(results, summary, args.suite))
                 print(f"{key:>14}: AA {100 * record['aa']:.1f}  BWT {100 * record['bwt']:.1f}  "
                       f"FWT {100 * (record['fwt'] or 0):.1f}  {record['minutes']:.1f} min", flush=True)
     if results.runs:  # also when nothing new ran: the tables from the recorded runs
         summary = summarise(results.runs)
-        results.write(summary, markdown(results, summary))
+        results.write(summary, markdown(results, summary, args.suite))
         print(results.md_path.read_text())
 
 

@@ -40,14 +40,16 @@ from seeded import ResultsFile, digest, mean_sd, pct, run_document, spread  # no
 METHODS = {"fedsvd": {"name": "fedsvd", "svd_period": 1}, "ffa-lora": {"name": "ffa-lora"},
            "fedavg-lora": {"name": "fedavg-lora"}}
 SETTINGS = {"non-private": "", "dp": "-dp"}  # the scenario file's suffix
-MAJORITY = 0.509  # val.jsonl's majority class
+SCALES = {"cpu": "fedsvd-sst2{}.yaml", "paper": "fedsvd-sst2-paper{}.yaml",
+          "smollm2": "smollm2-fedsvd-sst2{}.yaml"}  # {}: the setting's suffix
+MAJORITY = 0.509  # val.jsonl's majority class (the CL benchmark's SST-2 test file: the same rows)
 TAIL = 4  # rounds averaged: two passes of the balanced deck of 6 clients, 3 a round
 PAPER_NON_PRIVATE = {"fedsvd": 94.26, "ffa-lora": 94.06, "fedavg-lora": 85.89}  # RoBERTa-large
 
 
 def document_for(scale: str, setting: str, method: str, seed: int, rounds: int | None) -> dict:
     """The setting's scenario with the method's strategy and the seed (paths absolute)."""
-    name = f"fedsvd-sst2{'-paper' if scale == 'paper' else ''}{SETTINGS[setting]}.yaml"
+    name = SCALES[scale].format(SETTINGS[setting])
     document = load_scenario(ROOT / "scenarios" / name).model_dump(mode="json")
     document.update(name=f"{method}-sst2-{scale}-{setting}", seed=seed, strategy=METHODS[method])
     if rounds is not None:
@@ -150,8 +152,9 @@ def main() -> None:
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    parser.add_argument("--scale", choices=["cpu", "paper"], default="cpu",
-                        help="cpu: scenarios/fedsvd-sst2[-dp].yaml; paper: the -paper files (a GPU)")
+    parser.add_argument("--scale", choices=list(SCALES), default="cpu",
+                        help="cpu: scenarios/fedsvd-sst2[-dp].yaml (MiniLM); paper: the -paper "
+                        "files (a GPU); smollm2: scenarios/smollm2-fedsvd-sst2[-dp].yaml")
     parser.add_argument("--rounds", type=int, default=None, help="override the scenarios' rounds")
     parser.add_argument("--resume", action="store_true",
                         help="keep the runs already in the results file that ran the same scenario")

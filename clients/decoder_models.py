@@ -63,6 +63,7 @@ def converted(name: str, convert: Callable[[Path], None]) -> Path:
             scratch = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
             try:
                 convert(scratch)
+                scratch.chmod(0o755)  # mkdtemp makes it private; a cache is for every user
                 os.replace(scratch, target)
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)

