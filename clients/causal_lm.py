@@ -77,13 +77,14 @@ def option_scores(model: nn.Module, batch: list[torch.Tensor]) -> torch.Tensor:
     prompt = hidden_states(model, ids, mask, cache=cache, use_cache=True)  # (B, T, H)
     first = torch.log_softmax(lm.lm_head(prompt[:, -1]), dim=-1)           # (B, V)
     length, end = ids.shape[1], positions(mask)[:, -1:]                    # (B, 1)
-    scores = []
+    scores, width = [], options.shape[2]  # options padded to the task's longest one
     for c in range(options.shape[1]):
-        used = int(option_mask[:, c].sum(1).max())
-        tokens, real = options[:, c, :used], option_mask[:, c, :used]      # (B, L)
+        # Every option at the full width, its padding masked out of the sum: no
+        # data-dependent shapes, no host sync to find an option's length.
+        tokens, real = options[:, c], option_mask[:, c]                    # (B, L)
         score = first.gather(1, tokens[:, :1]).squeeze(1)
-        if used > 1:  # the option's later tokens, continuing from the prompt's cache
-            steps = torch.arange(1, used, device=ids.device)
+        if width > 1:  # the option's later tokens, continuing from the prompt's cache
+            steps = torch.arange(1, width, device=ids.device)
             states = _continue(lm, tokens[:, :-1], torch.cat([mask, real[:, :-1]], 1),
                                end + steps, cache)                         # (B, L-1, H)
             logp = torch.log_softmax(lm.lm_head(states), dim=-1)           # (B, L-1, V)

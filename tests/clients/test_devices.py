@@ -58,9 +58,10 @@ class DeviceAudit(TorchDispatchMode):
 
 
 def scenario_for(write_scenario, source: str, strategy: dict, privacy: dict | None,
-                 **federation):
+                 model: dict | None = None, **federation):
     doc = yaml.safe_load((ROOT / "scenarios" / source).read_text())
-    doc["name"] = f"device-{strategy['name']}"
+    doc["name"] = f"device-{strategy['name']}{'-' + model['name'] if model else ''}"
+    doc["model"] = model or doc["model"]
     doc["strategy"] = strategy
     doc["federation"].update(local_steps=2, batch_size=8, **federation)
     if privacy is not None:
@@ -81,20 +82,26 @@ def osft_bases(scenario, task_id: int) -> ArrayRecord:
     return ArrayRecord({k: Array(v) for k, v in arrays.items()})
 
 
+TINY_LLAMA = {"name": "tiny-llama", "max_length": 48}
 CASES = {
     "osft-dp": ("quick-stream.yaml", {"name": "osft", "rank_rule": "schedule"},
                 {"target_epsilon": 8.0}, {}),
     "fedsvd-dp": ("quick-stream.yaml", {"name": "fedsvd"}, {"target_epsilon": 8.0}, {}),
     "osft-clipped": ("quick-stream.yaml", {"name": "osft", "rank_rule": "schedule"}, None,
                      {"max_grad_norm": 1.0}),
+    # The causal-LM path: the answer-token loss under DP, and rank classification (the
+    # KV cache) in the non-private round's local evaluation.
+    "llm-osft-dp": ("quick-stream.yaml", {"name": "osft", "rank_rule": "schedule"},
+                    {"target_epsilon": 8.0}, {}, TINY_LLAMA),
+    "llm-fedsvd": ("quick-stream.yaml", {"name": "fedsvd"}, None, {}, TINY_LLAMA),
 }
 
 
 def round_on(device: str, case: str, write_scenario, monkeypatch) -> RecordDict:
     """train_round of CASES[case] (task 1, round 1, partition 0) with the model on
     `device`, from host tensors as the server sends them."""
-    source, strategy, privacy, federation = CASES[case]
-    scenario = scenario_for(write_scenario, source, strategy, privacy, **federation)
+    source, strategy, privacy, federation, *model = CASES[case]
+    scenario = scenario_for(write_scenario, source, strategy, privacy, *model, **federation)
     host = client_app.cached_model(scenario, "cpu")  # what the server sends: host tensors
     activate_task(host, 1)
     sent = {k: v for k, v in global_state(host).items() if ".heads.0." not in k}

@@ -51,7 +51,13 @@ def test_osft_stream_keeps_the_preserved_triplets_and_reports_the_matrix(runs_di
     assert summary["rounds"][2]["eval"]["eval-acc"] == pytest.approx(tasks["matrix"][0][0])
     assert MetricsStore.in_dir(runs_dir).task_evals(summary["run_id"])[0]["after_task"] == -1
 
-    run_dir = runs_dir / summary["run_id"]
+    assert_task_1_kept_task_0s_triplets(runs_dir / summary["run_id"])
+
+
+def assert_task_1_kept_task_0s_triplets(run_dir) -> None:
+    """Every matrix task 1 preserved part of: its top-k singular triplets at task 1's
+    start (a dense SVD of the global model after task 0) are still triplets of the
+    global model after task 1 (relative error < 1e-4), and the matrix did train."""
     start = torch.load(run_dir / "global-after-task-0.pt")
     end = torch.load(run_dir / "global-after-task-1.pt")
     plan = json.loads((run_dir / "osft-task-1.json").read_text())
@@ -63,6 +69,31 @@ def test_osft_stream_keeps_the_preserved_triplets_and_reports_the_matrix(runs_di
         error = (w @ vh[:k].T - u[:, :k] * s[:k]).norm() / s[:k].norm()
         assert error < 1e-4, (name, float(error))
         assert (w - start[name].double()).norm() > 1e-4 * w.norm(), f"{name} did not train"
+
+
+def test_a_private_osft_stream_of_the_tiny_llama_keeps_its_triplets(runs_dir, write_scenario) -> None:
+    """The causal-LM path end to end: quick-stream's two tasks as text for the tiny
+    LLaMA (rank classification, the loss on the answers), OSFT over the attention and
+    MLP projections of both decoder layers, 3 clients under DP-SGD, 2 per round."""
+    doc = yaml.safe_load((ROOT / "scenarios" / "quick-stream.yaml").read_text())
+    doc.update(name="llm-osft-dp", model={"name": "tiny-llama", "max_length": 48},
+               privacy={"target_epsilon": 8.0, "max_grad_norm": 1.0})
+    doc["federation"].update(num_clients=3, clients_per_round=2, sampling="balanced",
+                             local_steps=6, optimizer={"name": "sgd", "lr": 0.05})
+    done = run_orthofed("run", str(write_scenario(doc)), "--runs-dir", str(runs_dir), "--json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = last_json_line(done.stdout)
+    assert summary["status"] == "completed" and len(summary["rounds"]) == 5
+    epsilons = [c["epsilon"] for c in summary["clients"].values()]
+    assert len(epsilons) == 3 and all(0 < e <= 8.0 for e in epsilons)
+    assert all(c["refusals"] == 0 for c in summary["clients"].values())  # balanced sampling
+    tasks = summary["tasks"]
+    assert tasks["probe_matrix"] == [] and tasks["fwt_source"].startswith("the accuracy matrix")
+    assert tasks["fwt"] == pytest.approx(tasks["matrix"][0][1] - tasks["initial"][1])
+    plan = json.loads((runs_dir / summary["run_id"] / "osft-task-1.json").read_text())
+    assert {n.split(".")[-2] for n in plan["ranks"]} == {
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert_task_1_kept_task_0s_triplets(runs_dir / summary["run_id"])
 
 
 @pytest.fixture(scope="module")
