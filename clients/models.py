@@ -304,6 +304,8 @@ def module_names(spec: ModelSpec) -> set[str]:
         raise FileNotFoundError(path)
     causal = model_kind(spec) == "causal-lm"
     if causal:
+        # The named decoders are both LlamaForCausalLM: the tiny config has SmolLM2's
+        # module names (fewer layers), without converting SmolLM2 to read its own.
         config = decoder_config("tiny-llama") if spec.name in DECODER_NAMES else \
             AutoConfig.from_pretrained(path)
     else:
