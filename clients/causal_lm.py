@@ -34,7 +34,13 @@ def language_model(model: nn.Module) -> nn.Module:
 
 
 def is_causal_lm(model: nn.Module) -> bool:
-    return type(language_model(model)).__name__.endswith("ForCausalLM")
+    """A decoder LM of a family whose logits are lm_head(model(...))
+    (clients.decoder_models.SUPPORTED_DECODERS); clients.checks refuses the others."""
+    from clients.decoder_models import SUPPORTED_DECODERS
+
+    lm = language_model(model)
+    config = getattr(lm, "config", None)
+    return hasattr(lm, "lm_head") and getattr(config, "model_type", None) in SUPPORTED_DECODERS
 
 
 def positions(mask: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from scenarios.schema import ClBenchmarkSource, HubSource, JsonlSource, Scenario
+from scenarios.stream import task_plans
 
 
 def check_scenario(scenario: Scenario, base: Path | None = None) -> list[str]:
@@ -21,7 +22,11 @@ def check_scenario(scenario: Scenario, base: Path | None = None) -> list[str]:
     With `base` (a scenario posted over HTTP: the folder its relative paths resolve
     against), data paths are named relative to it, never by the server's absolute path.
     """
-    return [*check_data(scenario, base), *check_model(scenario)]
+    data_errors = check_data(scenario, base)
+    model_errors = check_model(scenario)
+    # Prompts need the data (label texts) and a model that loads.
+    return [*data_errors, *model_errors,
+            *(check_prompts(scenario) if not (data_errors or model_errors) else [])]
 
 
 def check_data(scenario: Scenario, base: Path | None = None) -> list[str]:
@@ -59,8 +64,15 @@ def check_source(source, where: str, base: Path | None = None) -> list[str]:
 
 def check_model(scenario: Scenario) -> list[str]:
     """The model loads offline, and each LoRA target matches a module of it."""
-    from clients.decoder_models import DECODER_NAMES
-    from clients.models import lora_targets, model_kind, module_names, osft_targets, pretrained_path
+    from clients.decoder_models import DECODER_NAMES, SUPPORTED_DECODERS
+    from clients.models import (
+        decoder_family,
+        lora_targets,
+        model_kind,
+        module_names,
+        osft_targets,
+        pretrained_path,
+    )
 
     spec = scenario.model
     path = None if spec.name in DECODER_NAMES else pretrained_path(spec.name)
@@ -71,9 +83,15 @@ def check_model(scenario: Scenario) -> list[str]:
         names = module_names(spec)
     except Exception as exc:  # noqa: BLE001 - whatever transformers raises, say it plainly
         return [f"model.name: cannot load {spec.name!r}: {type(exc).__name__}: {exc}"]
-    if model_kind(spec) == "causal-lm" and spec.pooling is not None:
-        return [f"model.pooling: {spec.pooling!r} is for encoders; a causal LM reads its "
-                "answer from its own next-token distribution: remove model.pooling"]
+    if model_kind(spec) == "causal-lm":
+        family = decoder_family(spec)
+        if family not in SUPPORTED_DECODERS:
+            return [f"model.kind: {spec.name!r} is a {family!r} decoder; causal LMs run here "
+                    f"are those whose logits are lm_head(model(...)): "
+                    f"{', '.join(SUPPORTED_DECODERS)}"]
+        if spec.pooling is not None:
+            return [f"model.pooling: {spec.pooling!r} is for encoders; a causal LM reads its "
+                    "answer from its own next-token distribution: remove model.pooling"]
     if scenario.strategy.name == "fedavg":
         return []  # full fine-tuning: no adapters
     if scenario.strategy.name == "osft":
@@ -86,6 +104,24 @@ def check_model(scenario: Scenario) -> list[str]:
             f"(some of its modules: {sorted(leaves)[:12]})"
             for t in targets
             if not any(n == t or n.endswith("." + t) for n in names)]
+
+
+def check_prompts(scenario: Scenario) -> list[str]:
+    """A causal LM's every task fits its instruction, options and answer in
+    model.max_length (clients.prompts.text_budget); nothing to check for an encoder."""
+    from clients.data import prompt_format
+    from clients.models import build_tokenizer, model_kind
+    from clients.prompts import text_budget
+
+    if model_kind(scenario.model) != "causal-lm":
+        return []
+    tokenizer, errors = build_tokenizer(scenario.model), []
+    for task_id, plan in enumerate(task_plans(scenario)):
+        try:
+            text_budget(tokenizer, prompt_format(scenario, task_id), scenario.model.max_length)
+        except ValueError as exc:
+            errors.append(f"{exc} (task {plan.name!r})")
+    return errors
 
 
 def _hub_offline() -> bool:

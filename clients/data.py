@@ -289,4 +289,4 @@ def server_sample(scenario: Scenario, task_id: int, count: int,
     task = cached_task(task_plan(scenario, task_id).data, scenario.seed)
     rows = task.test if split == "test" else task.train
     rows = random.Random(scenario.seed).sample(rows, min(count, len(rows)))
-    return tokenized(rows, scenario, task_id, "score")
+    return tokenized(rows, scenario, task_id, "train")  # a causal LM: prompt and answer

@@ -32,6 +32,10 @@ TINY_LLAMA = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                   tie_word_embeddings=True)
 DECODER_NAMES = ("smollm2", "tiny-llama")
+# Decoders whose logits are exactly lm_head(model(...)): clients.causal_lm computes them
+# that way (only where needed). Others post-process their logits (Gemma2's soft-capping,
+# Granite's scaling) or name their parts otherwise (GPT-2): refused, not mis-scored.
+SUPPORTED_DECODERS = ("llama", "mistral", "qwen2")
 
 
 def cache_root() -> Path:
@@ -57,17 +61,31 @@ def converted(name: str, convert: Callable[[Path], None]) -> Path:
     if target.is_dir():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / f".{name}.lock", "w") as lock:
+    # Opened read-only (created if absent): another user's lock file still opens.
+    lock = os.open(target.parent / f".{name}.lock", os.O_RDONLY | os.O_CREAT, 0o666)
+    try:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a process that waited here finds it done
         if not target.is_dir():
+            for stale in target.parent.glob(f".{name}-*"):  # a conversion killed midway
+                shutil.rmtree(stale, ignore_errors=True)
             scratch = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
             try:
                 convert(scratch)
-                scratch.chmod(0o755)  # mkdtemp makes it private; a cache is for every user
+                readable_by_all(scratch)
                 os.replace(scratch, target)
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
+    finally:
+        os.close(lock)
     return target
+
+
+def readable_by_all(folder: Path) -> None:
+    """mkdtemp makes the folder private and safetensors writes 0600 files; a cache shared
+    by the users of one volume (compose's /runs/cache) must be readable by all."""
+    folder.chmod(0o755)
+    for item in folder.rglob("*"):
+        item.chmod(0o755 if item.is_dir() else 0o644)
 
 
 def smollm2_tokenizer_path() -> Path:

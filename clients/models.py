@@ -33,7 +33,13 @@ from clients.decoder_models import (
     is_decoder_config,
 )
 from clients.heads import HEADS, activate_task, install_task_heads
-from scenarios.schema import BERT_LINEAR_LAYERS, LLAMA_LINEAR_LAYERS, LoraSpec, ModelSpec
+from scenarios.schema import (
+    BERT_LINEAR_LAYERS,
+    LLAMA_LINEAR_LAYERS,
+    NAMED_MODEL_KINDS,
+    LoraSpec,
+    ModelSpec,
+)
 
 # No hub at run time: everything must come from disk.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -75,13 +81,20 @@ def model_kind(spec: ModelSpec) -> str:
     folder's (or hub model's) config."""
     if spec.kind != "auto":
         return spec.kind
-    if spec.name in DECODER_NAMES:
-        return "causal-lm"
-    if spec.name in ("tiny-bert", "minilm"):
-        return "encoder"
+    if spec.name in NAMED_MODEL_KINDS:
+        return NAMED_MODEL_KINDS[spec.name]
     from transformers import AutoConfig
 
     return "causal-lm" if is_decoder_config(AutoConfig.from_pretrained(spec.name)) else "encoder"
+
+
+def decoder_family(spec: ModelSpec) -> str:
+    """A causal LM's config.model_type ('llama' for the named decoders)."""
+    if spec.name in DECODER_NAMES:
+        return "llama"
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(spec.name).model_type
 
 
 def lora_targets(spec: ModelSpec) -> tuple[str, ...]:

@@ -63,17 +63,35 @@ def answer_ids(tokenizer, label: str) -> list[int]:
     return tokenizer(" " + label, add_special_tokens=False)["input_ids"]
 
 
-def prompt_ids(tokenizer, fmt: PromptFormat, rows: list[dict], max_length: int,
-               room: int) -> list[list[int]]:
-    """Each row's prompt tokens, its text cut so that `room` more tokens still fit."""
-    head = tokenizer(fmt.prefix(), add_special_tokens=False)["input_ids"]
-    tail = tokenizer("\nAnswer:", add_special_tokens=False)["input_ids"]
+def answer_room(tokenizer, fmt: PromptFormat) -> int:
+    """Tokens of the task's longest answer."""
+    return max(len(answer_ids(tokenizer, name)) for name in fmt.label_names)
+
+
+def frame_ids(tokenizer, fmt: PromptFormat) -> tuple[list[int], list[int]]:
+    """The prompt's tokens before the text (instruction, options) and after it."""
+    return (tokenizer(fmt.prefix(), add_special_tokens=False)["input_ids"],
+            tokenizer("\nAnswer:", add_special_tokens=False)["input_ids"])
+
+
+def text_budget(tokenizer, fmt: PromptFormat, max_length: int) -> int:
+    """Tokens left for an example's text; a clear error naming model.max_length when the
+    instruction, options and answer alone do not fit."""
+    head, tail = frame_ids(tokenizer, fmt)
+    room = answer_room(tokenizer, fmt)
     budget = max_length - len(head) - len(tail) - room
     if budget < 1:
         raise ValueError(
             f"model.max_length: {max_length} tokens leave no room for the text of a prompt "
             f"with {len(head) + len(tail)} tokens of instruction and options and a "
             f"{room}-token answer; give at least {len(head) + len(tail) + room + 16}")
+    return budget
+
+
+def prompt_ids(tokenizer, fmt: PromptFormat, rows: list[dict], max_length: int) -> list[list[int]]:
+    """Each row's prompt tokens, its text cut so that the longest answer still fits."""
+    budget = text_budget(tokenizer, fmt, max_length)
+    head, tail = frame_ids(tokenizer, fmt)
     texts = tokenizer([example_text(r) for r in rows], add_special_tokens=False)["input_ids"]
     return [head + text[:budget] + tail for text in texts]
 
@@ -81,10 +99,9 @@ def prompt_ids(tokenizer, fmt: PromptFormat, rows: list[dict], max_length: int,
 def training_set(rows: list[dict], tokenizer, fmt: PromptFormat, max_length: int) -> TensorDataset:
     """(ids, mask, target mask, labels): prompt + the row's answer, right padded."""
     answers = [answer_ids(tokenizer, name) for name in fmt.label_names]
-    room = max(len(a) for a in answers)
     ids = torch.full((len(rows), max_length), tokenizer.pad_token_id, dtype=torch.long)
     mask, target = torch.zeros_like(ids), torch.zeros_like(ids)
-    for i, (prompt, row) in enumerate(zip(prompt_ids(tokenizer, fmt, rows, max_length, room),
+    for i, (prompt, row) in enumerate(zip(prompt_ids(tokenizer, fmt, rows, max_length),
                                           rows, strict=True)):
         answer = answers[row["label"]]
         end = len(prompt) + len(answer)
@@ -98,8 +115,8 @@ def scoring_set(rows: list[dict], tokenizer, fmt: PromptFormat, max_length: int)
     """(ids, mask, zeros, labels, option ids, option mask): the prompt, left padded, and
     every option of the task."""
     answers = [answer_ids(tokenizer, name) for name in fmt.label_names]
-    room = max(len(a) for a in answers)
-    prompts = prompt_ids(tokenizer, fmt, rows, max_length, room)
+    room = answer_room(tokenizer, fmt)
+    prompts = prompt_ids(tokenizer, fmt, rows, max_length)
     width = max_length - room
     ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
     mask = torch.zeros_like(ids)

