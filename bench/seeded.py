@@ -82,7 +82,9 @@ def provenance() -> dict[str, Any]:
     shown = script.relative_to(ROOT) if script.is_relative_to(ROOT) else script
     return {"command": " ".join(["python", str(shown), *sys.argv[1:]]),
             "commit": git("rev-parse", "HEAD"),
-            "uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no")),
+            # The results files themselves change as a benchmark runs: not code.
+            "uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no",
+                                            "--", ".", ":!bench/results")),
             "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "cpus": os.cpu_count()}
 
