@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from scenarios.loader import load_scenario  # noqa: E402
-from seeded import ResultsFile, digest, mean_sd, pct, run_document, spread  # noqa: E402
+from seeded import ResultsFile, mean_sd, pct, spread  # noqa: E402
 
 METHODS = {"osft": "OSFT", "seqft": "sequential full FT", "seqlora": "sequential LoRA",
            "fedsvd": "FedSVD-LoRA per task"}
@@ -135,23 +135,20 @@ def main() -> None:
     custom = "" if (args.rounds, args.steps) == (None, None) else f"_r{args.rounds}_s{args.steps}"
     suite = "" if args.suite == "minilm" else f"_{args.suite}"
     results = ResultsFile(f"cl_stream{suite}{custom}", resume=args.resume)
+    def write_tables() -> None:
+        results.write(summarise(results.runs), markdown(results, summarise(results.runs), args.suite))
+
+    def describe(key: str, record: dict[str, Any]) -> str:
+        return (f"{key:>14}: AA {100 * record['aa']:.1f}  BWT {100 * record['bwt']:.1f}  "
+                f"FWT {100 * (record['fwt'] or 0):.1f}  {record['minutes']:.1f} min")
+
+    jobs = ((f"{method}/seed{seed}", document_for(args.suite, method, seed, args.rounds, args.steps))
+            for seed in args.seeds for method in args.methods)  # methods interleaved per seed
     with tempfile.TemporaryDirectory() as tmp:
         runs_dir = (args.runs_dir or Path(tmp) / "runs").resolve()
-        for seed in args.seeds:
-            for method in args.methods:
-                key = f"{method}/seed{seed}"
-                document = document_for(args.suite, method, seed, args.rounds, args.steps)
-                if results.done(key, digest(document)):
-                    continue
-                record = record_of(run_document(document, runs_dir, Path(tmp)))
-                results.add(key, record, digest(document))
-                summary = summarise(results.runs)
-                results.write(summary, markdown(results, summary, args.suite))
-                print(f"{key:>14}: AA {100 * record['aa']:.1f}  BWT {100 * record['bwt']:.1f}  "
-                      f"FWT {100 * (record['fwt'] or 0):.1f}  {record['minutes']:.1f} min", flush=True)
+        results.run_missing(jobs, runs_dir, Path(tmp), record_of, write_tables, describe)
     if results.runs:  # also when nothing new ran: the tables from the recorded runs
-        summary = summarise(results.runs)
-        results.write(summary, markdown(results, summary, args.suite))
+        write_tables()
         print(results.md_path.read_text())
 
 

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from scenarios.loader import load_scenario  # noqa: E402
-from seeded import ResultsFile, digest, mean_sd, pct, run_document, spread  # noqa: E402
+from seeded import ResultsFile, mean_sd, pct, spread  # noqa: E402
 
 METHODS = {"fedsvd": {"name": "fedsvd", "svd_period": 1}, "ffa-lora": {"name": "ffa-lora"},
            "fedavg-lora": {"name": "fedavg-lora"}}
@@ -162,25 +162,21 @@ def main() -> None:
     args = parser.parse_args()
     suffix = "" if args.rounds is None else f"_{args.rounds}rounds"
     results = ResultsFile(f"fedsvd_sst2_{args.scale}{suffix}", resume=args.resume)
+    def write_tables() -> None:
+        results.write(summarise(results.runs), markdown(results, summarise(results.runs), args.scale))
+
+    def describe(key: str, record: dict[str, Any]) -> str:
+        return (f"{key:>28}: last {TAIL} {100 * tail(record):.2f}  curve "
+                f"{[round(100 * a, 1) for a in record['curve']]}  {record['minutes']:.1f} min")
+
+    jobs = ((f"{setting}/{method}/seed{seed}", document_for(args.scale, setting, method, seed, args.rounds))
+            for setting in args.settings for seed in args.seeds
+            for method in args.methods)  # methods interleaved: partial results stay paired
     with tempfile.TemporaryDirectory() as tmp:
         runs_dir = (args.runs_dir or Path(tmp) / "runs").resolve()
-        for setting in args.settings:
-            for seed in args.seeds:
-                for method in args.methods:  # methods interleaved: partial results stay paired
-                    key = f"{setting}/{method}/seed{seed}"
-                    document = document_for(args.scale, setting, method, seed, args.rounds)
-                    if results.done(key, digest(document)):
-                        continue
-                    record = record_of(run_document(document, runs_dir, Path(tmp)))
-                    results.add(key, record, digest(document))
-                    summary = summarise(results.runs)
-                    results.write(summary, markdown(results, summary, args.scale))
-                    print(f"{key:>28}: last {TAIL} {100 * tail(record):.2f}  curve "
-                          f"{[round(100 * a, 1) for a in record['curve']]}  "
-                          f"{record['minutes']:.1f} min", flush=True)
+        results.run_missing(jobs, runs_dir, Path(tmp), record_of, write_tables, describe)
     if results.runs:  # also when nothing new ran: the tables from the recorded runs
-        summary = summarise(results.runs)
-        results.write(summary, markdown(results, summary, args.scale))
+        write_tables()
         print(results.md_path.read_text())
 
 

@@ -18,7 +18,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +112,21 @@ class ResultsFile:
             self.history.append(self.provenance)
         self.runs[key] = {**record, "scenario_digest": scenario_digest,
                           "commit": self.provenance["commit"]}
+
+    def run_missing(self, jobs: Iterable[tuple[str, dict[str, Any]]], runs_dir: Path,
+                    folder: Path, record_of: Callable[[dict[str, Any]], dict[str, Any]],
+                    write_tables: Callable[[], None],
+                    describe: Callable[[str, dict[str, Any]], str]) -> None:
+        """Run each (key, scenario mapping) that is not recorded yet for that scenario,
+        record it, rewrite the files (`write_tables`) and print `describe(key, record)`:
+        an interrupted benchmark keeps every run that finished."""
+        for key, document in jobs:
+            if self.done(key, digest(document)):
+                continue
+            record = record_of(run_document(document, runs_dir, folder))
+            self.add(key, record, digest(document))
+            write_tables()
+            print(describe(key, record), flush=True)
 
     def write(self, summary: dict[str, Any], markdown: str) -> None:
         """Both files, as they stand (after every run)."""
