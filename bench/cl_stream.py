@@ -136,7 +136,8 @@ def main() -> None:
     suite = "" if args.suite == "minilm" else f"_{args.suite}"
     results = ResultsFile(f"cl_stream{suite}{custom}", resume=args.resume)
     def write_tables() -> None:
-        results.write(summarise(results.runs), markdown(results, summarise(results.runs), args.suite))
+        summary = summarise(results.runs)
+        results.write(summary, markdown(results, summary, args.suite))
 
     def describe(key: str, record: dict[str, Any]) -> str:
         return (f"{key:>14}: AA {100 * record['aa']:.1f}  BWT {100 * record['bwt']:.1f}  "

@@ -163,7 +163,8 @@ def main() -> None:
     suffix = "" if args.rounds is None else f"_{args.rounds}rounds"
     results = ResultsFile(f"fedsvd_sst2_{args.scale}{suffix}", resume=args.resume)
     def write_tables() -> None:
-        results.write(summarise(results.runs), markdown(results, summarise(results.runs), args.scale))
+        summary = summarise(results.runs)
+        results.write(summary, markdown(results, summary, args.scale))
 
     def describe(key: str, record: dict[str, Any]) -> str:
         return (f"{key:>28}: last {TAIL} {100 * tail(record):.2f}  curve "
