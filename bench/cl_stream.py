@@ -1,7 +1,7 @@
-"""OSFT vs sequential full fine-tuning vs sequential LoRA vs FedSVD-LoRA per task on a
-continual-learning stream, over seeds.
+"""OSFT vs sequential full fine-tuning vs sequential LoRA vs FedSVD-LoRA per task vs
+orthogonal FedSVD on a continual-learning stream, over seeds.
 
-Runs scenarios/{osft,seqft,seqlora}-cl-4task.yaml (MiniLM, dbpedia -> amazon -> yelp ->
+Runs scenarios/{osft,seqft,seqlora,fedsvd-osft}-cl-4task.yaml (MiniLM, dbpedia -> amazon -> yelp ->
 agnews from ../shared/data/cl_benchmark, 4 IID clients, 2 per round, a head per task;
 fedsvd: the LoRA file with strategy fedsvd), or with --suite smollm2
 scenarios/smollm2-{osft,seqft,seqlora}-cl.yaml (SmolLM2-135M answering each task in text,
@@ -14,7 +14,8 @@ each baseline, and the accuracy matrix averaged over seeds.
 What the papers found (T5-large / LLaMA-2, generative): OSFT keeps backward transfer
 near zero while sequential fine-tuning forgets.
 
-Usage: python bench/cl_stream.py [--suite minilm|smollm2] [--methods osft seqft seqlora fedsvd]
+Usage: python bench/cl_stream.py [--suite minilm|smollm2]
+                                 [--methods osft seqft seqlora fedsvd fedsvd-osft]
                                  [--seeds 0 1 2] [--rounds N] [--steps N] [--resume]
 """
 
@@ -34,8 +35,9 @@ from scenarios.loader import load_scenario  # noqa: E402
 from seeded import ResultsFile, mean_sd, pct, spread  # noqa: E402
 
 METHODS = {"osft": "OSFT", "seqft": "sequential full FT", "seqlora": "sequential LoRA",
-           "fedsvd": "FedSVD-LoRA per task"}
+           "fedsvd": "FedSVD-LoRA per task", "fedsvd-osft": "orthogonal FedSVD"}
 METRICS = ("aa", "bwt", "fwt", "forgetting")
+PAIRED = ("osft", "fedsvd-osft")  # methods whose paired differences to the others are shown
 
 
 SUITES = {"minilm": "{}-cl-4task", "smollm2": "smollm2-{}-cl"}  # scenario file per method
@@ -46,6 +48,8 @@ def document_for(suite: str, method: str, seed: int, rounds: int | None,
     """The suite's scenario of the method (fedsvd: the LoRA one with strategy fedsvd) with
     the seed, and rounds per task and local steps when overridden; paths absolute."""
     source = SUITES[suite].format("seqlora" if method == "fedsvd" else method)
+    if suite != "minilm" and method == "fedsvd-osft":
+        raise SystemExit("fedsvd-osft ships a scenario for the minilm suite only")
     document = load_scenario(ROOT / "scenarios" / f"{source}.yaml").model_dump(mode="json")
     document["seed"] = seed
     if method == "fedsvd":
@@ -63,7 +67,17 @@ def record_of(summary: dict[str, Any]) -> dict[str, Any]:
             "probe_initial": tasks["probe_initial"], "probe_matrix": tasks["probe_matrix"],
             "aa": tasks["aa"], "bwt": tasks["bwt"], "fwt": tasks["fwt"],
             "forgetting": fmean(tasks["forgetting"]), "forgetting_per_task": tasks["forgetting"],
-            "minutes": summary["wall_seconds"] / 60}
+            "minutes": summary["wall_seconds"] / 60, **wire_bytes(summary["rounds"])}
+
+
+def wire_bytes(rounds: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean bytes per client per round, each way, as the server measured them from the
+    messages (strategies.message_size); absent for runs recorded before it did."""
+    trained = [r["train"] for r in rounds if "bytes-up-per-client" in r.get("train", {})]
+    if not trained:
+        return {}
+    return {"bytes_up": fmean(t["bytes-up-per-client"] for t in trained),
+            "bytes_down": fmean(t["bytes-down-per-client"] for t in trained)}
 
 
 def summarise(runs: dict[str, dict]) -> dict[str, Any]:
@@ -82,11 +96,14 @@ def summarise(runs: dict[str, dict]) -> dict[str, Any]:
                                        for cells in zip(*[r["matrix"] for r in rows], strict=True)],
                        "initial_mean": [fmean(c) for c in zip(*[r["initial"] for r in rows],
                                                               strict=True)],
-                       "minutes": fmean(r["minutes"] for r in rows)}
-    out["paired_osft_minus"] = {
-        other: {m: spread(by_method["osft"][s][m] - by_method[other][s][m]
-                          for s in by_method["osft"] if s in by_method[other]) for m in METRICS}
-        for other in METHODS if other != "osft" and set(by_method["osft"]) & set(by_method[other])}
+                       "minutes": fmean(r["minutes"] for r in rows),
+                       **{k: fmean(r[k] for r in rows) for k in ("bytes_up", "bytes_down")
+                          if all(k in r for r in rows)}}
+    for base in PAIRED:  # the method minus each other one, on the seeds both ran
+        out[f"paired_{base}_minus"] = {
+            other: {m: spread(by_method[base][s][m] - by_method[other][s][m]
+                              for s in by_method[base] if s in by_method[other]) for m in METRICS}
+            for other in METHODS if other != base and set(by_method[base]) & set(by_method[other])}
     return out
 
 
@@ -104,11 +121,21 @@ def markdown(results: ResultsFile, summary: dict[str, Any], suite: str) -> str:
         row = summary[method]
         cells = " | ".join(f"{mean_sd(row[m])} [{pct(row[m], 'ci95')}]" for m in METRICS)
         lines.append(f"| {METHODS[method]} | {len(row['seeds'])} | {cells} | {row['minutes']:.1f} |")
-    lines += ["", "OSFT minus baseline, paired by seed (points):", ""]
-    for other, diffs in summary["paired_osft_minus"].items():
-        lines.append(f"- {METHODS[other]}: " + ", ".join(
-            f"{m.upper() if m != 'forgetting' else m} {mean_sd(d)} [± {pct(d, 'ci95')}]"
-            for m, d in diffs.items()))
+    wire = [m for m in methods if "bytes_up" in summary[m]]
+    if wire:
+        lines += ["", "Bytes per client per round, measured by the server from the messages' "
+                  "arrays (mean over rounds and seeds):", "",
+                  "| method | client -> server | server -> client |", "|---|---|---|"]
+        lines += [f"| {METHODS[m]} | {summary[m]['bytes_up'] / 1e6:.3f} MB | "
+                  f"{summary[m]['bytes_down'] / 1e6:.3f} MB |" for m in wire]
+    for base in PAIRED:
+        if not summary[f"paired_{base}_minus"]:
+            continue
+        lines += ["", f"{METHODS[base]} minus each other method, paired by seed (points):", ""]
+        for other, diffs in summary[f"paired_{base}_minus"].items():
+            lines.append(f"- {METHODS[other]}: " + ", ".join(
+                f"{m.upper() if m != 'forgetting' else m} {mean_sd(d)} [± {pct(d, 'ci95')}]"
+                for m, d in diffs.items()))
     for method in methods:
         row = summary[method]
         lines += ["", f"{METHODS[method]}: accuracy on each task (columns) after each task "

@@ -43,7 +43,7 @@ def privacy_disclosure(scenario: Mapping[str, Any]) -> dict[str, Any]:
         excludes.append(SEEDED_NOISE)
     if privacy.get("report_unnoised_metrics"):
         excludes.append(UNNOISED_METRICS)
-    if (strategy.get("name") == "osft" and strategy.get("rank_rule", "adaptive") == "adaptive"
+    if (strategy.get("name") in ("osft", "fedsvd-osft") and strategy.get("rank_rule", "adaptive") == "adaptive"
             and importance_data(strategy, private=True) == "train"):
         excludes.append(IMPORTANCE_ROWS)
     seeded = bool(privacy.get("reproducible_noise_voids_guarantee"))

@@ -34,9 +34,11 @@ from scenarios.strategy_spec import (
     LLAMA_LINEAR_LAYERS,
     FedAvgLoraSpec,
     FedAvgSpec,
+    FedSvdOsftSpec,
     FedSvdSpec,
     FfaLoraSpec,
     OsftSpec,
+    PreservedRanksSpec,
     StrategySpec,
 )
 
@@ -44,9 +46,9 @@ from scenarios.strategy_spec import (
 # from here, the one place the rest of the project imports scenario types from.
 __all__ = [
     "BERT_LINEAR_LAYERS", "LLAMA_LINEAR_LAYERS", "NAMED_MODEL_KINDS", "NAMED_ORDERS", "CheckpointSpec", "ClBenchmarkSource", "DataSource", "DataSpec",
-    "DirichletPartitioning", "FedAvgLoraSpec", "FedAvgSpec", "FedSvdSpec", "FederationSpec",
+    "DirichletPartitioning", "FedAvgLoraSpec", "FedAvgSpec", "FedSvdOsftSpec", "FedSvdSpec", "FederationSpec",
     "FfaLoraSpec", "GeneratedSource", "HubSource", "IidPartitioning", "JsonlSource",
-    "LoraSpec", "ModelSpec", "OptimizerSpec", "OsftSpec", "Partitioning", "PresplitPartitioning",
+    "LoraSpec", "ModelSpec", "OptimizerSpec", "OsftSpec", "Partitioning", "PreservedRanksSpec", "PresplitPartitioning",
     "PrivacySpec", "ResourcesSpec", "Scenario", "Spec", "StrategySpec", "StreamSpec",
     "TaskSpec",
 ]

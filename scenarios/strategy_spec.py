@@ -48,15 +48,10 @@ BERT_LINEAR_LAYERS = ("query", "key", "value", "attention.output.dense", "interm
 LLAMA_LINEAR_LAYERS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-class OsftSpec(Spec):
-    """OSFT, "Sculpting Subspaces" (Nayak et al., 2025): full fine-tuning whose updates to
-    each target matrix stay orthogonal to its top-k singular directions, fixed at each
-    task start (ALGORITHMS.md section 2). The server averages the full weights (FedAvg)."""
+class PreservedRanksSpec(Spec):
+    """How many of each target matrix's top singular directions a task start preserves
+    (OSFT's rank rules, ALGORITHMS.md section 2): shared by `osft` and `fedsvd-osft`."""
 
-    name: Literal["osft"] = Field(
-        description="Full fine-tuning with every update of a target matrix projected off its "
-        "preserved singular subspace."
-    )
     rank_rule: Literal["adaptive", "schedule"] = Field(
         "adaptive", description="How many singular directions each matrix preserves at a task "
         "start: 'adaptive' (layer importance from input-output cosine similarity on the previous "
@@ -80,6 +75,23 @@ class OsftSpec(Spec):
         "guarantee) or 'test' (the held-out test split the server evaluates on anyway). "
         "None: 'train' without privacy, 'test' with it."
     )
+
+    @model_validator(mode="after")
+    def _mrr_below_trr(self) -> PreservedRanksSpec:
+        if self.mrr > self.trr:
+            raise ValueError(f"mrr ({self.mrr}) must be <= trr ({self.trr})")
+        return self
+
+
+class OsftSpec(PreservedRanksSpec):
+    """OSFT, "Sculpting Subspaces" (Nayak et al., 2025): full fine-tuning whose updates to
+    each target matrix stay orthogonal to its top-k singular directions, fixed at each
+    task start (ALGORITHMS.md section 2). The server averages the full weights (FedAvg)."""
+
+    name: Literal["osft"] = Field(
+        description="Full fine-tuning with every update of a target matrix projected off its "
+        "preserved singular subspace."
+    )
     target_modules: tuple[str, ...] | None = Field(
         None, min_length=1,
         description="Linear layers whose weights are projected (matched by name suffix). "
@@ -88,14 +100,25 @@ class OsftSpec(Spec):
         + ", ".join(LLAMA_LINEAR_LAYERS) + " in a LLaMA-style decoder.",
     )
 
-    @model_validator(mode="after")
-    def _mrr_below_trr(self) -> OsftSpec:
-        if self.mrr > self.trr:
-            raise ValueError(f"mrr ({self.mrr}) must be <= trr ({self.trr})")
-        return self
+
+class FedSvdOsftSpec(PreservedRanksSpec):
+    """Orthogonal FedSVD (clients.orthogonal_lora): FedSVD per task with A started in the
+    complement of each LoRA target's preserved right subspace and every update of B
+    projected off its preserved left subspace, so OSFT's preserved triplets survive
+    while clients send only B. The rank rules are OSFT's, over the LoRA targets' base
+    weights, with k capped at min(d_out, d_in) - model.lora.rank (room for A's rows)."""
+
+    name: Literal["fedsvd-osft"] = Field(
+        description="FedSVD whose adapters stay orthogonal to OSFT's preserved singular "
+        "subspaces of the LoRA targets (model.lora.target_modules); clients send only B."
+    )
+    svd_period: int = Field(
+        1, ge=1, le=1_000_000,
+        description="Re-factorize every this many rounds (1: every round, as in FedSVD).",
+    )
 
 
 StrategySpec = Annotated[
-    FedAvgLoraSpec | FedAvgSpec | FfaLoraSpec | FedSvdSpec | OsftSpec,
+    FedAvgLoraSpec | FedAvgSpec | FfaLoraSpec | FedSvdSpec | OsftSpec | FedSvdOsftSpec,
     Field(discriminator="name"),
 ]

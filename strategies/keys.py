@@ -14,6 +14,9 @@ FROZEN_FINGERPRINT = "frozen-fingerprint"
 BASE_WEIGHTS = "base-weights"
 OSFT_BASES = "osft-bases"
 BASIS_U, BASIS_V = "|u-high", "|v-high"
+# fedsvd-osft: the LoRA A factors a task starts from (in the complement of the preserved
+# right subspaces). Saved with the task's start, applied to the global model, not sent.
+LORA_A_START = "lora-a-start"
 
 # Record names in instructions and replies.
 ARRAYS = "arrays"
@@ -44,6 +47,11 @@ PRIVACY_STATE = "privacy"
 # ConfigRecord "client" of a reply: who replied, on what. Not averaged.
 PARTITION_ID = "partition-id"
 DEVICE = "device"
+
+# Train metrics of a round, measured by strategies.recording from the messages: the
+# arrays' bytes of one client's train instruction and (mean) of one client's reply.
+BYTES_DOWN = "bytes-down-per-client"
+BYTES_UP = "bytes-up-per-client"
 
 # Metrics of the server-side evaluation of the global model.
 EVAL_ACC = "eval-acc"

@@ -29,6 +29,7 @@ from strategies.client_replies import (
     split_replies,
     trained_replies,
 )
+from strategies.message_size import array_bytes
 from strategies.round_policy.budget_watch import BudgetWatch
 from strategies.round_policy.ledger_relay import LedgerRelay
 from strategies.round_policy.quorum import Quorum
@@ -72,6 +73,7 @@ class RecordedStrategy(Strategy):
         self.budget = budget if budget is not None else BudgetWatch(num_clients=None)
         self.latest_arrays: ArrayRecord | None = None  # the newest global model
         self.sampled: dict[int, int | None] = {}  # this round's node id -> partition id
+        self.bytes_down = 0  # this round's train message to one client, its arrays
 
     @property
     def out_of_budget(self) -> set[int]:
@@ -105,6 +107,7 @@ class RecordedStrategy(Strategy):
             if ledger is not None:
                 content[keys.PRIVACY_STATE] = ledger
             message.content = content
+            self.bytes_down = array_bytes(content)
         return messages
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message],
@@ -124,6 +127,9 @@ class RecordedStrategy(Strategy):
         self.latest_arrays = arrays if arrays is not None else self.latest_arrays
         train = dict(metrics) if metrics is not None else {}
         train.update(clients=len(updates), failures=len(failures), refusals=len(refused))
+        if updates:  # what the method costs on the wire, per client (mean over replies)
+            train[keys.BYTES_UP] = sum(array_bytes(m.content) for m in updates) / len(updates)
+            train[keys.BYTES_DOWN] = self.bytes_down
         best_effort(self.store.record_round, self.run_id, round_, self.task, train=train)
         self.budget.check(round_)
         return arrays, metrics

@@ -9,6 +9,7 @@ from strategies import keys
 from strategies.fedavg import FedAvgFull
 from strategies.fedavg_lora import FedAvgLora
 from strategies.fedsvd import FedSVD
+from strategies.fedsvd_osft import FedSvdOsft
 from strategies.ffa_lora import FfaLora
 from strategies.osft import Osft
 
@@ -18,6 +19,7 @@ STRATEGIES: dict[str, type[FedAvg]] = {
     "ffa-lora": FfaLora,
     "fedsvd": FedSVD,
     "osft": Osft,
+    "fedsvd-osft": FedSvdOsft,
 }
 
 

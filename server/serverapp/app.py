@@ -55,7 +55,8 @@ from server.serverapp.federation import (
     discover_partitions,
     wait_for_nodes,
 )
-from server.serverapp.osft_plan import task_bases
+from server.serverapp.orthogonal_lora_plan import task_start as orthogonal_task_start
+from server.serverapp.osft_plan import TaskBases, task_bases
 from server.serverapp.probe import head_inputs, probe_accuracy
 from strategies import keys
 from strategies.recording import RecordedStrategy, best_effort
@@ -66,6 +67,7 @@ from strategies.round_policy.quorum import Quorum
 from strategies.round_policy.sampling import ClientSampler, ShuffledDeck
 
 app = ServerApp()
+PRESERVING = ("osft", "fedsvd-osft")  # strategies whose task start computes preserved bases
 NODE_WAIT_S = 60.0  # simulation registers nodes at once; deployment SuperNodes may be slower
 
 
@@ -129,6 +131,9 @@ def run_scenario(grid: Grid, scenario: Scenario, store: MetricsStore, run_id: st
             rounds_done = state.task_rounds if resumed else 0
             activate_task(run.model, task_id)
             extra = task_setup(run, task_id, base_weights, resumed and state.round > 0)
+            a_start = extra.pop(keys.LORA_A_START, None)  # fedsvd-osft: the task's A
+            if a_start is not None and rounds_done == 0:
+                load_trainable(run.model, a_start.to_torch_state_dict())
             if keys.BASE_WEIGHTS in extra:
                 base_weights = extra[keys.BASE_WEIGHTS].to_torch_state_dict()
                 load_trainable(run.model, base_weights)  # a no-op unless restored from disk
@@ -220,7 +225,7 @@ def task_setup(run: RunContext, task_id: int, base_weights: dict[str, torch.Tens
     if saved is not None:
         return {name: ArrayRecord(state) for name, state in saved.items()}
     scenario = run.scenario
-    from_training = scenario.strategy.name == "osft" or (
+    from_training = scenario.strategy.name in PRESERVING or (
         scenario.stream is not None and trained_set(scenario.strategy.name) != "full")
     if resumed and task_id > 0 and from_training:
         raise RuntimeError(f"cannot resume task {task_id}: {run.checkpoints.task_path(task_id)} "
@@ -235,19 +240,37 @@ def task_records(model: torch.nn.Module, scenario: Scenario, task_id: int,
                  base_weights: dict[str, torch.Tensor], run_dir: Path,
                  device: torch.device) -> dict[str, ArrayRecord]:
     """What every train message of the task carries besides the global arrays: OSFT's
-    preserved bases, or the merged base weights of a LoRA stream."""
+    preserved bases, the merged base weights of a LoRA stream, and for fedsvd-osft both
+    (B's left bases) plus the task's starting A (keys.LORA_A_START, not sent)."""
     if scenario.strategy.name == "osft":
-        previous = (importance_sample(scenario, task_id - 1)
-                    if task_id > 0 and scenario.strategy.rank_rule == "adaptive" else None)
         targets = osft_targets(scenario.model, scenario.strategy.target_modules)
-        bases = task_bases(model, scenario.strategy, targets, task_id, previous, device)
-        RunFolder(run_dir).osft_plan(task_id).write_text(json.dumps(
-            {"ranks": bases.ranks, "shapes": bases.shapes, "svd-seconds": bases.seconds},
-            indent=1))
+        bases = task_bases(model, scenario.strategy, targets, task_id,
+                           preserved_rank_sample(scenario, task_id), device)
+        write_rank_plan(run_dir, task_id, bases)
         return {keys.OSFT_BASES: bases.record}
-    if base_weights:
-        return {keys.BASE_WEIGHTS: ArrayRecord({k: v.cpu() for k, v in base_weights.items()})}
-    return {}
+    merged = ({keys.BASE_WEIGHTS: ArrayRecord({k: v.cpu() for k, v in base_weights.items()})}
+              if base_weights else {})
+    if scenario.strategy.name == "fedsvd-osft":
+        start = orthogonal_task_start(model, scenario.strategy, task_id,
+                                      preserved_rank_sample(scenario, task_id), device,
+                                      scenario.seed)
+        write_rank_plan(run_dir, task_id, start.bases)
+        return {**merged, keys.OSFT_BASES: start.b_bases, keys.LORA_A_START: start.a_start}
+    return merged
+
+
+def preserved_rank_sample(scenario: Scenario, task_id: int):
+    """The previous task's rows the adaptive rank rule measures importance on; None for
+    the first task or the schedule rule."""
+    if task_id > 0 and scenario.strategy.rank_rule == "adaptive":
+        return importance_sample(scenario, task_id - 1)
+    return None
+
+
+def write_rank_plan(run_dir: Path, task_id: int, bases: TaskBases) -> None:
+    """osft-task-T.json: every target's preserved rank and shape, and the SVDs' cost."""
+    RunFolder(run_dir).osft_plan(task_id).write_text(json.dumps(
+        {"ranks": bases.ranks, "shapes": bases.shapes, "svd-seconds": bases.seconds}, indent=1))
 
 
 def importance_sample(scenario: Scenario, task_id: int):

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from clients.osft import adaptive_ranks, basis, layer_importance, scheduled_rank
 from clients.training import forward_hidden, trim_padding
-from scenarios.schema import OsftSpec
+from scenarios.schema import PreservedRanksSpec
 from strategies import keys
 
 
@@ -101,10 +101,13 @@ def importance_by_layer(model: nn.Module, weights: dict[str, nn.Parameter],
     return {n: sums[id(b)] / max(counts[id(b)], 1) for n, b in owners.items()}
 
 
-def task_bases(model: nn.Module, strategy: OsftSpec, targets: tuple[str, ...], task_id: int,
-               previous_sample: TensorDataset | None, device: torch.device) -> TaskBases:
+def task_bases(model: nn.Module, strategy: PreservedRanksSpec, targets: tuple[str, ...],
+               task_id: int, previous_sample: TensorDataset | None, device: torch.device,
+               room: int = 0) -> TaskBases:
     """The preserved bases of every target weight (`targets`: strategy.target_modules, or
-    the model's default, clients.models.osft_targets) at the start of task `task_id`."""
+    the model's default, clients.models.osft_targets) at the start of task `task_id`.
+    `room`: directions every matrix keeps free to learn in, k <= min(d_out, d_in) - room
+    (fedsvd-osft: the LoRA rank, so A's rows fit in the complement of V_h)."""
     started = time.perf_counter()
     weights = target_weights(model, targets)
     shapes = {n: tuple(w.shape) for n, w in weights.items()}
@@ -118,6 +121,7 @@ def task_bases(model: nn.Module, strategy: OsftSpec, targets: tuple[str, ...], t
             raise ValueError("the adaptive rank rule needs a sample of the previous task")
         importance = importance_by_layer(model, weights, previous_sample, device)
         ranks = adaptive_ranks(importance, shapes, strategy.mrr, strategy.trr)
+    ranks = {n: max(0, min(k, min(shapes[n]) - room)) for n, k in ranks.items()}
     arrays = {}
     for name, weight in weights.items():
         if ranks[name] == 0:

@@ -98,13 +98,14 @@ def test_a_private_osft_stream_of_the_tiny_llama_keeps_its_triplets(runs_dir, wr
 
 @pytest.fixture(scope="module")
 def private_lora_stream(tmp_path_factory):
-    """FedSVD-LoRA per task under DP over quick-stream's 2 tasks, run once to the end:
-    (scenario path, its runs folder, the run's summary)."""
+    """Orthogonal FedSVD (fedsvd-osft: FedSVD-LoRA per task, A and B kept off the
+    preserved subspaces of q and v) under DP over quick-stream's 2 tasks, run once to
+    the end: (scenario path, its runs folder, the run's summary)."""
     tmp_path = tmp_path_factory.mktemp("dp-stream")
     doc = yaml.safe_load((ROOT / "scenarios" / "quick-stream.yaml").read_text())
     doc["name"] = "dp-lora-stream"
     doc["model"]["lora"] = {"rank": 4, "alpha": 8}
-    doc["strategy"] = {"name": "fedsvd"}
+    doc["strategy"] = {"name": "fedsvd-osft", "rank_rule": "adaptive"}  # importance: test rows
     # 3 clients, 2 sampled per round: which 2 depends on the server's random state,
     # which a resume must restore.
     doc["federation"].update(num_clients=3, clients_per_round=2, local_steps=4)
@@ -127,10 +128,12 @@ def private_lora_stream(tmp_path_factory):
         assert leftovers == [], f"processes left running: {[p.pid for p in leftovers]}"
 
 
+@pytest.mark.xdist_group("private_lora_stream")  # one worker runs the shared stream once
 def test_private_lora_stream_budget_spans_every_task(private_lora_stream) -> None:
     """The adapter is folded into the base at the task end (clients get the merged
-    base), task 0's head is untouched by task 1, and each client's ledger carries across
-    tasks: epsilon keeps growing and ends within budget."""
+    base), task 0's head is untouched by task 1, task 1 kept the triplets task 0 left in
+    every LoRA target's base weight, and each client's ledger carries across tasks:
+    epsilon keeps growing and ends within budget."""
     from clients.privacy import epsilon_of
 
     _, runs_dir, summary = private_lora_stream
@@ -143,6 +146,7 @@ def test_private_lora_stream_budget_spans_every_task(private_lora_stream) -> Non
     assert head0 and all(torch.equal(after0[n], after1[n]) for n in head0)
     merged = [n for n in after1 if n.endswith(".base_layer.weight")]
     assert merged and any(not torch.equal(after0[n], after1[n]) for n in merged)
+    assert_task_1_kept_task_0s_triplets(run_dir)
 
     rows = MetricsStore.in_dir(runs_dir).client_rounds(summary["run_id"])
     assert len(rows) == 2 * 4  # 2 clients in each of 2 rounds x 2 tasks
@@ -167,6 +171,7 @@ def without_timings(rounds: list[dict]) -> list[dict]:
             for r in rounds]
 
 
+@pytest.mark.xdist_group("private_lora_stream")
 def test_a_stream_sigkilled_at_a_task_end_and_resumed_equals_the_uninterrupted_run(
         private_lora_stream, tmp_path, runs_dir) -> None:
     """The same scenario, every process of it SIGKILLed the moment the checkpoint of

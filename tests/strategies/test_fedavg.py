@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import random
 
 import numpy as np
@@ -113,6 +114,15 @@ def test_wrapper_records_clients_failures_and_the_aggregate() -> None:
     assert failures == [(1, "8", "ValueError: bad row"), (2, "9", "node vanished")]
     (_, round_, task, train), = store.rounds
     assert (round_, task, train["clients"], train["failures"]) == (11, 2, 1, 2)
+    # The wire cost, measured from the messages; the oracle is numpy's own .npy encoding.
+    assert train[keys.BYTES_UP] == npy_bytes(np.ones(3))      # the one reply's "w"
+    assert train[keys.BYTES_DOWN] == npy_bytes(np.zeros(3))   # the instruction's "w"
+
+
+def npy_bytes(array: np.ndarray) -> int:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return len(buffer.getvalue())
 
 
 def test_a_round_where_every_client_failed_fails_loudly() -> None:

@@ -140,3 +140,29 @@ def test_fedsvd_refactorizes_the_weighted_mean_every_svd_period(server_round, re
     orthonormal = np.allclose(a_new @ a_new.T, np.eye(4), atol=1e-10)
     assert orthonormal == refactorized
     assert np.array_equal(a_new, a) != refactorized
+
+
+def test_fedsvd_osft_keeps_both_factors_off_the_preserved_subspaces() -> None:
+    """Hand-built replies as orthogonal FedSVD's clients send them (each B with no
+    component along U_h) over a global A in the complement of V_h: the mean and the
+    re-factorization keep B_new orthogonal to U_h and A_new to V_h, product exact."""
+    from clients.orthogonal_lora import complement_rows
+    from strategies.fedsvd_osft import FedSvdOsft
+
+    as_server()
+    rng = np.random.default_rng(2)
+    d_out, r, d_in, k = 12, 3, 10, 4
+    u_high = np.linalg.qr(rng.normal(size=(d_out, k)))[0]           # oracle bases
+    v_high = np.linalg.qr(rng.normal(size=(d_in, k)))[0].T
+    a = complement_rows(torch.from_numpy(v_high), r, d_in, torch.Generator().manual_seed(0))
+    a = a.numpy()
+    bs = [(np.eye(d_out) - u_high @ u_high.T) @ rng.normal(size=(d_out, r)) for _ in range(3)]
+    strategy = FedSvdOsft(rank_rule="schedule")
+    strategy.global_arrays = _global(a, np.zeros((d_out, r)))
+    arrays, _ = strategy.aggregate_train(1, _replies(bs, [1, 2, 5]))
+    a_new = arrays["m.lora_A.default.weight"].numpy()
+    b_new = arrays["m.lora_B.default.weight"].numpy()
+    np.testing.assert_allclose(b_new @ a_new, (bs[0] + 2 * bs[1] + 5 * bs[2]) / 8 @ a,
+                               rtol=1e-10, atol=1e-12)
+    assert np.abs(u_high.T @ b_new).max() < 1e-10 and np.abs(a_new @ v_high.T).max() < 1e-10
+    np.testing.assert_allclose(a_new @ a_new.T, np.eye(r), atol=1e-10)
