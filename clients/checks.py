@@ -109,12 +109,13 @@ def check_model(scenario: Scenario) -> list[str]:
 def check_prompts(scenario: Scenario) -> list[str]:
     """A causal LM's every task fits its instruction, options and answer in
     model.max_length (clients.prompts.text_budget); nothing to check for an encoder."""
-    from clients.data import prompt_format
     from clients.models import build_tokenizer, model_kind
-    from clients.prompts import text_budget
 
     if model_kind(scenario.model) != "causal-lm":
-        return []
+        return []  # before importing clients.data: flwr-datasets takes ~2 s to import
+    from clients.data import prompt_format
+    from clients.prompts import text_budget
+
     tokenizer, errors = build_tokenizer(scenario.model), []
     for task_id, plan in enumerate(task_plans(scenario)):
         try:

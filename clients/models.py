@@ -19,7 +19,6 @@ import os
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, get_peft_model
 from torch import nn
 
 from clients.causal_lm import language_model
@@ -194,6 +193,10 @@ def attach_mean_pooling(model: nn.Module) -> None:
 
 def add_lora(model: nn.Module, spec: LoraSpec, targets: tuple[str, ...]) -> nn.Module:
     """Wrap `model` with PEFT LoRA adapters on `targets` (A kaiming, B zero)."""
+    # Imported here: PEFT takes ~4 s to import, which `orthofed validate` and `run`
+    # would otherwise pay before anything starts (they only list module names).
+    from peft import LoraConfig, get_peft_model
+
     config = LoraConfig(r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
                         target_modules=list(targets), bias="none")
     return get_peft_model(model, config)
