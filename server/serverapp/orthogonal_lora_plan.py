@@ -67,6 +67,12 @@ def task_start(model: nn.Module, strategy: FedSvdOsftSpec, task_id: int,
     targets = lora_targets_of(model)
     params = dict(model.named_parameters())
     rank = params[targets[0].a].shape[0]
+    for target in targets:
+        if rank >= min(params[target.base].shape):
+            raise ValueError(
+                f"model.lora.rank: {rank} must be below min(d_out, d_in) = "
+                f"{min(params[target.base].shape)} of {target.base} for fedsvd-osft (A's rows "
+                "must fit beside at least one preserved direction)")
     modules = tuple(t.base.removesuffix(".weight") for t in targets)
     bases = task_bases(model, strategy, modules, task_id, previous_sample, device, room=rank)
     generator = torch.Generator().manual_seed(seed * 1009 + task_id)

@@ -129,3 +129,12 @@ def test_without_the_projection_b_leaves_the_preserved_subspace() -> None:
     sent = train_round(scenario, 0, content, RecordDict())[keys.ARRAYS].to_torch_state_dict()
     u_high = torch.from_numpy(np.linalg.svd(w, full_matrices=False)[0][:, :start.bases.ranks[target.base]])
     assert (u_high.T @ sent[target.b].double()).abs().max() > 1e-3
+
+
+def test_a_rank_with_no_room_beside_the_preserved_directions_names_the_field() -> None:
+    document = scenario_for("tiny-bert").model_dump(mode="json")
+    document["model"]["lora"]["rank"] = 128  # tiny BERT's q and v are 128 x 128
+    scenario = load_scenario(document)
+    server = build_model(scenario.model, 3, scenario.seed, "lora-b")
+    with pytest.raises(ValueError, match=r"model.lora.rank: 128 must be below min\(d_out, d_in\) = 128"):
+        task_start(server, scenario.strategy, 1, None, CPU, scenario.seed)
