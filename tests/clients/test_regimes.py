@@ -5,7 +5,7 @@ pooling (MiniLM's default), evaluated on the 872-row validation file (majority c
 50.9%). Central: 40 local steps of batch 32 on 2048 label-balanced rows of two of the
 FedSVD SST-2 clients' files, in the shipped regimes (the reference's SGD 0.5; without
 noise each step clipped to norm 1.0, under DP-SGD C = 2, PRV, delta 1e-5, epsilon 6).
-Federated: two rounds of the shipped private scenario through the ClientApp's own
+Federated: one round of the shipped private scenario through the ClientApp's own
 round and FedSVD's own aggregation. A regression in pooling, LoRA, the optimizer,
 DP-SGD or the aggregation shows up here, in CI, not in a paper.
 """
@@ -68,14 +68,14 @@ def test_b_only_lora_learns_sst2_under_dp_sgd_at_epsilon_6(sst2) -> None:
 
 
 @needs_shared_data("fedsvd_sst2")
-def test_two_private_fedsvd_rounds_on_the_sst2_clients_beat_the_majority_class() -> None:
+def test_a_private_fedsvd_round_on_the_sst2_clients_beats_the_majority_class() -> None:
     """scenarios/fedsvd-sst2-dp.yaml (epsilon 6, C = 2, PRV, SGD 0.5, balanced sampling),
-    its first two rounds: the clients its sampler deals (all six), each through
+    its first round: the three clients its sampler deals, each through
     clients.client_app.train_round from the global tensors, then FedSVD's aggregate_train
-    on their replies (weighted mean of B and the head, re-factorization of B A). The two
-    rounds are one pass of the balanced deck, every client once: the accuracy is their
-    mean (one round's swings with its three clients' label skew, which a pass averages).
-    Noise seeded, for a repeatable check."""
+    on their replies (weighted mean of B and the head, re-factorization of B A). Noise
+    seeded, so the check is repeatable: a round's accuracy swings with its clients'
+    label skew, but for a fixed seed it is one number (0.658 when written; the second
+    round, 0.580, was dropped to keep CI within its time)."""
     from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
     from clients.client_app import train_round
@@ -91,7 +91,7 @@ def test_two_private_fedsvd_rounds_on_the_sst2_clients_beat_the_majority_class()
     server = build_model(scenario.model, 2, scenario.seed, "lora-b")
     deck, states, strategy, accuracy = ShuffledDeck(scenario.seed), {}, FedSVD(), []
     test_set = server_test_set(scenario)
-    for server_round in (1, 2):
+    for server_round in (1,):
         start = ArrayRecord({k: v for k, v in global_state(server).items()})
         replies = []
         for partition in deck.deal(scenario.federation.num_clients, 3):
@@ -106,6 +106,6 @@ def test_two_private_fedsvd_rounds_on_the_sst2_clients_beat_the_majority_class()
         arrays, _ = strategy.aggregate_train(server_round, replies)
         load_trainable(server, arrays.to_torch_state_dict())
         accuracy.append(evaluate(server, test_set, CPU).accuracy)
-    # Measured when written: 0.658 and 0.580 (mean 0.619); FedSVD's weighted mean of a
-    # broken or noise-swamped B stays at the majority rate or below.
-    assert sum(accuracy) / 2 > MAJORITY + 0.05, accuracy
+    # Measured when written: 0.658; FedSVD's weighted mean of a broken or noise-swamped B
+    # stays at the majority rate or below.
+    assert accuracy[0] > MAJORITY + 0.05, accuracy
