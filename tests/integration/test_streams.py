@@ -1,7 +1,7 @@
 """Task streams end to end through `orthofed run` (Flower's simulation engine, a real
 store): the accuracy matrix, OSFT's preserved triplets across a real federated task, a
-private LoRA stream whose budget spans every task, and the same stream SIGKILLed and
-resumed."""
+private orthogonal-FedSVD (LoRA) stream that keeps them too and whose budget spans every
+task, and the same stream SIGKILLed and resumed."""
 
 from __future__ import annotations
 
