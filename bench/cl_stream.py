@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 from statistics import fmean
 from typing import Any
@@ -33,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from scenarios.loader import load_scenario  # noqa: E402
 from seeded import ResultsFile, mean_sd, pct, spread  # noqa: E402
+from strategies import keys  # noqa: E402
 
 METHODS = {"osft": "OSFT", "seqft": "sequential full FT", "seqlora": "sequential LoRA",
            "fedsvd": "FedSVD-LoRA per task", "fedsvd-osft": "orthogonal FedSVD"}
@@ -73,11 +73,11 @@ def record_of(summary: dict[str, Any]) -> dict[str, Any]:
 def wire_bytes(rounds: list[dict[str, Any]]) -> dict[str, float]:
     """Mean bytes per client per round, each way, as the server measured them from the
     messages (strategies.message_size); absent for runs recorded before it did."""
-    trained = [r["train"] for r in rounds if "bytes-up-per-client" in r.get("train", {})]
+    trained = [r["train"] for r in rounds if keys.BYTES_UP in r.get("train", {})]
     if not trained:
         return {}
-    return {"bytes_up": fmean(t["bytes-up-per-client"] for t in trained),
-            "bytes_down": fmean(t["bytes-down-per-client"] for t in trained)}
+    return {"bytes_up": fmean(t[keys.BYTES_UP] for t in trained),
+            "bytes_down": fmean(t[keys.BYTES_DOWN] for t in trained)}
 
 
 def summarise(runs: dict[str, dict]) -> dict[str, Any]:
@@ -162,9 +162,10 @@ def main() -> None:
     custom = "" if (args.rounds, args.steps) == (None, None) else f"_r{args.rounds}_s{args.steps}"
     suite = "" if args.suite == "minilm" else f"_{args.suite}"
     results = ResultsFile(f"cl_stream{suite}{custom}", resume=args.resume)
-    def write_tables() -> None:
+
+    def tables() -> tuple[dict[str, Any], str]:
         summary = summarise(results.runs)
-        results.write(summary, markdown(results, summary, args.suite))
+        return summary, markdown(results, summary, args.suite)
 
     def describe(key: str, record: dict[str, Any]) -> str:
         return (f"{key:>14}: AA {100 * record['aa']:.1f}  BWT {100 * record['bwt']:.1f}  "
@@ -172,12 +173,7 @@ def main() -> None:
 
     jobs = ((f"{method}/seed{seed}", document_for(args.suite, method, seed, args.rounds, args.steps))
             for seed in args.seeds for method in args.methods)  # methods interleaved per seed
-    with tempfile.TemporaryDirectory() as tmp:
-        runs_dir = (args.runs_dir or Path(tmp) / "runs").resolve()
-        results.run_missing(jobs, runs_dir, Path(tmp), record_of, write_tables, describe)
-    if results.runs:  # also when nothing new ran: the tables from the recorded runs
-        write_tables()
-        print(results.md_path.read_text())
+    results.run_and_tabulate(jobs, args.runs_dir, record_of, tables, describe)
 
 
 if __name__ == "__main__":

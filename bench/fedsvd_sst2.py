@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -162,9 +161,10 @@ def main() -> None:
     args = parser.parse_args()
     suffix = "" if args.rounds is None else f"_{args.rounds}rounds"
     results = ResultsFile(f"fedsvd_sst2_{args.scale}{suffix}", resume=args.resume)
-    def write_tables() -> None:
+
+    def tables() -> tuple[dict[str, Any], str]:
         summary = summarise(results.runs)
-        results.write(summary, markdown(results, summary, args.scale))
+        return summary, markdown(results, summary, args.scale)
 
     def describe(key: str, record: dict[str, Any]) -> str:
         return (f"{key:>28}: last {TAIL} {100 * tail(record):.2f}  curve "
@@ -173,12 +173,7 @@ def main() -> None:
     jobs = ((f"{setting}/{method}/seed{seed}", document_for(args.scale, setting, method, seed, args.rounds))
             for setting in args.settings for seed in args.seeds
             for method in args.methods)  # methods interleaved: partial results stay paired
-    with tempfile.TemporaryDirectory() as tmp:
-        runs_dir = (args.runs_dir or Path(tmp) / "runs").resolve()
-        results.run_missing(jobs, runs_dir, Path(tmp), record_of, write_tables, describe)
-    if results.runs:  # also when nothing new ran: the tables from the recorded runs
-        write_tables()
-        print(results.md_path.read_text())
+    results.run_and_tabulate(jobs, args.runs_dir, record_of, tables, describe)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -113,20 +114,28 @@ class ResultsFile:
         self.runs[key] = {**record, "scenario_digest": scenario_digest,
                           "commit": self.provenance["commit"]}
 
-    def run_missing(self, jobs: Iterable[tuple[str, dict[str, Any]]], runs_dir: Path,
-                    folder: Path, record_of: Callable[[dict[str, Any]], dict[str, Any]],
-                    write_tables: Callable[[], None],
-                    describe: Callable[[str, dict[str, Any]], str]) -> None:
-        """Run each (key, scenario mapping) that is not recorded yet for that scenario,
-        record it, rewrite the files (`write_tables`) and print `describe(key, record)`:
-        an interrupted benchmark keeps every run that finished."""
-        for key, document in jobs:
-            if self.done(key, digest(document)):
-                continue
-            record = record_of(run_document(document, runs_dir, folder))
-            self.add(key, record, digest(document))
-            write_tables()
-            print(describe(key, record), flush=True)
+    def run_and_tabulate(self, jobs: Iterable[tuple[str, dict[str, Any]]],
+                         runs_dir: Path | None,
+                         record_of: Callable[[dict[str, Any]], dict[str, Any]],
+                         tables: Callable[[], tuple[dict[str, Any], str]],
+                         describe: Callable[[str, dict[str, Any]], str]) -> None:
+        """Run each (key, scenario mapping) not recorded yet for that scenario (its runs
+        under `runs_dir`, else a temporary folder), record it, rewrite both files from
+        `tables()` (summary, Markdown) and print `describe(key, record)`: an interrupted
+        benchmark keeps every run that finished. At the end, also when nothing new ran,
+        rewrite the files from the recorded runs and print the Markdown."""
+        with tempfile.TemporaryDirectory() as tmp:
+            runs = (runs_dir or Path(tmp) / "runs").resolve()
+            for key, document in jobs:
+                if self.done(key, digest(document)):
+                    continue
+                record = record_of(run_document(document, runs, Path(tmp)))
+                self.add(key, record, digest(document))
+                self.write(*tables())
+                print(describe(key, record), flush=True)
+        if self.runs:
+            self.write(*tables())
+            print(self.md_path.read_text())
 
     def write(self, summary: dict[str, Any], markdown: str) -> None:
         """Both files, as they stand (after every run)."""

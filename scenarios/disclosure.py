@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from scenarios.strategy_spec import PRESERVING_STRATEGIES
+
 UNNOISED_METRICS = "epsilon excludes reported metrics (clients' training loss and local " \
                    "eval, computed on their data without noise: privacy.report_unnoised_metrics)"
 IMPORTANCE_ROWS = "epsilon excludes the OSFT importance sample (the server reads clients' " \
@@ -43,7 +45,7 @@ def privacy_disclosure(scenario: Mapping[str, Any]) -> dict[str, Any]:
         excludes.append(SEEDED_NOISE)
     if privacy.get("report_unnoised_metrics"):
         excludes.append(UNNOISED_METRICS)
-    if (strategy.get("name") in ("osft", "fedsvd-osft") and strategy.get("rank_rule", "adaptive") == "adaptive"
+    if (strategy.get("name") in PRESERVING_STRATEGIES and strategy.get("rank_rule", "adaptive") == "adaptive"
             and importance_data(strategy, private=True) == "train"):
         excludes.append(IMPORTANCE_ROWS)
     seeded = bool(privacy.get("reproducible_noise_voids_guarantee"))

@@ -38,6 +38,7 @@ from scenarios.strategy_spec import (
     FedSvdSpec,
     FfaLoraSpec,
     OsftSpec,
+    PRESERVING_STRATEGIES,
     PreservedRanksSpec,
     StrategySpec,
 )
@@ -48,7 +49,7 @@ __all__ = [
     "BERT_LINEAR_LAYERS", "LLAMA_LINEAR_LAYERS", "NAMED_MODEL_KINDS", "NAMED_ORDERS", "CheckpointSpec", "ClBenchmarkSource", "DataSource", "DataSpec",
     "DirichletPartitioning", "FedAvgLoraSpec", "FedAvgSpec", "FedSvdOsftSpec", "FedSvdSpec", "FederationSpec",
     "FfaLoraSpec", "GeneratedSource", "HubSource", "IidPartitioning", "JsonlSource",
-    "LoraSpec", "ModelSpec", "OptimizerSpec", "OsftSpec", "Partitioning", "PreservedRanksSpec", "PresplitPartitioning",
+    "LoraSpec", "ModelSpec", "OptimizerSpec", "OsftSpec", "PRESERVING_STRATEGIES", "Partitioning", "PreservedRanksSpec", "PresplitPartitioning",
     "PrivacySpec", "ResourcesSpec", "Scenario", "Spec", "StrategySpec", "StreamSpec",
     "TaskSpec",
 ]

@@ -118,6 +118,10 @@ class FedSvdOsftSpec(PreservedRanksSpec):
     )
 
 
+# Strategies whose task start computes preserved bases (their specs subclass
+# PreservedRanksSpec); disclosure reads the stored scenario by name, hence the names.
+PRESERVING_STRATEGIES = ("osft", "fedsvd-osft")
+
 StrategySpec = Annotated[
     FedAvgLoraSpec | FedAvgSpec | FfaLoraSpec | FedSvdSpec | OsftSpec | FedSvdOsftSpec,
     Field(discriminator="name"),

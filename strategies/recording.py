@@ -107,7 +107,8 @@ class RecordedStrategy(Strategy):
             if ledger is not None:
                 content[keys.PRIVACY_STATE] = ledger
             message.content = content
-            self.bytes_down = array_bytes(content)
+        # The messages differ only in their ledger (a ConfigRecord): one weighs them all.
+        self.bytes_down = array_bytes(messages[0].content) if messages else 0
         return messages
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message],

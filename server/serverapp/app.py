@@ -38,7 +38,7 @@ from clients.models import (
 from clients.training import evaluate
 from scenarios.disclosure import importance_data
 from scenarios.loader import load_scenario, resolve_scenario_path
-from scenarios.schema import Scenario
+from scenarios.schema import PRESERVING_STRATEGIES, Scenario
 from scenarios.stream import task_plans
 from server.runs.layout import RunFolder
 from server.runs.status import RunStatus
@@ -67,7 +67,6 @@ from strategies.round_policy.quorum import Quorum
 from strategies.round_policy.sampling import ClientSampler, ShuffledDeck
 
 app = ServerApp()
-PRESERVING = ("osft", "fedsvd-osft")  # strategies whose task start computes preserved bases
 NODE_WAIT_S = 60.0  # simulation registers nodes at once; deployment SuperNodes may be slower
 
 
@@ -225,7 +224,7 @@ def task_setup(run: RunContext, task_id: int, base_weights: dict[str, torch.Tens
     if saved is not None:
         return {name: ArrayRecord(state) for name, state in saved.items()}
     scenario = run.scenario
-    from_training = scenario.strategy.name in PRESERVING or (
+    from_training = scenario.strategy.name in PRESERVING_STRATEGIES or (
         scenario.stream is not None and trained_set(scenario.strategy.name) != "full")
     if resumed and task_id > 0 and from_training:
         raise RuntimeError(f"cannot resume task {task_id}: {run.checkpoints.task_path(task_id)} "

@@ -41,6 +41,7 @@ def test_a_private_run_by_default_discloses_nothing_outside_epsilon() -> None:
     ({"privacy": {"report_unnoised_metrics": True}}, [UNNOISED_METRICS]),
     ({"privacy": {"reproducible_noise_voids_guarantee": True}}, [SEEDED_NOISE]),
     ({"strategy": {"importance_data": "train"}}, [IMPORTANCE_ROWS]),
+    ({"strategy": {"name": "fedsvd-osft", "importance_data": "train"}}, [IMPORTANCE_ROWS]),
     ({"strategy": {"importance_data": "test"}}, []),
     ({"strategy": {"rank_rule": "schedule", "importance_data": "train"}}, []),  # not read
 ])
