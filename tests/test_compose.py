@@ -43,7 +43,22 @@ def test_services_and_gpu_pinning() -> None:
     assert "runs" in COMPOSE["volumes"] and "runs:/runs" in SERVICES["api"]["volumes"]
 
 
-@pytest.mark.parametrize("service", sorted(s for s in SERVICES if s != "api"))
+def test_supernodes_are_warm_and_flower_accepts_what_they_pass_on() -> None:
+    """clients.warm_node takes its own flags and passes the rest to flower-supernode
+    with --isolation process (it claims the node's tasks itself)."""
+    from clients.warm_node import split_arguments
+
+    for i in range(4):
+        python, dash_m, module, *args = SERVICES[f"supernode-{i}"]["command"]
+        assert (python, dash_m, module) == ("python", "-m", "clients.warm_node")
+        ours, rest = split_arguments(args)  # exits on a bad flag or value
+        assert ours.port == 9094
+        parsed = flower_parser("flower-supernode").parse_args(
+            [*rest, "--isolation", "process", "--port", str(ours.port)])
+        assert parsed.insecure and parsed.superlink == "superlink:9200"
+
+
+@pytest.mark.parametrize("service", ["superlink"])
 def test_flower_accepts_every_flag(service: str) -> None:
     executable, *args = SERVICES[service]["command"]
     help_text = subprocess.run([executable, "--help"], capture_output=True, text=True,

@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -90,20 +91,33 @@ def start_superlink(paths: RunFolder, port: int, simulation: bool = True) -> sub
                        f"see {paths.superlink_log}")
 
 
+def supernode_command(superlink: str, partition: int, count: int, port: int,
+                      warm: bool = True) -> list[str]:
+    """A SuperNode for one partition: warm (clients.warm_node: one ClientApp process
+    serves every message of the run) or, `warm` False, Flower's own (a fresh
+    flwr-clientapp process per message)."""
+    flags = ["--insecure", "--superlink", superlink, "--port", str(port),
+             "--node-config", f"partition-id={partition} num-partitions={count}"]
+    if warm:
+        return [sys.executable, "-m", "clients.warm_node", *flags]
+    return ["flower-supernode", *flags, "--isolation", "subprocess"]
+
+
 def start_supernodes(paths: RunFolder, superlink_port: int, scenario: Scenario,
                      ) -> list[subprocess.Popen]:
     """One SuperNode per client partition, each with its partition in --node-config,
-    its own port, and CUDA_VISIBLE_DEVICES from resources.devices (round-robin)."""
+    its own port, and CUDA_VISIBLE_DEVICES from resources.devices (round-robin).
+    Warm (see supernode_command) unless ORTHOFED_COLD_CLIENTS=1 (for comparisons)."""
     nodes = []
     count = scenario.federation.num_clients
     devices = scenario.resources.devices
+    warm = os.environ.get("ORTHOFED_COLD_CLIENTS", "0") != "1"
     for partition in range(count):
         env = flower_env(paths)
         if devices:
             env["CUDA_VISIBLE_DEVICES"] = str(devices[partition % len(devices)])
-        command = ["flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{superlink_port}",
-                   "--port", str(free_port()), "--isolation", "subprocess",
-                   "--node-config", f"partition-id={partition} num-partitions={count}"]
+        command = supernode_command(f"127.0.0.1:{superlink_port}", partition, count,
+                                    free_port(), warm)
         with (paths.supernode_log(partition)).open("ab") as log:
             nodes.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
                                           start_new_session=True, cwd=paths.path))

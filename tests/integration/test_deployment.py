@@ -1,7 +1,8 @@
-"""Flower's deployment engine on loopback: a SuperLink and one SuperNode per partition
-started by `orthofed run --deployment`; the same seed gives the same model as the
-simulation engine; a SuperNode killed mid-run and restarted rejoins, and the run
-finishes with the failure recorded."""
+"""Flower's deployment engine on loopback: a SuperLink and one warm SuperNode per
+partition (clients.warm_node) started by `orthofed run --deployment`; the same seed
+gives the same model as the simulation engine, each node serving every message in one
+process; a SuperNode killed mid-run and restarted rejoins, and the run finishes with the
+failure recorded."""
 
 from __future__ import annotations
 
@@ -24,8 +25,8 @@ pytestmark = pytest.mark.integration
 
 def small_scenario(tmp_path, rounds: int, name: str = "deploy", private: bool = False,
                    seeded_noise: bool = False) -> str:
-    """quick.yaml with 2 clients: each deployment message starts a ClientApp process
-    (torch import and model build, several seconds), so keep the rounds few."""
+    """quick.yaml with 2 clients and few rounds (each deployment round is a few seconds
+    longer than in simulation: Flower's polling, and the gRPC transfers)."""
     doc = yaml.safe_load((ROOT / "scenarios" / "quick.yaml").read_text())
     doc["name"] = name
     doc["federation"].update(num_clients=2, clients_per_round=2, rounds=rounds, local_steps=20,
@@ -65,13 +66,20 @@ def test_deployment_engine_matches_the_simulation_engine(tmp_path, runs_dir) -> 
     run_dir = runs_dir / dep["run_id"]
     assert sorted(p.name for p in run_dir.glob("supernode-*.log")) == [
         "supernode-0.log", "supernode-1.log"]
+    # warm nodes: one process served every message of the run (the partition query and
+    # a training message per round), none went to a fresh flwr-clientapp process
+    for partition in (0, 1):
+        log = (run_dir / f"supernode-{partition}.log").read_text()
+        assert "[warm-node] served 3 messages in this process" in log, log[-2000:]
+        assert "fresh flwr-clientapp" not in log
 
 
 def supernode_of(partition: int, run_dir) -> psutil.Process | None:
     for proc in psutil.process_iter(["cmdline", "cwd"]):
         try:
             cmdline = proc.info["cmdline"] or []
-            if (any("flower-supernode" in c for c in cmdline[:2])
+            # the warm node (python -m clients.warm_node), whose SuperNode is its child
+            if ("clients.warm_node" in cmdline[:3]
                     and f"partition-id={partition} num-partitions=2" in cmdline
                     and proc.info["cwd"] == str(run_dir)):
                 return proc

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import random
+from types import SimpleNamespace
 
-from server.serverapp.federation import PartitionOrderedGrid
+from server.serverapp.federation import PartitionOrderedGrid, send_and_receive
 
 
 class ShuffledGrid:
@@ -56,3 +57,41 @@ def test_a_restarted_supernode_takes_its_partition_back(monkeypatch) -> None:
     inner.ids.remove(12)
     assert list(grid.get_node_ids()) == [11, 99] and asked == [[99]]  # asked once
     assert grid.run_label() == "delegated"
+
+
+class SlowRepliesGrid:
+    """Pushed messages get ids m0, m1, ...; message i's reply shows up at pull i + 1."""
+
+    def __init__(self) -> None:
+        self.pulls = 0
+
+    def push_messages(self, messages):
+        self.ids = [f"m{i}" for i, _ in enumerate(messages)]
+        return list(self.ids)
+
+    def pull_messages(self, message_ids):
+        self.pulls += 1
+        ready = [i for i in self.ids if i in set(message_ids) and int(i[1:]) < self.pulls]
+        return [SimpleNamespace(metadata=SimpleNamespace(reply_to_message_id=i)) for i in ready]
+
+
+def test_replies_are_pulled_until_all_arrived_at_the_short_interval(monkeypatch) -> None:
+    import server.serverapp.federation as federation
+
+    slept: list[float] = []
+    monkeypatch.setattr(federation.time, "sleep", slept.append)
+    grid = SlowRepliesGrid()
+    replies = send_and_receive(grid, ["a", "b", "c"], timeout=30)
+    assert sorted(r.metadata.reply_to_message_id for r in replies) == ["m0", "m1", "m2"]
+    assert grid.pulls == 3  # no pull after the last reply, each reply pulled once
+    # Flower's HTTP grid sleeps 3 s between pulls
+    assert slept == [federation.REPLY_PULL_INTERVAL_S] * 2 and federation.REPLY_PULL_INTERVAL_S <= 0.1
+
+
+def test_a_timeout_returns_the_replies_that_arrived() -> None:
+    grid = SlowRepliesGrid()
+    replies = send_and_receive(grid, ["a", "b", "c", "d"], timeout=0.12, pull_interval_s=0.05)
+    assert 1 <= len(replies) < 4 and grid.pulls == len(replies)
+    # the wrapper used by the strategies has the same contract
+    wrapped = PartitionOrderedGrid(SlowRepliesGrid(), {})
+    assert len(wrapped.send_and_receive(["a", "b"], timeout=10)) == 2
