@@ -4,10 +4,11 @@ For each shape and rank it times, in the same process and one after the other,
   dense : torch.linalg.svd(B @ A) truncated to r (float64), what a naive server does
   qr    : strategies.fedsvd.refactorize(B, A) (float64 inside, never builds B @ A)
 and prints the ratio and the max relative error of the product against the dense
-product (B_new A_new vs B A, relative to max |B A|). Then it times a whole FedSVD
-aggregation (weighted mean of B from 10 clients + re-factorization) of a LLaMA-7B-shaped
-adapter set: q and v of 32 layers, d = 4096, r = 8, through the real strategy with
-hand-built Flower replies.
+product (B_new A_new vs B A, relative to max |B A|). Then, for a LLaMA-7B-shaped adapter
+set (q and v of 32 layers, d = 4096, r = 8) from 10 clients, through the real strategies
+with hand-built Flower replies, it times FedSVD's aggregation against the plain weighted
+mean of the same replies (FFA-LoRA), interleaved, and the batched re-factorization
+against the per-layer loop it replaced.
 
 Usage: python bench/refactorize.py [--quick]   (--quick skips d = 4096 and the MLP shape)
 """
@@ -51,9 +52,25 @@ def compare(d_out: int, d_in: int, r: int) -> dict[str, float]:
     return {"dense_s": dense_s, "qr_s": qr_s, "ratio": dense_s / qr_s, "max_rel_err": err}
 
 
-def llama_aggregation_seconds(clients: int = 10, layers: int = 32, d: int = 4096, r: int = 8) -> float:
+def per_layer_refactorize_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """What refactorize_state did before it batched layers: one refactorize per pair."""
+    out = dict(state)
+    for name_a in (n for n in state if ".lora_A." in n):
+        name_b = name_a.replace(".lora_A.", ".lora_B.")
+        out[name_b], out[name_a] = refactorize(state[name_b], state[name_a])
+    return out
+
+
+def llama_aggregation(clients: int = 10, layers: int = 32, d: int = 4096, r: int = 8,
+                      repeats: int = 7) -> dict[str, float]:
+    """Median seconds of the plain weighted mean of B (FFA-LoRA's aggregation) and of
+    FedSVD's (the same mean, then the batched re-factorization), on the same hand-built
+    replies, interleaved; and the per-layer loop on the averaged state, and the product's
+    worst relative error."""
     from flwr.app import Array, ArrayRecord
 
+    from strategies.fedsvd import refactorize_state
+    from strategies.ffa_lora import FfaLora
     from tests.strategies.replies import as_server, train_reply
 
     as_server()
@@ -66,9 +83,28 @@ def llama_aggregation_seconds(clients: int = 10, layers: int = 32, d: int = 4096
     replies = [train_reply(k + 1, k, {f"{n}.lora_B.default.weight":
                                       rng.normal(size=(d, r)).astype(np.float32) for n in names},
                            int(rng.integers(100, 1000))) for k in range(clients)]
-    strategy = FedSVD()
-    strategy.global_arrays = ArrayRecord(array_dict={k: Array(v) for k, v in global_arrays.items()})
-    return statistics.median(seconds_each(lambda: strategy.aggregate_train(1, replies), 3))
+    strategies = {"mean": FfaLora(), "fedsvd": FedSVD()}
+    for strategy in strategies.values():
+        strategy.global_arrays = ArrayRecord(
+            array_dict={k: Array(v) for k, v in global_arrays.items()})
+    seconds: dict[str, list[float]] = {name: [] for name in strategies}
+    for _ in range(repeats):  # interleaved, so drift on a noisy machine hits both
+        for name, strategy in strategies.items():
+            seconds[name].extend(seconds_each(lambda s=strategy: s.aggregate_train(1, replies), 1))
+    averaged, _ = strategies["mean"].aggregate_train(1, replies)
+    state = {k: torch.from_numpy(v.numpy()) for k, v in averaged.items()}
+    loop = seconds_each(lambda: per_layer_refactorize_state(state), repeats)
+    batched = seconds_each(lambda: refactorize_state(state), repeats)
+    new = refactorize_state(state)
+    worst = 0.0
+    for n in names:
+        b, a = state[f"{n}.lora_B.default.weight"].double(), state[f"{n}.lora_A.default.weight"].double()
+        nb, na = new[f"{n}.lora_B.default.weight"].double(), new[f"{n}.lora_A.default.weight"].double()
+        worst = max(worst, ((nb @ na - b @ a).norm() / (b @ a).norm()).item())
+    return {"mean_s": statistics.median(seconds["mean"]),
+            "fedsvd_s": statistics.median(seconds["fedsvd"]),
+            "loop_s": statistics.median(loop), "batched_s": statistics.median(batched),
+            "max_rel_err": worst}
 
 
 def main() -> None:
@@ -85,9 +121,14 @@ def main() -> None:
             row = compare(d_out, d_in, r)
             print(f"{f'{d_out} x {d_in}':>14} {r:>3} {row['dense_s']:12.3f} {row['qr_s']:14.5f} "
                   f"{row['ratio']:8.0f}x {row['max_rel_err']:12.1e}")
-    seconds = llama_aggregation_seconds()
-    print(f"FedSVD aggregation, LLaMA-7B q+v adapters (64 pairs, 4096 x 8), 10 clients: "
-          f"{seconds:.3f} s (median of 3)")
+    row = llama_aggregation()
+    print("LLaMA-7B q+v adapters (64 pairs, 4096 x 8), 10 clients, median of 7, side by side:")
+    print(f"  plain weighted mean of B (FFA-LoRA)    {row['mean_s'] * 1e3:8.1f} ms  1.00x")
+    print(f"  FedSVD (mean + batched re-factorize)   {row['fedsvd_s'] * 1e3:8.1f} ms  "
+          f"{row['fedsvd_s'] / row['mean_s']:.2f}x")
+    print(f"  re-factorization alone: per-layer loop {row['loop_s'] * 1e3:8.1f} ms, batched "
+          f"{row['batched_s'] * 1e3:.1f} ms (loop / batched {row['loop_s'] / row['batched_s']:.2f}); "
+          f"product max rel err {row['max_rel_err']:.1e}")
 
 
 if __name__ == "__main__":

@@ -67,6 +67,37 @@ def test_float32_in_float32_out_with_small_error() -> None:
     assert rel < 1e-6
 
 
+def test_a_batch_of_pairs_matches_each_pair_against_the_dense_product() -> None:
+    """Stacked pairs (what refactorize_state passes for layers of one shape) give each
+    pair's product exactly, with orthonormal rows of A, as one pair at a time does."""
+    pairs = [random_factors(48, 8, 40, seed=i) for i in range(5)]
+    b_new, a_new = refactorize(torch.stack([b for b, _ in pairs]), torch.stack([a for _, a in pairs]))
+    assert b_new.shape == (5, 48, 8) and a_new.shape == (5, 8, 40)
+    for i, (b, a) in enumerate(pairs):
+        dense = b @ a
+        torch.testing.assert_close(b_new[i] @ a_new[i], dense, rtol=0, atol=1e-10 * dense.abs().max())
+        torch.testing.assert_close(a_new[i] @ a_new[i].T, torch.eye(8, dtype=torch.float64),
+                                   rtol=0, atol=1e-12)
+        one_b, _ = refactorize(b, a)  # the same spectrum as the pair alone
+        torch.testing.assert_close(b_new[i].norm(dim=0), one_b.norm(dim=0), rtol=1e-10, atol=1e-12)
+
+
+def test_state_with_several_shapes_is_refactorized_per_pair() -> None:
+    """Pairs are grouped by shape; each lands back under its own names."""
+    state = {}
+    for i, (d_out, r, d_in) in enumerate([(64, 8, 64), (96, 8, 40), (64, 8, 64), (40, 8, 96)]):
+        b, a = random_factors(d_out, r, d_in, seed=i)
+        state[f"l{i}.lora_A.default.weight"], state[f"l{i}.lora_B.default.weight"] = a, b
+    state["head.weight"] = torch.ones(3, 4, dtype=torch.float64)
+    new = refactorize_state(state)
+    assert list(new) == list(state) and torch.equal(new["head.weight"], state["head.weight"])
+    for i in range(4):
+        b, a = state[f"l{i}.lora_B.default.weight"], state[f"l{i}.lora_A.default.weight"]
+        nb, na = new[f"l{i}.lora_B.default.weight"], new[f"l{i}.lora_A.default.weight"]
+        assert nb.shape == b.shape and na.shape == a.shape
+        torch.testing.assert_close(nb @ na, b @ a, rtol=0, atol=1e-10 * (b @ a).abs().max())
+
+
 def test_mismatched_inner_dimensions_are_refused() -> None:
     with pytest.raises(ValueError, match="inner dims differ"):
         refactorize(torch.zeros(4, 3), torch.zeros(2, 5))
