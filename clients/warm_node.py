@@ -157,13 +157,16 @@ class WarmClientApp:
         heartbeat.start()
         message = reply = context = None
         sub_status, details = SubStatus.FAILED, "ClientApp task failed due to unknown reason"
+        pulled_at = applied_at = started
         try:
             message, context, run, fab = pull_task_input(client)
+            pulled_at = time.perf_counter()
             if self.app is None:
                 install_from_fab(fab.content, skip_prompt=True)
                 self.app = self.load_app(run.fab_id, run.fab_version, fab.hash_str)
                 self.app_hash = fab.hash_str
             reply = self.app(message=message, context=context)
+            applied_at = time.perf_counter()
             sub_status, details = SubStatus.COMPLETED, ""
         except Exception as exc:  # noqa: BLE001 - the task fails, the node keeps serving
             log(ERROR, "[warm-node] ClientApp raised an exception", exc_info=exc)
@@ -182,8 +185,11 @@ class WarmClientApp:
             heartbeat.stop()
             client.close()
             self.served += 1
-            log(INFO, "[warm-node] message %d: %s in %.2f s", self.served, sub_status,
-                time.perf_counter() - started)
+            done_at = time.perf_counter()
+            # where a message's time goes: pulling its input, the app, pushing the reply
+            log(INFO, "[warm-node] message %d: %s in %.2f s (pull %.2f, app %.2f, push %.2f)",
+                self.served, sub_status, done_at - started, pulled_at - started,
+                max(applied_at - pulled_at, 0.0), done_at - max(applied_at, pulled_at))
 
 
 def split_arguments(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
