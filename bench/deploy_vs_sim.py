@@ -3,9 +3,9 @@ warm SuperNodes (clients.warm_node: one ClientApp process per node serves the ru
 with Flower's own per-message `flwr-clientapp` processes (ORTHOFED_COLD_CLIENTS=1),
 run one after another in one invocation.
 
-Prints each run's per-round times (from the rounds' recorded timestamps) and the mean
-of the later rounds (round 2 on: round 1 includes the first imports and model build),
-and each deployment arrangement's ratio to simulation.
+Prints each run's per-round times (from the rounds' recorded timestamps), the median
+and mean of the later rounds (round 2 on: round 1 includes the first imports and model
+build), and each arrangement's median as a ratio to simulation's.
 
 Usage: python bench/deploy_vs_sim.py [--scenario scenarios/quick.yaml] [--rounds 4]
                                      [--repeats 1]

@@ -12,7 +12,7 @@ objects are pulled from the SuperLink with retries after 1 s, doubling up to 10 
 while the ServerApp may still be pushing them; here the first retry comes after
 OBJECT_RETRY_FIRST_S, doubling up to OBJECT_RETRY_CAP_S. Then it runs Flower's own
 `flower-supernode` entry point with the remaining flags. Nothing else of the SuperNode
-changes: what it pulls, stores and pushes, and when it gives up (the same number of
+changes: what it pulls, stores and pushes, and when it gives up (Flower's limits on
 tries and total time).
 
 flwr is pinned exactly (pyproject.toml); tests/clients/test_warm_node.py checks that the
@@ -29,12 +29,19 @@ import sys
 import time
 from types import ModuleType
 
+import flwr.supernode.runtime.run_clientapp as clientapp_runtime
 import flwr.supernode.start_client_internal as supernode_loop
-from flwr.supercore.inflatable.inflatable_utils import pull_objects
+from flwr.supercore.inflatable.inflatable_utils import (
+    pull_and_inflate_object_from_tree,
+    pull_objects,
+)
 from flwr.supernode.cli import flower_supernode
 
 DEFAULT_PULL_INTERVAL_S = 0.1  # what Flower's simulation grid waits between pulls
-# Retry delays for objects not yet on the SuperLink (Flower's defaults: 1 s, cap 10 s).
+# Retry delays for a message's objects not there yet: on the SuperLink when the
+# SuperNode pulls them, on the SuperNode when the warm worker (which claims a task as
+# soon as it exists) pulls them. Flower's defaults, 1 s doubling up to 10 s, cost a
+# task claimed at once 3 s a message (1 + 2 s of sleeps, measured).
 OBJECT_RETRY_FIRST_S, OBJECT_RETRY_CAP_S = 0.02, 0.5
 
 
@@ -59,9 +66,14 @@ def cap_supernode_waits(cap_s: float) -> None:
 
 
 def retry_object_pulls_sooner() -> None:
-    """Make the SuperNode loop pull missing objects again after OBJECT_RETRY_FIRST_S."""
-    supernode_loop.pull_objects = functools.partial(
-        pull_objects, initial_backoff=OBJECT_RETRY_FIRST_S, backoff_cap=OBJECT_RETRY_CAP_S)
+    """Make the SuperNode loop (pull_objects) and the ClientApp runtime's
+    pull_task_input (pull_and_inflate_object_from_tree) retry a missing object after
+    OBJECT_RETRY_FIRST_S, doubling up to OBJECT_RETRY_CAP_S; their limits on tries and
+    total time stay Flower's."""
+    delays = {"initial_backoff": OBJECT_RETRY_FIRST_S, "backoff_cap": OBJECT_RETRY_CAP_S}
+    supernode_loop.pull_objects = functools.partial(pull_objects, **delays)
+    clientapp_runtime.pull_and_inflate_object_from_tree = functools.partial(
+        pull_and_inflate_object_from_tree, **delays)
 
 
 def pull_interval_error(seconds: float) -> str | None:

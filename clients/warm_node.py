@@ -11,7 +11,8 @@ SuperNode's fixed 3 s wait between pulls) and claims the node's tasks itself, th
 in this one long-lived process: the imports, the built model and the tokenized data
 (the lru caches of clients.client_app and clients.data) stay warm for the whole run.
 Each message still goes through Flower's own runtime calls (pull the task input and
-the message, with shorter retry delays: see pull_task_input; heartbeats, push the reply
+the message, with shorter retry delays: see supernode_polling.retry_object_pulls_sooner;
+heartbeats, push the reply
 and the task's context), so the SuperNode, the
 SuperLink and the ServerApp see what they see with Flower's own executor.
 
@@ -41,48 +42,29 @@ import time
 from logging import ERROR, INFO
 
 import httpx
-from flwr.app import Context, Message
+from flwr.app import Message
 from flwr.app.error import Error
 from flwr.cli.install import install_from_fab
 from flwr.clientapp.client_app import ClientApp, LoadClientAppError
 from flwr.clientapp.utils import get_load_client_app_fn
 from flwr.common.constant import ErrorCode, SubStatus
-from flwr.common.serde import context_from_proto, fab_from_proto, run_from_proto
-from flwr.proto.node_pb2 import Node  # pylint: disable=E0611
-from flwr.proto.runtime_pb2 import (  # pylint: disable=E0611
-    AcquireTaskRequest,
-    PullAppMessagesRequest,
-    PullTaskInputRequest,
-)
+from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
 from flwr.supercore import log
 from flwr.supercore.constant import TaskType
-from flwr.supercore.fab import Fab
 from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
-from flwr.supercore.inflatable.inflatable_protobuf_utils import (
-    make_confirm_message_received_fn_protobuf,
-    make_pull_object_fn_protobuf,
-)
-from flwr.supercore.inflatable.inflatable_utils import pull_and_inflate_object_from_tree
 from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
 from flwr.supercore.retry import make_simple_http_retry_invoker
-from flwr.supercore.run import Run
 from flwr.supercore.runtime import RuntimeHttpClient
-from flwr.supercore.task_identity import TaskIdentity
-from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
+from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
 
 from clients.supernode_polling import (
     DEFAULT_PULL_INTERVAL_S,
-    OBJECT_RETRY_CAP_S,
-    OBJECT_RETRY_FIRST_S,
     pull_interval_error,
+    retry_object_pulls_sooner,
 )
 
 DEFAULT_RUNTIME_PORT = 9094  # flower-supernode's own default for --port
 DEFAULT_POLL_INTERVAL_S = 0.05  # Flower's superexec polls every 1 s (its default)
-# Retry delays while the SuperNode still pulls the message's objects from the SuperLink
-# (the same as the SuperNode's own here): a task exists before its objects have
-# arrived; Flower's defaults (1 s, doubling up to 10 s) cost a task claimed at once 3 s
-# per message (1 + 2 s of sleeps, measured).
 # flower-supernode flags this process decides (it claims the tasks) or cannot honour.
 REFUSED_FLAGS = ("--isolation", "--ssl-certfile", "--ssl-keyfile", "--ssl-ca-certfile",
                  "--superexec-auth-secret-file")
@@ -94,30 +76,6 @@ def runtime_client(address: str, *interceptors) -> RuntimeHttpClient:
     return RuntimeHttpClient.from_server_address(
         server_address=address, insecure=True, root_certificates=None,
         interceptors=list(interceptors), retry_invoker=make_simple_http_retry_invoker())
-
-
-def pull_task_input(client: RuntimeHttpClient) -> tuple[Message, Context, Run, Fab]:
-    """flwr.supernode.runtime.run_clientapp.pull_task_input, retrying the message's
-    objects after OBJECT_RETRY_FIRST_S (doubling up to OBJECT_RETRY_CAP_S) instead of
-    Flower's 1 s: the task, its context, run and FAB, and the inflated message."""
-    task = client.PullTaskInput(PullTaskInputRequest())
-    TaskIdentity.task_id, TaskIdentity.run_id = task.task_id, task.run.run_id
-    TaskIdentity.node_id = task.context.node_id
-    context = context_from_proto(task.context)
-    pulled = client.PullMessages(PullAppMessagesRequest())
-    if not pulled.messages_list:
-        raise RuntimeError("No messages received from Runtime API")
-    node = Node(node_id=context.node_id)
-    tree = pulled.message_object_trees[0]
-    message = pull_and_inflate_object_from_tree(
-        tree, make_pull_object_fn_protobuf(client.PullObject, node, context.run_id),
-        make_confirm_message_received_fn_protobuf(client.ConfirmMessageReceived, node,
-                                                  context.run_id),
-        return_type=Message, initial_backoff=OBJECT_RETRY_FIRST_S,
-        backoff_cap=OBJECT_RETRY_CAP_S)
-    # the deflated message does not carry its own id (its object id)
-    message.metadata.__dict__["_message_id"] = tree.object_id
-    return message, context, run_from_proto(task.run), fab_from_proto(task.fab)
 
 
 class WarmClientApp:
@@ -237,6 +195,7 @@ def warm_imports() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ours, supernode_flags = split_arguments(sys.argv[1:] if argv is None else argv)
+    retry_object_pulls_sooner()
     node = start_supernode(ours.port, ours.pull_interval, supernode_flags)
     stopping = threading.Event()
 

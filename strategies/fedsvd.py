@@ -54,14 +54,15 @@ def refactorize(b: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.T
 
 def refactorize_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """`state` with every (lora_A, lora_B) pair of a module re-factorized; pairs of the
-    same shapes and dtype go through `refactorize` as one batch (a LLaMA's 64 q and v
+    same shapes and dtypes go through `refactorize` as one batch (a LLaMA's 64 q and v
     adapters are one call, not 64)."""
     groups: dict[tuple, list[tuple[str, str]]] = {}
     for name_a in (n for n in state if LORA_A in n):
         name_b = name_a.replace(LORA_A, LORA_B)
         if name_b not in state:
             raise KeyError(f"{name_a} has no matching {name_b}")
-        key = (tuple(state[name_b].shape), tuple(state[name_a].shape), state[name_b].dtype)
+        key = (tuple(state[name_b].shape), tuple(state[name_a].shape), state[name_b].dtype,
+               state[name_a].dtype)
         groups.setdefault(key, []).append((name_b, name_a))
     out = dict(state)
     for pairs in groups.values():

@@ -27,18 +27,17 @@ REPLY_PULL_INTERVAL_S = 0.1
 def send_and_receive(grid: Grid, messages: Iterable[Message], timeout: float | None,
                      pull_interval_s: float = REPLY_PULL_INTERVAL_S) -> list[Message]:
     """Grid.send_and_receive's contract (push, then pull until every message has a reply
-    or `timeout` seconds passed), pulling every `pull_interval_s`."""
+    or `timeout` seconds passed; at least one pull), pulling every `pull_interval_s`."""
     waiting = set(grid.push_messages(messages))
-    deadline = time.monotonic() + (timeout if timeout is not None else 0.0)
+    deadline = None if timeout is None else time.monotonic() + timeout
     replies: list[Message] = []
-    while timeout is None or time.monotonic() < deadline:
+    while True:
         pulled = list(grid.pull_messages(waiting))
         replies.extend(pulled)
         waiting.difference_update(m.metadata.reply_to_message_id for m in pulled)
-        if not waiting:
-            break
+        if not waiting or (deadline is not None and time.monotonic() >= deadline):
+            return replies
         time.sleep(pull_interval_s)
-    return replies
 
 
 class FederationTooSmall(RuntimeError):

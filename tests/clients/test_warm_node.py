@@ -62,15 +62,19 @@ def test_capped_sleeps_wait_at_most_the_cap_and_pass_the_rest_through() -> None:
 
 def test_the_supernode_loop_waits_through_its_module_time_and_pulls_through_pull_objects(
         monkeypatch) -> None:
-    """What the patches replace is what Flower's SuperNode loop calls: `time.sleep(3)`
-    and `time.sleep(0.5)` on its module's `time`, and its module's `pull_objects`."""
+    """What the patches replace is what Flower calls: the SuperNode loop's `time.sleep(3)`
+    and `time.sleep(0.5)` on its module's `time` and its module's `pull_objects`, and
+    pull_task_input's module-level `pull_and_inflate_object_from_tree`."""
     source = inspect.getsource(supernode_loop)
     assert "time.sleep(3)" in source and "time.sleep(0.5)" in source
     assert "obj_contents = pull_objects(" in source
+    assert "pull_and_inflate_object_from_tree(" in inspect.getsource(run_clientapp.pull_task_input)
     assert supernode_loop.time is time or isinstance(supernode_loop.time,
                                                        supernode_polling.CappedSleeps)
     monkeypatch.setattr(supernode_loop, "time", time)
     monkeypatch.setattr(supernode_loop, "pull_objects", pull_objects)
+    monkeypatch.setattr(run_clientapp, "pull_and_inflate_object_from_tree",
+                        pull_and_inflate_object_from_tree)
     supernode_polling.cap_supernode_waits(0.25)
     supernode_polling.retry_object_pulls_sooner()
     assert isinstance(supernode_loop.time, supernode_polling.CappedSleeps)
@@ -78,22 +82,18 @@ def test_the_supernode_loop_waits_through_its_module_time_and_pulls_through_pull
     started = time.monotonic()
     supernode_loop.time.sleep(3)
     assert time.monotonic() - started < 2  # capped at 0.25 s, with room for a busy machine
-    retried = supernode_loop.pull_objects
-    assert retried.func is pull_objects and retried.keywords == {
-        "initial_backoff": supernode_polling.OBJECT_RETRY_FIRST_S,
-        "backoff_cap": supernode_polling.OBJECT_RETRY_CAP_S}
+    delays = {"initial_backoff": supernode_polling.OBJECT_RETRY_FIRST_S,
+              "backoff_cap": supernode_polling.OBJECT_RETRY_CAP_S}
+    for patched, original in ((supernode_loop.pull_objects, pull_objects),
+                              (run_clientapp.pull_and_inflate_object_from_tree,
+                               pull_and_inflate_object_from_tree)):
+        assert patched.func is original and patched.keywords == delays
+        assert set(delays) <= set(inspect.signature(original).parameters)
 
 
-def test_the_runtime_calls_the_warm_node_makes_exist_with_their_parameters() -> None:
-    pull = inspect.signature(pull_and_inflate_object_from_tree).parameters
-    assert {"initial_backoff", "backoff_cap", "return_type"} <= set(pull)
+def test_the_runtime_calls_the_warm_node_makes_keep_their_parameters() -> None:
+    assert list(inspect.signature(run_clientapp.pull_task_input).parameters) == ["client"]
     assert list(inspect.signature(run_clientapp.push_message).parameters) == [
         "client", "message", "context"]
     assert list(inspect.signature(run_clientapp.push_task_output).parameters) == [
         "client", "context", "sub_status", "details"]
-    # Flower's own pull_task_input makes the calls warm_node.pull_task_input makes
-    flower_source = inspect.getsource(run_clientapp.pull_task_input)
-    ours = inspect.getsource(warm_node.pull_task_input)
-    for call in ("PullTaskInput(", "PullMessages(", "pull_and_inflate_object_from_tree(",
-                 "context_from_proto(", "run_from_proto(", "fab_from_proto("):
-        assert call in flower_source and call in ours, call

@@ -88,10 +88,32 @@ def test_replies_are_pulled_until_all_arrived_at_the_short_interval(monkeypatch)
     assert slept == [federation.REPLY_PULL_INTERVAL_S] * 2 and federation.REPLY_PULL_INTERVAL_S <= 0.1
 
 
-def test_a_timeout_returns_the_replies_that_arrived() -> None:
+class FakeClock:
+    """time.monotonic and time.sleep on a clock that only sleeping moves."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_a_timeout_returns_the_replies_that_arrived(monkeypatch) -> None:
+    import server.serverapp.federation as federation
+
+    clock = FakeClock()
+    monkeypatch.setattr(federation.time, "monotonic", clock.monotonic)
+    monkeypatch.setattr(federation.time, "sleep", clock.sleep)
     grid = SlowRepliesGrid()
-    replies = send_and_receive(grid, ["a", "b", "c", "d"], timeout=0.12, pull_interval_s=0.05)
-    assert 1 <= len(replies) < 4 and grid.pulls == len(replies)
+    # pulls at t = 0, 0.05, 0.10, 0.15; the one at 0.15 is past the 0.12 s deadline
+    replies = send_and_receive(grid, list("abcdefghij"), timeout=0.12, pull_interval_s=0.05)
+    assert grid.pulls == 4 and [r.metadata.reply_to_message_id for r in replies] == [
+        "m0", "m1", "m2", "m3"]
+    grid = SlowRepliesGrid()
+    assert len(send_and_receive(grid, ["a", "b"], timeout=0)) == 1 and grid.pulls == 1
     # the wrapper used by the strategies has the same contract
     wrapped = PartitionOrderedGrid(SlowRepliesGrid(), {})
     assert len(wrapped.send_and_receive(["a", "b"], timeout=10)) == 2
