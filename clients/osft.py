@@ -37,6 +37,52 @@ def project(g: torch.Tensor, u_high: torch.Tensor, v_high: torch.Tensor) -> torc
     return left - (left @ v_high.T) @ v_high
 
 
+def complement(basis_columns: torch.Tensor) -> torch.Tensor:
+    """An orthonormal basis (d, d - k) of the orthogonal complement of the k orthonormal
+    columns of `basis_columns` (d, k): the last d - k columns of Q in its complete QR,
+    computed in float64 (the first k span the columns) and returned in their dtype."""
+    q, _ = torch.linalg.qr(basis_columns.double(), mode="complete")
+    return q[:, basis_columns.shape[1]:].to(basis_columns.dtype).contiguous()
+
+
+class Projector:
+    """P(g) = (I - U U^T) g (I - V^T V) (`project`), in its cheapest form.
+
+    Removing the k preserved directions of a side of length d costs 2 d k per column of
+    g; keeping the c = d - k allowed ones, I - U U^T = U_c U_c^T with U_c = complement(U),
+    costs 2 d c: at 80 % of the rank preserved the complement is 4x cheaper. The two
+    sides act on different indices, so P(g) = L g R can be evaluated from the narrow
+    side in: with R = V_c^T V_c, P(g) = (L (g V_c^T)) V_c, and L then acts on a
+    d_out x c matrix instead of d_out x d_in. Every form is the same linear map up to
+    rounding, so the invariant and the linearity under averaging hold as for `project`.
+    The complement is taken only where the thin SVD's factor is square (the side of
+    length min(d_out, d_in)); the longer side keeps its preserved basis.
+    """
+
+    def __init__(self, u_high: torch.Tensor, v_high: torch.Tensor):
+        d_out, k = u_high.shape
+        d_in = v_high.shape[1]
+        self.left_keeps = 2 * k > d_out and d_out <= d_in
+        self.right_keeps = 2 * k > d_in and d_in <= d_out
+        self.left = complement(u_high) if self.left_keeps else u_high  # (d_out, k or c)
+        self.right = complement(v_high.T) if self.right_keeps else v_high.T  # (d_in, k or c)
+
+    def _left(self, h: torch.Tensor) -> torch.Tensor:
+        along = self.left @ (self.left.T @ h)
+        return along if self.left_keeps else h - along
+
+    def _right(self, h: torch.Tensor) -> torch.Tensor:
+        along = (h @ self.right) @ self.right.T
+        return along if self.right_keeps else h - along
+
+    def __call__(self, g: torch.Tensor) -> torch.Tensor:
+        if self.right_keeps:
+            return self._left(g @ self.right) @ self.right.T
+        if self.left_keeps:
+            return self.left @ self._right(self.left.T @ g)
+        return self._right(self._left(g))
+
+
 def layer_importance(inputs: torch.Tensor, outputs: torch.Tensor) -> float:
     """Mean cosine similarity between each input vector x_i (rows of `inputs`) and the
     layer's output W x_i, over the first min(d_in, d_out) coordinates."""

@@ -1,11 +1,18 @@
 """OSFT plumbing: keep every optimizer step of the target weights in the allowed subspace.
 
-The projection (clients.osft.project) is applied to each step's UPDATE of a target
-weight, W <- W_before + P(W_after - W_before), not to its gradient: under Adam the step
-is the gradient rescaled coordinate by coordinate, which leaves the allowed subspace
-even when the gradient is in it. For plain SGD both forms are the same. Hooked on the
-optimizer's step, it also runs after Opacus has clipped and noised the gradient (Opacus
-calls the wrapped optimizer's step): projecting a private update is post-processing.
+The projection P (clients.osft) applies to each step's UPDATE of a target weight,
+W <- W_before + P(W_after - W_before), not to its gradient: under Adam the step is the
+gradient rescaled coordinate by coordinate, which leaves the allowed subspace even when
+the gradient is in it. For plain SGD both forms are the same. P is linear and
+idempotent, so that update equals
+
+    W <- F + P(W_after),   F = W_0 - P(W_0)   (W_0: the weight when the block starts),
+
+because W_before - P(W_before) = F after every such step: F, the part of W in the
+preserved directions, is computed once per round, and a step costs one projection and
+no copy of the old weights. Hooked on the optimizer's step, it also runs after Opacus
+has clipped and noised the gradient (Opacus calls the wrapped optimizer's step):
+projecting a private update is post-processing.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from clients.osft import project
+from clients.osft import Projector
 from strategies import keys
 
 Bases = dict[str, tuple[torch.Tensor, torch.Tensor]]  # parameter name -> (u_high, v_high)
@@ -32,25 +39,21 @@ def projected_updates(model: nn.Module, optimizer: torch.optim.Optimizer,
     unknown = sorted(set(bases) - set(params))
     if unknown:
         raise KeyError(f"OSFT bases for parameters the model does not have: {unknown[:5]}")
-    guarded = {name: (params[name], u, v) for name, (u, v) in bases.items() if u.shape[1] > 0}
-    before: dict[str, torch.Tensor] = {}
-
-    def remember(*_) -> None:
-        for name, (param, _, _) in guarded.items():
-            before[name] = param.detach().clone()
+    # Complements and the frozen parts are built once per block (a round), not per step.
+    guarded = {name: (params[name], Projector(u, v))
+               for name, (u, v) in bases.items() if u.shape[1] > 0}
+    with torch.no_grad():
+        frozen = {name: param - projector(param) for name, (param, projector) in guarded.items()}
 
     @torch.no_grad()
     def constrain(*_) -> None:
-        for name, (param, u, v) in guarded.items():
-            start = before.pop(name)
-            param.copy_(start + project(param - start, u, v))
+        for name, (param, projector) in guarded.items():
+            param.copy_(projector(param).add_(frozen[name]))
 
-    pre = optimizer.register_step_pre_hook(remember)
     post = optimizer.register_step_post_hook(constrain)
     try:
         yield
     finally:
-        pre.remove()
         post.remove()
 
 

@@ -13,8 +13,10 @@ from clients.data import client_data
 from clients.dp_training import dp_train_steps
 from clients.models import build_model, osft_targets
 from clients.osft import (
+    Projector,
     adaptive_ranks,
     basis,
+    complement,
     layer_importance,
     project,
     scheduled_rank,
@@ -69,6 +71,65 @@ def test_project_matches_pefts_osf_projection(shape, k) -> None:
     torch.testing.assert_close(project(ours, u_high, v_high), ours, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("shape,k,keeps", [
+    ((40, 40), 32, (True, True)),      # 80 % kept: both sides through their complements
+    ((96, 24), 20, (False, True)),     # tall: the short (input) side only
+    ((24, 96), 20, (True, False)),     # wide: the short (output) side only
+    ((40, 40), 20, (False, False)),    # half kept: the preserved bases are as cheap
+    ((30, 50), 3, (False, False)),
+])
+def test_projector_is_project_in_every_form(shape, k, keeps) -> None:
+    """The shipped projector (complements, narrow side first) against `project`, itself
+    checked against PEFT above, on a gradient and on a sum that `project` is linear in."""
+    gen = torch.Generator().manual_seed(k)
+    w, g = torch.randn(*shape, generator=gen), torch.randn(*shape, generator=gen)
+    u_high, v_high = basis(w, k)
+    projector = Projector(u_high, v_high)
+    assert (projector.left_keeps, projector.right_keeps) == keeps
+    torch.testing.assert_close(projector(g), project(g, u_high, v_high), atol=1e-5, rtol=1e-5)
+    assert (u_high.T @ projector(g)).abs().max() < 1e-5
+    assert (projector(g) @ v_high.T).abs().max() < 1e-5
+
+
+def test_complement_spans_exactly_the_rest() -> None:
+    u_high, _ = basis(torch.randn(30, 30, generator=torch.Generator().manual_seed(1)), 22)
+    rest = complement(u_high)
+    assert rest.shape == (30, 8) and rest.dtype == u_high.dtype
+    torch.testing.assert_close(rest.T @ rest, torch.eye(8), atol=1e-6, rtol=0)
+    assert (u_high.T @ rest).abs().max() < 1e-6
+    # Together they resolve the identity: U U^T + U_c U_c^T = I.
+    torch.testing.assert_close(u_high @ u_high.T + rest @ rest.T, torch.eye(30), atol=1e-5,
+                               rtol=0)
+
+
+def test_projected_updates_equal_projecting_each_steps_update() -> None:
+    """The shipped form W <- F + P(W_after) against the definition, step by step:
+    W <- W_before + project(W_after - W_before), under AdamW with weight decay (whose
+    update is not the gradient), 80 % of the rank kept."""
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 20, generator=gen), torch.randn(64, 30, generator=gen)
+    shipped, oracle = torch.nn.Linear(20, 30), torch.nn.Linear(20, 30)
+    oracle.load_state_dict(shipped.state_dict())
+    start = shipped.weight.detach().clone()
+    u_high, v_high = basis(shipped.weight.detach(), 16)
+    opt_shipped = torch.optim.AdamW(shipped.parameters(), lr=0.05, weight_decay=0.1)
+    opt_oracle = torch.optim.AdamW(oracle.parameters(), lr=0.05, weight_decay=0.1)
+    with projected_updates(shipped, opt_shipped, {"weight": (u_high, v_high)}):
+        for step in range(6):
+            for model, opt in ((shipped, opt_shipped), (oracle, opt_oracle)):
+                opt.zero_grad()
+                torch.nn.functional.mse_loss(model(x[step::6]), y[step::6]).backward()
+                before = oracle.weight.detach().clone()
+                opt.step()
+                if model is oracle:
+                    with torch.no_grad():
+                        oracle.weight.copy_(before + project(oracle.weight - before, u_high,
+                                                             v_high))
+    torch.testing.assert_close(shipped.weight, oracle.weight, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(shipped.bias, oracle.bias)  # not a target: a plain step
+    assert (oracle.weight - start).abs().max() > 0.05  # it trained: the test is not void
+
+
 def test_adaptive_rank_follows_the_rule_on_constructed_layers() -> None:
     """Block rotations by theta have cos(x, W x) = cos(theta) for every x: layers with
     importance exactly 1, 0.5 and 0 (mean 0.5, so I = 2, 1, 0)."""
@@ -100,13 +161,18 @@ def test_schedule_grows_with_the_task_and_leaves_room_to_learn() -> None:
 # ---- the invariant after real training --------------------------------------------------
 
 
-@pytest.fixture(scope="module", params=["tiny-bert", "tiny-llama"])
+@pytest.fixture(scope="module", params=[("tiny-bert", 0.5), ("tiny-llama", 0.5),
+                                        ("tiny-bert", 0.8), ("tiny-llama", 0.8)],
+                ids=lambda p: f"{p[0]}-{p[1]:.0%}")
 def setup(request):
     """The invariant on both model kinds: a BERT-style encoder, a LLaMA-style decoder
-    (attention and MLP projections of every block; the causal LM's loss on its answers)."""
-    length = 24 if request.param == "tiny-bert" else 48  # room for a prompt's instruction
+    (attention and MLP projections of every block; the causal LM's loss on its answers),
+    with half of every rank kept (the projector's preserved bases on both sides) and 80 %
+    (its complements on the short sides)."""
+    model_name, share = request.param
+    length = 24 if model_name == "tiny-bert" else 48  # room for a prompt's instruction
     scenario = load_scenario({
-        "name": "osft-unit", "seed": 0, "model": {"name": request.param, "max_length": length},
+        "name": "osft-unit", "seed": 0, "model": {"name": model_name, "max_length": length},
         "data": {"source": {"kind": "generated", "num_labels": 3, "train_size": 300,
                             "test_size": 30}},
         "federation": {"num_clients": 3, "clients_per_round": 3, "rounds": 1,
@@ -115,10 +181,10 @@ def setup(request):
     })
     start = build_model(scenario.model, 3, 0, "full")
     weights = target_weights(start, osft_targets(scenario.model, None))
-    # Preserve half of every target matrix, from the weights at the "task start".
+    # Preserve a share of every target matrix, from the weights at the "task start".
     svds = {n: torch.linalg.svd(w.detach().double(), full_matrices=False)
             for n, w in weights.items()}
-    bases = {n: basis(w.detach(), min(w.shape) // 2) for n, w in weights.items()}
+    bases = {n: basis(w.detach(), int(share * min(w.shape))) for n, w in weights.items()}
     return scenario, start.state_dict(), svds, bases
 
 
