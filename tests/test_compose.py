@@ -82,3 +82,16 @@ def test_the_image_installs_the_pinned_stack() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert dockerfile.startswith("#") and "FROM nvidia/cuda:" in dockerfile
     assert "pip install torch==2.13.0" in dockerfile and "pip install -e ." in dockerfile
+
+
+def test_the_api_sends_posted_runs_to_the_compose_superlink() -> None:
+    """POST /runs in compose trains on the GPU SuperNodes: the API's superlink setting is
+    the superlink service's address and port, and ServeSettings accepts it."""
+    from server.api.settings import ServeSettings
+
+    api = SERVICES["api"]
+    address = api["environment"]["ORTHOFED_SUPERLINK"]
+    superlink = SERVICES["superlink"]["command"]
+    assert address == f"superlink:{superlink[superlink.index('--port') + 1]}"
+    assert api["depends_on"] == ["superlink"]
+    assert ServeSettings(superlink=address).superlink == address

@@ -42,7 +42,8 @@ def create_app(settings: ServeSettings) -> FastAPI:
     store = MetricsStore.in_dir(settings.runs_dir)
     app = FastAPI(title="orthofed", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings, app.state.store = settings, store
-    app.state.queue = RunQueue(store, settings.runs_dir, settings.concurrency)
+    app.state.queue = RunQueue(store, settings.runs_dir, settings.concurrency,
+                               superlink=settings.superlink)
     for router in (health.router, runs.router, events.router, dashboard.router):
         app.include_router(router)
     return app

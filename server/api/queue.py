@@ -1,7 +1,8 @@
 """Runs started over HTTP: a queue that executes each in a process of its own.
 
 Each run is its own `python -m server.api.worker run ID` process, or `... resume ID`
-for a run that ran before (server.api.worker; its own session, so it and its Flower
+for a run that ran before (with `--superlink HOST:PORT` when the API is set to send runs
+to a federation's SuperLink, ServeSettings.superlink) (server.api.worker; its own session, so it and its Flower
 processes outlive an API restart and finish writing to the store). The queue starts
 pending runs oldest first, at most `concurrency` at once, and watches the ones
 executing: a run whose process is gone while the store still says pending or running
@@ -29,8 +30,9 @@ class RunQueue:
     """Start and watch the runs of one runs directory."""
 
     def __init__(self, store: MetricsStore, runs_dir: Path, concurrency: int = 1,
-                 poll_s: float = 0.5) -> None:
+                 poll_s: float = 0.5, superlink: str | None = None) -> None:
         self.store, self.runs_dir = store, runs_dir.resolve()
+        self.superlink = superlink  # None: each run simulates locally
         self.concurrency, self.poll_s = concurrency, poll_s
         self.children: dict[str, subprocess.Popen] = {}  # started by this process
         self.lock = threading.Lock()
@@ -79,7 +81,8 @@ class RunQueue:
         folder.path.mkdir(parents=True, exist_ok=True)
         mode = "run" if run["started"] is None else "resume"  # resume: from its checkpoint
         command = [sys.executable, "-m", "server.api.worker", mode, run_id,
-                   "--runs-dir", str(self.runs_dir)]
+                   "--runs-dir", str(self.runs_dir),
+                   *(["--superlink", self.superlink] if self.superlink else [])]
         with folder.queue_log.open("ab") as log:
             process = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=log,
                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

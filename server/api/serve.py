@@ -11,7 +11,7 @@ from scenarios.loader import format_error
 from server.api.settings import ServeSettings
 
 FLAGS = ("host", "port", "runs_dir", "concurrency", "token", "max_clients", "max_rounds",
-         "max_local_steps")
+         "max_local_steps", "superlink")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -28,7 +28,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     print(f"orthofed serve: http://{settings.host}:{settings.port} (runs in "
           f"{settings.runs_dir.resolve()}, {settings.concurrency} at once, "
-          f"{'token required for changes' if settings.token else 'no token'}{caps(settings)})",
+          f"{'token required for changes' if settings.token else 'no token'}{caps(settings)}; "
+          f"runs train {f'on the SuperLink at {settings.superlink}' if settings.superlink else 'in local simulations'})",
           file=sys.stderr)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
     return 0

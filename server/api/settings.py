@@ -40,6 +40,11 @@ class ServeSettings(BaseSettings):
     max_rounds: int | None = Field(
         None, ge=1, description="Most rounds one posted run may ask for, over all tasks of a "
         "stream; None: no cap beyond the schema's.")
+    superlink: str | None = Field(
+        None, description="HOST:PORT of a running federation's SuperLink (e.g. "
+        "ORTHOFED_SUPERLINK=superlink:9200 in compose.yaml): posted runs train there, on "
+        "its SuperNodes, instead of in a local simulation. Its ServerApp and SuperNodes "
+        "must see runs_dir and the data at the same paths.")
     max_local_steps: int | None = Field(
         None, ge=1, description="Most local steps per client per round (federation."
         "local_steps) one posted run may ask for; None: no cap.")
@@ -48,6 +53,13 @@ class ServeSettings(BaseSettings):
     @classmethod
     def _empty_token_is_none(cls, value):
         return None if value == "" else value  # compose passes ORTHOFED_TOKEN= when unset
+
+    @field_validator("superlink", mode="before")
+    @classmethod
+    def _superlink_is_host_port(cls, value):
+        from server.cli.launcher import superlink_address
+
+        return None if value in (None, "") else superlink_address(str(value))
 
     def readable_roots(self) -> list[Path]:
         return [self.scenarios_dir, *self.data_dirs]

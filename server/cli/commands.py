@@ -37,9 +37,14 @@ def main(argv: list[str] | None = None) -> int:
                      help="where runs and the metrics store go (default: the scenario's runs_dir)")
     run.add_argument("--json", action="store_true",
                      help="print the run summary as one JSON object on the last line")
-    run.add_argument("--deployment", action="store_true",
-                     help="use Flower's deployment engine: a SuperLink and one SuperNode per "
-                     "client on this host (resources.devices pins their GPUs)")
+    engine = run.add_mutually_exclusive_group()
+    engine.add_argument("--deployment", action="store_true",
+                        help="use Flower's deployment engine: a SuperLink and one SuperNode "
+                        "per client on this host (resources.devices pins their GPUs)")
+    engine.add_argument("--superlink", type=superlink_flag, default=None, metavar="HOST:PORT",
+                        help="submit to the SuperLink of a running federation (insecure) "
+                        "instead of starting Flower here; its ServerApp and SuperNodes must "
+                        "see the runs dir and the data at the same paths")
     resume = commands.add_parser("resume", help="continue a killed, failed or cancelled run "
                                  "from its newest checkpoint")
     resume.add_argument("run_id")
@@ -47,8 +52,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="where the run's store is (default: runs)")
     resume.add_argument("--json", action="store_true",
                         help="print the run summary as one JSON object on the last line")
-    resume.add_argument("--deployment", action="store_true",
-                        help="continue on Flower's deployment engine (see run --deployment)")
+    resumed_on = resume.add_mutually_exclusive_group()
+    resumed_on.add_argument("--deployment", action="store_true",
+                            help="continue on Flower's deployment engine (see run --deployment)")
+    resumed_on.add_argument("--superlink", type=superlink_flag, default=None,
+                            metavar="HOST:PORT", help="continue on the SuperLink of a running "
+                            "federation (see run --superlink)")
     report = commands.add_parser("report", help="a run's tables, and PNG plots in its folder")
     report.add_argument("run_id")
     report.add_argument("--runs-dir", type=Path, default=Path("runs"),
@@ -68,18 +77,31 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--max-local-steps", type=int, default=None,
                        help="most local steps per round a posted run may ask for "
                        "(default: no cap)")
+    serve.add_argument("--superlink", default=None, metavar="HOST:PORT",
+                       help="send posted runs to this SuperLink's federation instead of local "
+                       "simulations (default: ORTHOFED_SUPERLINK, else none)")
     args = parser.parse_args(argv)
     if args.command == "validate":
         return cmd_validate(args.file)
     if args.command == "report":
         return cmd_report(args.run_id, args.runs_dir)
     if args.command == "resume":
-        return cmd_resume(args.run_id, args.runs_dir, args.json, args.deployment)
+        return cmd_resume(args.run_id, args.runs_dir, args.json, args.deployment, args.superlink)
     if args.command == "serve":
         from server.api.serve import cmd_serve
 
         return cmd_serve(args)
-    return cmd_run(args.file, args.runs_dir, args.json, args.deployment)
+    return cmd_run(args.file, args.runs_dir, args.json, args.deployment, args.superlink)
+
+
+def superlink_flag(value: str) -> str:
+    """--superlink's type: HOST:PORT, else argparse's usage error naming the flag."""
+    from server.cli.launcher import superlink_address
+
+    try:
+        return superlink_address(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def load_checked(file: Path, console: Console):
@@ -113,7 +135,8 @@ def cmd_validate(file: Path) -> int:
     return 0
 
 
-def cmd_run(file: Path, runs_dir: Path | None, as_json: bool, deployment: bool = False) -> int:
+def cmd_run(file: Path, runs_dir: Path | None, as_json: bool, deployment: bool = False,
+            superlink: str | None = None) -> int:
     from server.runs.layout import RunFolder, new_run_id
     from server.runs.store import MetricsStore
 
@@ -129,10 +152,12 @@ def cmd_run(file: Path, runs_dir: Path | None, as_json: bool, deployment: bool =
     # ClientApp is the path of this validated snapshot (data paths resolved), the same
     # file a resume reads; an edit of the user's file mid-run changes nothing.
     snapshot = RunFolder.of(runs_dir, run_id).write_snapshot(validated)
-    return execute(scenario, snapshot, run_id, runs_dir, as_json, deployment, resume=False)
+    return execute(scenario, snapshot, run_id, runs_dir, as_json, deployment, resume=False,
+                   superlink=superlink)
 
 
-def cmd_resume(run_id: str, runs_dir: Path, as_json: bool, deployment: bool) -> int:
+def cmd_resume(run_id: str, runs_dir: Path, as_json: bool, deployment: bool,
+               superlink: str | None = None) -> int:
     """Continue a run from its newest checkpoint, with the scenario it was validated with.
     Exit 2 when there is nothing to resume (unknown, completed, still running, or
     already being resumed)."""
@@ -143,7 +168,7 @@ def cmd_resume(run_id: str, runs_dir: Path, as_json: bool, deployment: bool) -> 
     run = store.get_run(run_id)
     if not claim_for_resume(store, run, runs_dir):
         return EXIT_INVALID
-    return continue_run(store, run, runs_dir, as_json, deployment)
+    return continue_run(store, run, runs_dir, as_json, deployment, superlink)
 
 
 def claim_for_resume(store: MetricsStore, run: dict[str, Any], runs_dir: Path) -> bool:
@@ -161,7 +186,7 @@ def claim_for_resume(store: MetricsStore, run: dict[str, Any], runs_dir: Path) -
 
 
 def continue_run(store: MetricsStore, run: dict[str, Any], runs_dir: Path, as_json: bool,
-                 deployment: bool) -> int:
+                 deployment: bool, superlink: str | None = None) -> int:
     """Execute a reopened run from its newest checkpoint, with the scenario the store
     holds (written to the run's folder); exit 2 when that no longer validates."""
     from server.runs.layout import RunFolder
@@ -171,12 +196,14 @@ def continue_run(store: MetricsStore, run: dict[str, Any], runs_dir: Path, as_js
     if scenario is None:
         store.set_status(run["id"], RunStatus.FAILED, "resume: the scenario no longer validates")
         return EXIT_INVALID
-    return execute(scenario, snapshot, run["id"], runs_dir, as_json, deployment, resume=True)
+    return execute(scenario, snapshot, run["id"], runs_dir, as_json, deployment, resume=True,
+                   superlink=superlink)
 
 
 def execute(scenario: Scenario, file: Path, run_id: str, runs_dir: Path, as_json: bool,
-            deployment: bool, resume: bool) -> int:
-    """Launch the run with Flower, show its progress, then print its summary."""
+            deployment: bool, resume: bool, superlink: str | None = None) -> int:
+    """Launch the run with Flower (here, or on the SuperLink at `superlink`), show its
+    progress, then print its summary."""
     from scenarios.stream import total_rounds
     from server.cli.launcher import launch
     from server.cli.progress import (
@@ -190,13 +217,14 @@ def execute(scenario: Scenario, file: Path, run_id: str, runs_dir: Path, as_json
 
     err = Console(stderr=True)
     store = MetricsStore.in_dir(runs_dir)
-    err.print(f"run {run_id}: {'resuming; ' if resume else ''}logs in {runs_dir / run_id}",
+    where = f" on the SuperLink at {superlink}" if superlink else ""
+    err.print(f"run {run_id}: {'resuming; ' if resume else ''}logs in {runs_dir / run_id}{where}",
               highlight=False)
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` cleans up like Ctrl-C does
     try:
         with RoundProgress(store, run_id, total_rounds(scenario), err) as progress:
             launch(scenario, file, run_id, runs_dir, on_tick=progress.tick,
-                   deployment=deployment, resume=resume)
+                   deployment=deployment, resume=resume, superlink=superlink)
     except KeyboardInterrupt:
         err.print(f"run {run_id}: cancelled; Flower processes stopped")
         return EXIT_INTERRUPTED

@@ -4,12 +4,15 @@ A run gets its own FLWR_HOME and its own simulation SuperLink on free loopback p
 (so runs never share Flower state and tests can run side by side), then `flwr run`
 submits the app with the scenario path and the run id as run-config scalars. Whatever
 this module starts it stops, with every descendant (flwr-simulation, Ray), on success,
-failure and Ctrl-C alike.
+failure and Ctrl-C alike. Given the address of a SuperLink that already runs (a
+federation of SuperNodes, e.g. compose.yaml's), it starts nothing but `flwr run` against
+it, and asks that SuperLink to stop the run (`flwr stop`) when it is left unfinished.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -28,6 +31,18 @@ from server.runs.store import MetricsStore
 
 CONNECTION = "orthofed"
 STARTUP_TIMEOUT_S = 60.0
+# What `flwr run` prints once the SuperLink accepted the run (flwr 1.42, cli/run/run.py).
+STARTED_RUN = re.compile(r"Successfully started run (\d+)")
+
+
+def superlink_address(value: str) -> str:
+    """`value` if it reads HOST:PORT (PORT in 1-65535; an IPv6 host in brackets), else a
+    ValueError that names the constraint and the value."""
+    host, _, port = value.strip().rpartition(":")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT with PORT in 1-65535 (e.g. superlink:9200), "
+                         f"got {value!r}")
+    return value.strip()
 
 
 def free_port() -> int:
@@ -52,13 +67,41 @@ def flower_env(paths: RunFolder) -> dict[str, str]:
     return env
 
 
-def write_connection(paths: RunFolder, port: int) -> None:
-    """config.toml in the run's FLWR_HOME: one connection to the run's SuperLink."""
+def write_connection(paths: RunFolder, address: str) -> None:
+    """config.toml in the run's FLWR_HOME: one connection, to the run's SuperLink."""
     paths.flwr_home.mkdir(parents=True, exist_ok=True)
     (paths.flwr_home / "config.toml").write_text(
         f'[superlink]\ndefault = "{CONNECTION}"\n\n'
-        f'[superlink.{CONNECTION}]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
+        f'[superlink.{CONNECTION}]\naddress = "{address}"\ninsecure = true\n'
     )
+
+
+def check_superlink(address: str, timeout_s: float = 10.0) -> None:
+    """A RuntimeError that says so unless a SuperLink answers GET /health at `address`
+    (1.42 serves it on the one port of its Fleet, Control and runtime APIs)."""
+    try:
+        if httpx.get(f"http://{address}/health", timeout=timeout_s).is_success:
+            return
+        problem = "it answered GET /health with an error"
+    except httpx.HTTPError as exc:
+        problem = f"{type(exc).__name__}: {exc}"
+    raise RuntimeError(f"no SuperLink answers at {address} ({problem}); start the "
+                       "federation first (compose.yaml, or flower-superlink --insecure)")
+
+
+def stop_flower_run(paths: RunFolder) -> str:
+    """Ask the run's SuperLink to stop the Flower run this run folder started (its id read
+    off `flwr run`'s log); what Flower answered, for the runner log."""
+    started = STARTED_RUN.findall(paths.flower_log.read_text(errors="replace")
+                                  if paths.flower_log.is_file() else "")
+    if not started:
+        return "no Flower run had started"
+    try:
+        done = subprocess.run(["flwr", "stop", started[-1], CONNECTION], env=flower_env(paths),
+                              capture_output=True, text=True, timeout=60, cwd=paths.path)
+    except subprocess.TimeoutExpired:
+        return f"flwr stop {started[-1]}: no answer within 60 s"
+    return f"flwr stop {started[-1]}: {(done.stdout + done.stderr).strip()[-300:]}"
 
 
 def start_superlink(paths: RunFolder, port: int, simulation: bool = True) -> subprocess.Popen:
@@ -181,9 +224,11 @@ def log_tail(path: Path, lines: int = 6) -> str:
 def launch(scenario: Scenario, scenario_path: Path, run_id: str, runs_dir: Path,
            on_tick: Callable[[], None] = lambda: None, tick_s: float = 0.5,
            deployment: bool = False, resume: bool = False,
-           app_dir: Path = PROJECT_ROOT) -> str:
+           app_dir: Path = PROJECT_ROOT, superlink: str | None = None) -> str:
     """Run a scenario to the end through Flower's simulation engine (or, `deployment`,
-    its deployment engine: a SuperLink and one SuperNode per client on this host);
+    its deployment engine: a SuperLink and one SuperNode per client on this host; or,
+    `superlink` HOST:PORT, the SuperLink of a federation that already runs, whose
+    ServerApp and SuperNodes must see `runs_dir` and the data at the same paths);
     return its status. `resume`: the ServerApp continues from the run's newest checkpoint.
 
     The run's row must exist in the store (pending). The ServerApp marks it running and
@@ -193,19 +238,23 @@ def launch(scenario: Scenario, scenario_path: Path, run_id: str, runs_dir: Path,
     store = MetricsStore.in_dir(runs_dir)
     paths = RunFolder.of(runs_dir, run_id)
     paths.path.mkdir(parents=True, exist_ok=True)
-    superlink = flwr = None
+    superlink_process = flwr = None
     supernodes: list[subprocess.Popen] = []
     try:
-        port = free_port()
-        write_connection(paths, port)
-        if resume:  # the old database still holds the killed Flower run: never restart it
-            for db in paths.path.glob(paths.superlink_db.name + "*"):  # with its WAL files
-                db.unlink()
-        superlink = start_superlink(paths, port, simulation=not deployment)
-        if deployment:
-            supernodes = start_supernodes(paths, port, scenario)
+        if superlink is not None:
+            check_superlink(superlink)
+            write_connection(paths, superlink)
+        else:
+            port = free_port()
+            write_connection(paths, f"127.0.0.1:{port}")
+            if resume:  # the old database still holds the killed Flower run: never restart it
+                for db in paths.path.glob(paths.superlink_db.name + "*"):  # with its WAL files
+                    db.unlink()
+            superlink_process = start_superlink(paths, port, simulation=not deployment)
+            if deployment:
+                supernodes = start_supernodes(paths, port, scenario)
         flwr = submit(paths, scenario, scenario_path.resolve(), run_id, runs_dir.resolve(),
-                      deployment, resume, app_dir)
+                      deployment or superlink is not None, resume, app_dir)
         while flwr.poll() is None:
             on_tick()
             time.sleep(tick_s)
@@ -220,12 +269,17 @@ def launch(scenario: Scenario, scenario_path: Path, run_id: str, runs_dir: Path,
         raise
     finally:
         stopping = time.monotonic()
+        if superlink is not None and store.get_run(run_id)["status"] != RunStatus.COMPLETED:
+            # The SuperLink is not ours to stop: the run on it is (Ctrl-C, cancelled over
+            # HTTP, a failure here), or its ServerApp would go on training.
+            with (paths.runner_log).open("a") as log:
+                log.write(stop_flower_run(paths) + "\n")
         # Short grace: the ServerApp has already recorded everything that matters, and
         # Ray's raylet otherwise lingers 5 s on SIGTERM.
         stop_tree(flwr, grace_s=1.0)
         for node in supernodes:
             stop_tree(node, grace_s=1.0)
-        stop_tree(superlink, grace_s=1.0)
+        stop_tree(superlink_process, grace_s=1.0)
         with (paths.runner_log).open("a") as log:
             log.write(f"stopped Flower processes in {time.monotonic() - stopping:.1f} s\n")
     status = store.get_run(run_id)["status"]

@@ -69,13 +69,14 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 @contextmanager
-def serving(runs_dir: Path, token: str = "it-token"):
-    """`orthofed serve` in its own process; stopped (SIGTERM, then SIGKILL) afterwards."""
+def serving(runs_dir: Path, token: str = "it-token", env: dict[str, str] | None = None):
+    """`orthofed serve` in its own process (`env`: more ORTHOFED_* settings); stopped
+    (SIGTERM, then SIGKILL) afterwards."""
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--runs-dir",
          str(runs_dir), "--token", token], cwd=ROOT, start_new_session=True,
-        env=dict(os.environ, HF_HUB_OFFLINE="1"),
+        env=dict(os.environ, HF_HUB_OFFLINE="1", **(env or {})),
         stdout=subprocess.DEVNULL, stderr=(runs_dir.parent / "serve.log").open("wb"))
     base = f"http://127.0.0.1:{port}"
     try:
