@@ -2,13 +2,14 @@
 
 For each shape and rank it times, in the same process and one after the other,
   dense : torch.linalg.svd(B @ A) truncated to r (float64), what a naive server does
-  qr    : strategies.fedsvd.refactorize(B, A) (float64 inside, never builds B @ A)
+  qr    : strategies.fedsvd.refactorize(B, A) (float64 inside, never builds B @ A:
+          Cholesky QR with its certificates, Householder QR where they fail)
 and prints the ratio and the max relative error of the product against the dense
 product (B_new A_new vs B A, relative to max |B A|). Then, for a LLaMA-7B-shaped adapter
 set (q and v of 32 layers, d = 4096, r = 8) from 10 clients, through the real strategies
 with hand-built Flower replies, it times FedSVD's aggregation against the plain weighted
 mean of the same replies (FFA-LoRA), interleaved, and the batched re-factorization
-against the per-layer loop it replaced.
+against the per-layer loop it replaced and against the Householder form alone.
 
 Usage: python bench/refactorize.py [--quick]   (--quick skips d = 4096 and the MLP shape)
 """
@@ -27,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from timing import seconds_each  # noqa: E402  (bench/ is the script's folder)
 
-from strategies.fedsvd import FedSVD, refactorize  # noqa: E402
+from strategies.fedsvd import FedSVD, refactorize, refactorize_householder  # noqa: E402
 
 
 def best_of(fn, repeats: int) -> float:
@@ -50,6 +51,18 @@ def compare(d_out: int, d_in: int, r: int) -> dict[str, float]:
     product = b.double() @ a.double()
     err = ((b_new.double() @ a_new.double() - product).abs().max() / product.abs().max()).item()
     return {"dense_s": dense_s, "qr_s": qr_s, "ratio": dense_s / qr_s, "max_rel_err": err}
+
+
+def householder_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """refactorize_state through the Householder form only (what it was before the
+    Cholesky form), batched the same way."""
+    from strategies import fedsvd
+
+    shipped, fedsvd.refactorize = fedsvd.refactorize, refactorize_householder
+    try:
+        return fedsvd.refactorize_state(state)
+    finally:
+        fedsvd.refactorize = shipped
 
 
 def per_layer_refactorize_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -93,8 +106,11 @@ def llama_aggregation(clients: int = 10, layers: int = 32, d: int = 4096, r: int
             seconds[name].extend(seconds_each(lambda s=strategy: s.aggregate_train(1, replies), 1))
     averaged, _ = strategies["mean"].aggregate_train(1, replies)
     state = {k: torch.from_numpy(v.numpy()) for k, v in averaged.items()}
-    loop = seconds_each(lambda: per_layer_refactorize_state(state), repeats)
-    batched = seconds_each(lambda: refactorize_state(state), repeats)
+    loop, batched, householder = [], [], []
+    for _ in range(repeats):  # interleaved
+        loop += seconds_each(lambda: per_layer_refactorize_state(state), 1)
+        batched += seconds_each(lambda: refactorize_state(state), 1)
+        householder += seconds_each(lambda: householder_state(state), 1)
     new = refactorize_state(state)
     worst = 0.0
     for n in names:
@@ -104,6 +120,7 @@ def llama_aggregation(clients: int = 10, layers: int = 32, d: int = 4096, r: int
     return {"mean_s": statistics.median(seconds["mean"]),
             "fedsvd_s": statistics.median(seconds["fedsvd"]),
             "loop_s": statistics.median(loop), "batched_s": statistics.median(batched),
+            "householder_s": statistics.median(householder),
             "max_rel_err": worst}
 
 
@@ -129,6 +146,9 @@ def main() -> None:
     print(f"  re-factorization alone: per-layer loop {row['loop_s'] * 1e3:8.1f} ms, batched "
           f"{row['batched_s'] * 1e3:.1f} ms (loop / batched {row['loop_s'] / row['batched_s']:.2f}); "
           f"product max rel err {row['max_rel_err']:.1e}")
+    print(f"  batched, Cholesky form (shipped) {row['batched_s'] * 1e3:.1f} ms vs Householder QR "
+          f"form {row['householder_s'] * 1e3:.1f} ms "
+          f"({row['householder_s'] / row['batched_s']:.2f}x)")
 
 
 if __name__ == "__main__":

@@ -27,20 +27,54 @@ def refactorize(b: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.T
     """(B_new, A_new) with B_new A_new = B A, A_new's rows orthonormal, B_new = U S.
 
     b: (..., d_out, r), a: (..., r, d_in); leading dimensions are a batch of pairs
-    (refactorize_state stacks the layers of one shape, so one QR and one SVD call serve
-    them all). Never builds the d_out x d_in product, and takes the SVD of an r x r
-    matrix only:
-        B = Q_b R_b,  A^T = Q_a R_a      (thin QRs; R_b: k_b x r, R_a: k_a x r)
-        R_b R_a^T = U S W^T               (k_b x k_a, k = min(r, dim))
-        B A = Q_b (R_b R_a^T) Q_a^T = (Q_b U) S (Q_a W)^T
-                                   ->  B_new = Q_b U S,  A_new = W^T Q_a^T
-    Cost O((d_out + d_in) r^2) instead of O(d_out d_in min(d_out, d_in)). Computed in
-    float64, returned in the input dtype. When r exceeds min(d_out, d_in) the extra
-    rows of A_new and columns of B_new are zero (the product has no more rank).
+    (refactorize_state stacks the layers of one shape, so one call serves them all).
+    Never builds the d_out x d_in product, and takes the SVD of an r x r matrix only.
+    Through the Cholesky factors of the r x r Gram matrices (Cholesky QR, no d x r
+    orthogonal factor is ever formed):
+        B^T B = L_b L_b^T,  A A^T = L_a L_a^T   (so B = Q_b L_b^T, A^T = Q_a L_a^T)
+        L_b^T L_a = U S W^T                      (r x r)
+        B A = Q_b (L_b^T L_a) Q_a^T = (B L_b^-T U) S (W^T L_a^-1 A)
+                 ->  B_new = B M,  M = L_b^-T U S;   A_new = N^T A,  N = L_a^-T W.
+    M N^T = L_b^-T (L_b^T L_a) L_a^-T = I exactly, so B_new A_new = B (M N^T) A: how far
+    the computed M N^T is from I is the product's error, N^T (A A^T) N = I is A_new's
+    orthonormality and M^T (B^T B) M = S^2 B_new's orthogonal columns; all three are
+    checked (r x r), and a batch with an error above 1e-9, or
+    whose Gram matrix is singular (a B of rank < r, e.g. all zeros), takes the
+    Householder form instead (`refactorize_householder`). Float64 inside, returned in
+    the input dtype.
     """
     dtype, r = b.dtype, b.shape[-1]
     if a.shape[-2] != r or a.shape[:-2] != b.shape[:-2]:
         raise ValueError(f"b is {tuple(b.shape)} and a is {tuple(a.shape)}: inner dims differ")
+    b64, a64 = b.double(), a.double()
+    gram_a, gram_b = a64 @ a64.mT, b64.mT @ b64
+    l_b, info_b = torch.linalg.cholesky_ex(gram_b)
+    l_a, info_a = torch.linalg.cholesky_ex(gram_a)
+    if bool((info_b != 0).any() or (info_a != 0).any()):
+        return refactorize_householder(b, a)
+    u, s, wh = torch.linalg.svd(l_b.mT @ l_a)
+    m = torch.linalg.solve_triangular(l_b.mT, u * s.unsqueeze(-2), upper=True)
+    n = torch.linalg.solve_triangular(l_a.mT, wh.mT, upper=True)
+    eye = torch.eye(r, dtype=torch.float64)
+    product_error = (m @ n.mT - eye).abs().amax()
+    orthonormality_error = (n.mT @ gram_a @ n - eye).abs().amax()
+    squares = s.square()  # B_new = U S: B_new^T B_new = S^2, relative to the largest
+    column_error = ((m.mT @ gram_b @ m - torch.diag_embed(squares)).abs().amax(dim=(-2, -1))
+                    / squares.amax(dim=-1).clamp_min(1e-300)).amax()
+    if max(product_error, orthonormality_error, column_error) > 1e-9:  # cond(B)^2 hurts
+        return refactorize_householder(b, a)
+    return (b64 @ m).to(dtype), (n.mT @ a64).to(dtype)
+
+
+def refactorize_householder(b: torch.Tensor, a: torch.Tensor,
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`refactorize` through Householder QRs, for any B and A (rank-deficient too):
+        B = Q_b R_b,  A^T = Q_a R_a      (thin QRs; R_b: k_b x r, R_a: k_a x r)
+        R_b R_a^T = U S W^T               (k_b x k_a, k = min(r, dim))
+        B A = (Q_b U) S (Q_a W)^T  ->  B_new = Q_b U S,  A_new = W^T Q_a^T
+    Cost O((d_out + d_in) r^2). When the product has rank below r (r > min(d_out,
+    d_in)), the extra rows of A_new and columns of B_new are zero."""
+    dtype = b.dtype
     q_b, r_b = torch.linalg.qr(b.double())                         # (d_out, k_b), (k_b, r)
     q_a, r_a = torch.linalg.qr(a.mT.double())                      # (d_in, k_a), (k_a, r)
     u, s, wh = torch.linalg.svd(r_b @ r_a.mT, full_matrices=False)  # (k_b, m), (m,), (m, k_a)
@@ -85,5 +119,9 @@ class FedSVD(FfaLora):
         arrays, metrics = super().aggregate_train(server_round, replies)
         if arrays is None or server_round % self.svd_period:
             return arrays, metrics
-        state = refactorize_state({k: torch.from_numpy(v.numpy()) for k, v in arrays.items()})
-        return ArrayRecord(array_dict={k: Array(v.numpy()) for k, v in state.items()}), metrics
+        # Only the LoRA pairs change: every other array (a trained head) passes through
+        # as the same Array, never decoded and re-encoded.
+        pairs = refactorize_state({k: torch.from_numpy(v.numpy()) for k, v in arrays.items()
+                                   if LORA_A in k or LORA_B in k})
+        return ArrayRecord(array_dict={k: Array(pairs[k].numpy()) if k in pairs else v
+                                       for k, v in arrays.items()}), metrics

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from strategies import keys
+from strategies import fedsvd
 from strategies.fedsvd import FedSVD, refactorize, refactorize_state
 from strategies.ffa_lora import FfaLora
 from tests.strategies.replies import as_server, train_reply
@@ -57,6 +58,42 @@ def test_rank_deficient_b() -> None:
     s = b_new.norm(dim=0)
     assert (s[4:] < 1e-10 * s[0]).all()  # the rank shows in the spectrum
     torch.testing.assert_close(a_new @ a_new.T, torch.eye(8, dtype=torch.float64), rtol=0, atol=1e-10)
+
+
+def test_well_conditioned_pairs_take_the_cholesky_form(monkeypatch) -> None:
+    """The product and A's orthonormality of the Cholesky form against the dense oracle,
+    with the Householder fallback made to fail: it must not be needed here."""
+    def no_fallback(b, a):
+        raise AssertionError("fell back to Householder on a well-conditioned pair")
+
+    monkeypatch.setattr(fedsvd, "refactorize_householder", no_fallback)
+    b, a = random_factors(300, 8, 200)
+    b_new, a_new = fedsvd.refactorize(b, a)
+    dense = b @ a
+    torch.testing.assert_close(b_new @ a_new, dense, rtol=0, atol=1e-12 * dense.abs().max())
+    torch.testing.assert_close(a_new @ a_new.T, torch.eye(8, dtype=torch.float64), rtol=0,
+                               atol=1e-12)
+
+
+def test_an_ill_conditioned_b_falls_back_and_stays_exact(monkeypatch) -> None:
+    """Two columns of B parallel to 1e-8: full rank, and Cholesky of B^T B (cond ~1e16)
+    succeeds, but its certificates fail and the Householder form answers."""
+    calls = []
+
+    def counted(b, a):
+        calls.append(b.shape)
+        return householder(b, a)
+
+    householder = fedsvd.refactorize_householder
+    monkeypatch.setattr(fedsvd, "refactorize_householder", counted)
+    b, a = random_factors(120, 6, 90)
+    b[:, 1] = b[:, 0] + 1e-8 * b[:, 1]
+    b_new, a_new = fedsvd.refactorize(b, a)
+    assert calls == [b.shape]
+    dense = b @ a
+    torch.testing.assert_close(b_new @ a_new, dense, rtol=0, atol=1e-10 * dense.abs().max())
+    torch.testing.assert_close(a_new @ a_new.T, torch.eye(6, dtype=torch.float64), rtol=0,
+                               atol=1e-10)
 
 
 def test_float32_in_float32_out_with_small_error() -> None:
