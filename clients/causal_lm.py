@@ -58,6 +58,12 @@ def hidden_states(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor,
 
 def target_loss(model: nn.Module, batch: list[torch.Tensor]) -> torch.Tensor:
     """mean_i of example i's mean NLL over its target tokens (the module docstring)."""
+    return target_losses(model, batch).mean()
+
+
+def target_losses(model: nn.Module, batch: list[torch.Tensor]) -> torch.Tensor:
+    """(B,) loss_i, example i's mean NLL over its target tokens (the module docstring):
+    what ghost clipping reweights one example at a time."""
     ids, mask, target = batch[0], batch[1], batch[2].bool()
     states = hidden_states(model, ids, mask)                        # (B, T, H)
     width = int(target.sum(1).max())
@@ -69,8 +75,7 @@ def target_loss(model: nn.Module, batch: list[torch.Tensor]) -> torch.Tensor:
     logits = language_model(model).lm_head(states.gather(1, before))  # (B, W, V)
     nll = nn.functional.cross_entropy(logits.transpose(1, 2), ids.gather(1, where),
                                       reduction="none")            # (B, W)
-    per_example = (nll * real).sum(1) / real.sum(1).clamp(min=1)
-    return per_example.mean()
+    return (nll * real).sum(1) / real.sum(1).clamp(min=1)            # (B,)
 
 
 def option_scores(model: nn.Module, batch: list[torch.Tensor]) -> torch.Tensor:

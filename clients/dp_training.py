@@ -7,6 +7,16 @@ hooks are removed after the round, so a client can reuse its model), counts empt
 Poisson batches as noise-only steps (skipping them would under-count privacy), and
 returns the accountant history with the new steps.
 
+Two ways to get the clipped sum sum_i clip_C(g_i) (privacy.grad_sample_mode):
+- 'hooks' / 'functorch': materialise every per-sample gradient g_i (B x the trainable
+  parameters: for full fine-tuning of MiniLM, 16 x 22.7M floats) and clip each.
+- 'ghost': per-sample norms ||g_i|| without any g_i (ghost clipping, Li et al. 2022),
+  then the clipped sum from what the one backward pass kept (book-keeping, Bu et al.
+  2023): clients.ghost_clipping. Opacus's ghost optimizer adds the noise. The same
+  step, to float rounding.
+'auto' picks per model (`resolve_mode`): hooks when adapters train (their per-sample
+gradients are tiny), ghost for full fine-tuning.
+
 Where the randomness comes from is the guarantee: the noise and the Poisson batches are
 drawn from generators seeded with fresh OS entropy (`secrets`, 63 bits) for every
 client and round, on the parameters' device, so nobody holding the scenario (the
@@ -18,17 +28,23 @@ floating-point attacks, but needs `torchcsprng`, which has no build for this tor
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Iterator
 
 import torch
 from opacus import PrivacyEngine
+from opacus.grad_sample.gsm_base import OPACUS_PARAM_MONKEYPATCH_ATTRS
+from opacus.optimizers import DPOptimizerFastGradientClipping
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from clients.ghost_clipping import BookKeepingHooks, ghost_loss, ghost_unsupported
 from clients.privacy import Step
-from clients.training import TrainResult, run_steps
+from clients.training import TrainResult, run_steps, train_loss
 from scenarios.schema import PrivacySpec
+
+log = logging.getLogger(__name__)
 
 
 def dp_train_steps(model: nn.Module, data: TensorDataset, steps: int, batch_size: int,
@@ -42,27 +58,72 @@ def dp_train_steps(model: nn.Module, data: TensorDataset, steps: int, batch_size
     when given (debugging only: anyone who knows it can remove the noise).
     """
     model.train()  # Opacus refuses eval-mode modules (its hooks skip them)
+    mode = resolve_mode(spec.grad_sample_mode, model)
     engine = PrivacyEngine(accountant=spec.accountant)
     # The client's past steps, through the accountant's own (validated) loader.
     engine.accountant.load_state_dict({"history": list(history),
                                        "mechanism": engine.accountant.mechanism()})
     noise_seed, batch_seed = ((seed, seed + 1) if seed is not None
                               else (secrets.randbits(63), secrets.randbits(63)))
-    hooks, dp_optimizer, loader = engine.make_private(
+    # Ghost mode also returns a criterion wrapper, unused: our losses are not one
+    # criterion call (a causal LM averages each example's target tokens), so
+    # clients.ghost_clipping takes the per-example loss vector itself.
+    hooks, dp_optimizer, *_, loader = engine.make_private(
         module=model, optimizer=optimizer,
         data_loader=DataLoader(data, batch_size=batch_size,
                                generator=torch.Generator().manual_seed(batch_seed)),
         noise_multiplier=noise_multiplier, max_grad_norm=spec.max_grad_norm,
-        poisson_sampling=True, grad_sample_mode=spec.grad_sample_mode, wrap_model=False,
+        poisson_sampling=True, grad_sample_mode=mode, wrap_model=False,
         noise_generator=device_generator(device).manual_seed(noise_seed),
     )
+    if mode == "ghost":  # Opacus's ghost optimizer and loader; our hooks (book-keeping)
+        hooks.cleanup()
+        hooks = BookKeepingHooks(model, max_grad_norm=spec.max_grad_norm)
     try:
         result = run_steps(model, forever(loader), steps, dp_optimizer, device,
-                           empty_step=noise_only_step)
+                           empty_step=noise_only_step,
+                           loss_fn=ghost_loss(hooks) if mode == "ghost" else train_loss)
     finally:
-        hooks.cleanup()  # the model is the client's for the next round: no hooks left behind
         dp_optimizer.zero_grad(set_to_none=True)
+        detach_opacus(hooks, model)
     return result, list(engine.accountant.history)
+
+
+def resolve_mode(mode: str, model: nn.Module) -> str:
+    """privacy.grad_sample_mode for this model. 'auto': 'hooks' when LoRA adapters train
+    (per-sample gradients as small as the adapters: hooks cost about nothing), else
+    'ghost' (full fine-tuning), except where ghost cannot clip
+    (clients.ghost_clipping.ghost_unsupported: tied trainable weights, ...): 'hooks',
+    with the reason logged. 'ghost' asked for there is an error naming the reason."""
+    unsupported = ghost_unsupported(model) if mode in ("auto", "ghost") else []
+    if mode == "ghost" and unsupported:
+        raise ValueError(f"privacy.grad_sample_mode: 'ghost' cannot clip "
+                         f"{'; '.join(unsupported)}; use 'hooks' (or 'auto', which falls "
+                         "back to it)")
+    if mode != "auto":
+        return mode
+    if any(".lora_" in n for n, p in model.named_parameters() if p.requires_grad):
+        return "hooks"
+    if unsupported:
+        log.warning("privacy.grad_sample_mode 'auto': hooks, not ghost, for %s",
+                    "; ".join(unsupported))
+        return "hooks"
+    return "ghost"
+
+
+def detach_opacus(hooks, model: nn.Module) -> None:
+    """Leave the model as it was before make_private: Opacus's hooks and the attributes
+    its hooks and optimizer set on parameters and modules removed, so the client's next
+    round (private or not) starts from a plain model."""
+    hooks.cleanup()  # hooks; grad_sample, _forward_counter, _norm_sample, ...
+    for param in model.parameters():
+        for attr in ("summed_grad", *OPACUS_PARAM_MONKEYPATCH_ATTRS):
+            if hasattr(param, attr):
+                delattr(param, attr)
+    for module in model.modules():
+        for attr in ("activations", "max_batch_len"):  # left by the hooks (empty)
+            if attr in module.__dict__:
+                delattr(module, attr)
 
 
 def device_generator(device: torch.device) -> torch.Generator:
@@ -79,8 +140,14 @@ def forever(loader: DataLoader) -> Iterator[list[torch.Tensor]]:
 
 
 def noise_only_step(dp_optimizer) -> None:
-    """An empty Poisson batch: zero per-sample gradients, so the step adds only noise
-    and the accountant still counts it."""
+    """An empty Poisson batch: a zero clipped sum, so the step adds only noise and the
+    accountant still counts it. Per-sample modes clip p.grad_sample (here (0, *shape));
+    ghost's optimizer noises p.grad (here zeros), the sum its two passes would leave."""
+    ghost = isinstance(dp_optimizer, DPOptimizerFastGradientClipping)
     for param in dp_optimizer.params:
-        param.grad_sample = torch.zeros((0, *param.shape), dtype=param.dtype, device=param.device)
+        if ghost:
+            param.grad = torch.zeros_like(param)
+        else:
+            param.grad_sample = torch.zeros((0, *param.shape), dtype=param.dtype,
+                                            device=param.device)
     dp_optimizer.step()

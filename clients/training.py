@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
-from clients.causal_lm import hidden_states, is_causal_lm, option_scores, target_loss
+from clients.causal_lm import hidden_states, is_causal_lm, option_scores, target_losses
 from scenarios.schema import OptimizerSpec
 
 
@@ -66,12 +67,18 @@ def trim_padding(batch: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 def train_loss(model: nn.Module, batch: list[torch.Tensor]) -> torch.Tensor:
-    """What a training step minimises, a mean over the batch's examples: the
-    cross-entropy of an encoder's head, a causal LM's NLL of each example's label tokens
-    (clients.causal_lm.target_loss)."""
+    """What a training step minimises, loss = (1/B) sum_i loss_i, a mean over the batch's
+    examples of `train_losses`."""
+    return train_losses(model, batch).mean()
+
+
+def train_losses(model: nn.Module, batch: list[torch.Tensor]) -> torch.Tensor:
+    """(B,) loss_i of each example, each depending on example i alone: the cross-entropy
+    of an encoder's head, a causal LM's mean NLL of the example's label tokens
+    (clients.causal_lm.target_losses)."""
     if is_causal_lm(model):
-        return target_loss(model, batch)
-    return forward_loss(model, batch)[0]
+        return target_losses(model, batch)
+    return nn.functional.cross_entropy(forward_logits(model, batch), batch[3], reduction="none")
 
 
 def forward_hidden(model: nn.Module, batch: list[torch.Tensor]) -> None:
@@ -118,12 +125,16 @@ def train_steps(model: nn.Module, data: TensorDataset, steps: int, batch_size: i
 def run_steps(model: nn.Module, batches: Iterator[list[torch.Tensor]], steps: int,
               optimizer: torch.optim.Optimizer, device: torch.device,
               empty_step: Callable[[torch.optim.Optimizer], None] | None = None,
-              max_grad_norm: float | None = None) -> TrainResult:
+              max_grad_norm: float | None = None,
+              loss_fn: Callable[[nn.Module, list[torch.Tensor]], Any] = train_loss,
+              ) -> TrainResult:
     """The loop every trainer shares: `steps` times, forward, backward, (clip,) step.
 
     `empty_step` handles a batch with no examples (Poisson sampling makes them; DP-SGD
-    must still take, and count, a step). The loss is summed on the model's device and
-    read once at the end: no host sync per step.
+    must still take, and count, a step). `loss_fn(model, batch)` returns the batch's
+    mean loss as anything with `.backward()` and `.detach()` (ghost clipping's loss forms
+    the clipped gradient sum in its `.backward()`). The loss is summed on the model's device
+    and read once at the end: no host sync per step.
     """
     model.train()
     params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -137,7 +148,7 @@ def run_steps(model: nn.Module, batches: Iterator[list[torch.Tensor]], steps: in
                 raise ValueError("an empty batch, and no way to step on one")
             empty_step(optimizer)
             continue
-        loss = train_loss(model, batch)
+        loss = loss_fn(model, batch)
         loss.backward()
         if max_grad_norm is not None:
             nn.utils.clip_grad_norm_(params, max_grad_norm)

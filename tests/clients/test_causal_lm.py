@@ -144,11 +144,13 @@ def test_evaluation_accuracy_is_the_argmax_of_the_option_scores(tokenizer) -> No
         torch.nn.functional.cross_entropy(scores, data.tensors[3]).item(), rel=1e-5)
 
 
+@pytest.mark.parametrize("mode", ["hooks", "ghost"])
 @pytest.mark.parametrize("trains, clip", [("lora-b", 1e-3), ("full", 5.0)])
-def test_per_example_clipping_matches_one_example_at_a_time(tokenizer, trains, clip) -> None:
+def test_per_example_clipping_matches_one_example_at_a_time(tokenizer, trains, clip,
+                                                            mode) -> None:
     """sigma = 0, q = 1, small C: Opacus's update is -lr mean_i clip_C(g_i), g_i from the
-    example's own backward pass; 'full' covers the decoder's RMSNorm weights and the
-    frozen tied embedding."""
+    example's own backward pass; 'full' covers the decoder's RMSNorm weights (functorch's
+    per-sample gradients under ghost) and the frozen tied embedding."""
     data = training_set(ROWS, tokenizer, FORMAT, SPEC.max_length)
     # C below every example's gradient norm (LoRA B about 1, full 10-20 here); full: steps
     # large enough to be resolved in float32 on weights of size 1 (the RMSNorm weights).
@@ -167,7 +169,8 @@ def test_per_example_clipping_matches_one_example_at_a_time(tokenizer, trains, c
     start = trainable_state(private)
     dp_train_steps(private, TensorDataset(*data.tensors), 1, len(ROWS),
                    make_optimizer(private, OptimizerSpec(name="sgd", lr=lr)),
-                   PrivacySpec(target_epsilon=1.0, max_grad_norm=clip), 0.0, [], CPU)
+                   PrivacySpec(target_epsilon=1.0, max_grad_norm=clip, grad_sample_mode=mode),
+                   0.0, [], CPU)
     scale = max(u.abs().max().item() for u in update.values())
     assert scale > 1e-6 and any("norm" in n for n in update) == (trains == "full")
     for name, value in trainable_state(private).items():

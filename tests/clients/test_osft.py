@@ -188,7 +188,7 @@ def setup(request):
     return scenario, start.state_dict(), svds, bases
 
 
-def train_client(scenario, start_state, bases, partition_id, private=False):
+def train_client(scenario, start_state, bases, partition_id, private=False, mode="auto"):
     """One client's local training from the task-start weights, with OSFT on."""
     model = build_model(scenario.model, 3, 0, "full")
     model.load_state_dict(start_state)
@@ -199,7 +199,7 @@ def train_client(scenario, start_state, bases, partition_id, private=False):
     optimizer = make_optimizer(model, OptimizerSpec(name="adamw", lr=5e-3, weight_decay=0.01))
     with projected_updates(model, optimizer, bases):
         if private:
-            spec = PrivacySpec(target_epsilon=8.0, max_grad_norm=1.0)
+            spec = PrivacySpec(target_epsilon=8.0, max_grad_norm=1.0, grad_sample_mode=mode)
             dp_train_steps(model, data.train, 8, 16, optimizer, spec, 1.0, [],
                            torch.device("cpu"))
         else:
@@ -234,12 +234,14 @@ def test_preserved_triplets_survive_fedavg_of_several_clients(setup) -> None:
     assert_triplets_preserved(average, svds, bases, start)
 
 
-def test_preserved_triplets_survive_dp_sgd(setup) -> None:
+@pytest.mark.parametrize("mode", ["hooks", "ghost"])
+def test_preserved_triplets_survive_dp_sgd(setup, mode) -> None:
     """Opacus clips and noises the gradient, then steps: the projection runs after the
-    noise (post-processing), so the private update is constrained too."""
+    noise (post-processing), so the private update is constrained too, whichever way the
+    clipped sum is formed (ghost: Opacus's ghost optimizer, the same step hook)."""
     scenario, start, svds, bases = setup
-    assert_triplets_preserved(train_client(scenario, start, bases, 1, private=True),
-                              svds, bases, start)
+    assert_triplets_preserved(train_client(scenario, start, bases, 1, private=True,
+                                           mode=mode), svds, bases, start)
 
 
 def test_without_projection_the_triplets_move(setup) -> None:
