@@ -111,7 +111,10 @@ def start_superlink(paths: RunFolder, port: int, simulation: bool = True) -> sub
         "flower-superlink", "--insecure", *(["--simulation"] if simulation else []),
         "--isolation", "subprocess", "--host", "127.0.0.1", "--port", str(port),
         "--control-api-address", f"127.0.0.1:{free_port()}",
-        "--database", str(paths.superlink_db),
+        # No --database: Flower's in-memory state. A SQLite file commits every message
+        # object the ServerApp pushes and the SuperNodes pull, which cost warm deployment
+        # rounds about 1 s of waiting per message (bench/deploy_vs_sim.py); this
+        # SuperLink dies with its run, and a resume starts a fresh one anyway.
         "--disable-runtime-dependency-installation",
     ]
     with paths.superlink_log.open("ab") as log:
@@ -247,7 +250,8 @@ def launch(scenario: Scenario, scenario_path: Path, run_id: str, runs_dir: Path,
         else:
             port = free_port()
             write_connection(paths, f"127.0.0.1:{port}")
-            if resume:  # the old database still holds the killed Flower run: never restart it
+            if resume:  # a run folder from before in-memory SuperLinks may hold a database
+                # with the killed Flower run in it: never restart that run
                 for db in paths.path.glob(paths.superlink_db.name + "*"):  # with its WAL files
                     db.unlink()
             superlink_process = start_superlink(paths, port, simulation=not deployment)

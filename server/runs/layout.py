@@ -7,7 +7,7 @@
         flower.log, superlink.log        Flower's logs (the ServerApp's and ClientApps')
         supernode-<i>.log, runner.log    deployment SuperNodes; launch problems
         orthofed.log                     a run the API's queue started: its command's output
-        superlink.db, flwr-home/         the run's SuperLink state and Flower home
+        flwr-home/                       the run's Flower home (its SuperLink's state is in memory)
         checkpoints/                     round-<R>-task-<t>.pt, task-<t>.pt (serverapp)
         global-initial.pt, global-final.pt, global-after-task-<t>.pt, osft-task-<t>.json
         rounds.png, epsilon.png, tasks.png   `orthofed report`

@@ -94,7 +94,7 @@ def test_the_api_trains_posted_runs_on_the_federations_supernodes(federation, ru
     # messages on each), and nothing of Flower was started for the run itself.
     assert served_messages(home) - before == 6
     run_folder = RunFolder.of(runs_dir, run_id)
-    assert not run_folder.superlink_db.exists() and not list(run_folder.path.glob("supernode-*"))
+    assert not run_folder.superlink_log.exists() and not list(run_folder.path.glob("supernode-*"))
 
 
 def flower_runs(home: RunFolder, run_folder: RunFolder) -> dict[str, str]:
