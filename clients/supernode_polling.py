@@ -29,6 +29,7 @@ import sys
 import time
 from types import ModuleType
 
+import flwr.superlink.grid.http_grid as serverapp_grid
 import flwr.supernode.runtime.run_clientapp as clientapp_runtime
 import flwr.supernode.start_client_internal as supernode_loop
 from flwr.supercore.inflatable.inflatable_utils import (
@@ -66,12 +67,15 @@ def cap_supernode_waits(cap_s: float) -> None:
 
 
 def retry_object_pulls_sooner() -> None:
-    """Make the SuperNode loop (pull_objects) and the ClientApp runtime's
-    pull_task_input (pull_and_inflate_object_from_tree) retry a missing object after
-    OBJECT_RETRY_FIRST_S, doubling up to OBJECT_RETRY_CAP_S; their limits on tries and
-    total time stay Flower's."""
+    """Make every pull of a message's objects in this process retry a missing object
+    after OBJECT_RETRY_FIRST_S, doubling up to OBJECT_RETRY_CAP_S: the SuperNode loop
+    (pull_objects), the ClientApp runtime's pull_task_input
+    (pull_and_inflate_object_from_tree) and the ServerApp's deployment grid pulling
+    replies (http_grid.pull_objects: a reply listed before all its objects arrived
+    waited 1 s). Their limits on tries and total time stay Flower's."""
     delays = {"initial_backoff": OBJECT_RETRY_FIRST_S, "backoff_cap": OBJECT_RETRY_CAP_S}
     supernode_loop.pull_objects = functools.partial(pull_objects, **delays)
+    serverapp_grid.pull_objects = functools.partial(pull_objects, **delays)
     clientapp_runtime.pull_and_inflate_object_from_tree = functools.partial(
         pull_and_inflate_object_from_tree, **delays)
 

@@ -26,6 +26,7 @@ from flwr.supercore import log
 
 from clients.data import label_counts, server_sample, server_test_set
 from clients.heads import HEADS, activate_task, task_heads
+from clients.supernode_polling import retry_object_pulls_sooner
 from clients.models import (
     build_model,
     frozen_fingerprint,
@@ -74,6 +75,8 @@ NODE_WAIT_S = 60.0  # simulation registers nodes at once; deployment SuperNodes 
 def main(grid: Grid, context: Context) -> None:
     """Run the scenario of `context.run_config["scenario"]` to the end; with
     `resume = true`, continue it from its newest checkpoint."""
+    # Replies on the deployment engine: Flower's grid retries their objects after 1 s.
+    retry_object_pulls_sooner()
     scenario_path = resolve_scenario_path(str(context.run_config["scenario"]))
     scenario = load_scenario(scenario_path)
     run_id = str(context.run_config.get("run-id") or f"flwr-{context.run_id}")

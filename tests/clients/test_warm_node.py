@@ -7,6 +7,7 @@ from __future__ import annotations
 import inspect
 import time
 
+import flwr.superlink.grid.http_grid as http_grid
 import flwr.supernode.start_client_internal as supernode_loop
 import pytest
 from flwr.supercore.inflatable.inflatable_utils import (
@@ -69,10 +70,12 @@ def test_the_supernode_loop_waits_through_its_module_time_and_pulls_through_pull
     assert "time.sleep(3)" in source and "time.sleep(0.5)" in source
     assert "obj_contents = pull_objects(" in source
     assert "pull_and_inflate_object_from_tree(" in inspect.getsource(run_clientapp.pull_task_input)
+    assert "all_object_contents = pull_objects(" in inspect.getsource(http_grid.HttpGrid.pull_messages)
     assert supernode_loop.time is time or isinstance(supernode_loop.time,
                                                        supernode_polling.CappedSleeps)
     monkeypatch.setattr(supernode_loop, "time", time)
     monkeypatch.setattr(supernode_loop, "pull_objects", pull_objects)
+    monkeypatch.setattr(http_grid, "pull_objects", pull_objects)
     monkeypatch.setattr(run_clientapp, "pull_and_inflate_object_from_tree",
                         pull_and_inflate_object_from_tree)
     supernode_polling.cap_supernode_waits(0.25)
@@ -85,6 +88,7 @@ def test_the_supernode_loop_waits_through_its_module_time_and_pulls_through_pull
     delays = {"initial_backoff": supernode_polling.OBJECT_RETRY_FIRST_S,
               "backoff_cap": supernode_polling.OBJECT_RETRY_CAP_S}
     for patched, original in ((supernode_loop.pull_objects, pull_objects),
+                              (http_grid.pull_objects, pull_objects),
                               (run_clientapp.pull_and_inflate_object_from_tree,
                                pull_and_inflate_object_from_tree)):
         assert patched.func is original and patched.keywords == delays
