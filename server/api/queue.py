@@ -1,9 +1,9 @@
 """Runs started over HTTP: a queue that executes each in a process of its own.
 
 Each run is its own `python -m server.api.worker run ID` process, or `... resume ID`
-for a run that ran before (with `--superlink HOST:PORT` when the API is set to send runs
-to a federation's SuperLink, ServeSettings.superlink) (server.api.worker; its own session, so it and its Flower
-processes outlive an API restart and finish writing to the store). The queue starts
+for a run that ran before (server.api.worker; its own session, so it and its Flower
+processes outlive an API restart and finish writing to the store), with `--superlink
+HOST:PORT` when the API sends runs to a federation (ServeSettings.superlink). The queue starts
 pending runs oldest first, at most `concurrency` at once, and watches the ones
 executing: a run whose process is gone while the store still says pending or running
 is marked failed with the reason. State lives in the store only, so a new API process

@@ -26,11 +26,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         for error in exc.errors():
             print(f"serve: {format_error(error)}", file=sys.stderr)
         return 2
+    where = (f"on the SuperLink at {settings.superlink}" if settings.superlink
+             else "in local simulations")
     print(f"orthofed serve: http://{settings.host}:{settings.port} (runs in "
           f"{settings.runs_dir.resolve()}, {settings.concurrency} at once, "
           f"{'token required for changes' if settings.token else 'no token'}{caps(settings)}; "
-          f"runs train {f'on the SuperLink at {settings.superlink}' if settings.superlink else 'in local simulations'})",
-          file=sys.stderr)
+          f"runs train {where})", file=sys.stderr)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
     return 0
 

@@ -76,17 +76,23 @@ def write_connection(paths: RunFolder, address: str) -> None:
     )
 
 
-def check_superlink(address: str, timeout_s: float = 10.0) -> None:
-    """A RuntimeError that says so unless a SuperLink answers GET /health at `address`
-    (1.42 serves it on the one port of its Fleet, Control and runtime APIs)."""
+def health_problem(address: str, timeout_s: float) -> str | None:
+    """None when a SuperLink answers GET /health at `address` (1.42 serves it on the one
+    port of its Fleet, Control and runtime APIs), else what went wrong."""
     try:
         if httpx.get(f"http://{address}/health", timeout=timeout_s).is_success:
-            return
-        problem = "it answered GET /health with an error"
+            return None
+        return "it answered GET /health with an error"
     except httpx.HTTPError as exc:
-        problem = f"{type(exc).__name__}: {exc}"
-    raise RuntimeError(f"no SuperLink answers at {address} ({problem}); start the "
-                       "federation first (compose.yaml, or flower-superlink --insecure)")
+        return f"{type(exc).__name__}: {exc}"
+
+
+def check_superlink(address: str, timeout_s: float = 10.0) -> None:
+    """A RuntimeError that says so unless a SuperLink answers at `address`."""
+    problem = health_problem(address, timeout_s)
+    if problem is not None:
+        raise RuntimeError(f"no SuperLink answers at {address} ({problem}); start the "
+                           "federation first (compose.yaml, or flower-superlink --insecure)")
 
 
 def stop_flower_run(paths: RunFolder) -> str:
@@ -113,8 +119,9 @@ def start_superlink(paths: RunFolder, port: int, simulation: bool = True) -> sub
         "--control-api-address", f"127.0.0.1:{free_port()}",
         # No --database: Flower's in-memory state. A SQLite file commits every message
         # object the ServerApp pushes and the SuperNodes pull, which cost warm deployment
-        # rounds about 1 s of waiting per message (bench/deploy_vs_sim.py); this
-        # SuperLink dies with its run, and a resume starts a fresh one anyway.
+        # rounds about 1 s of waiting per message (bench/deploy_vs_sim.py). This
+        # SuperLink dies with its run; a resume starts a fresh one, which knows nothing
+        # of the killed Flower run, so it cannot restart it.
         "--disable-runtime-dependency-installation",
     ]
     with paths.superlink_log.open("ab") as log:
@@ -126,11 +133,8 @@ def start_superlink(paths: RunFolder, port: int, simulation: bool = True) -> sub
         if process.poll() is not None:
             raise RuntimeError(f"flower-superlink exited with {process.returncode}; "
                                f"see {paths.superlink_log}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=0.5).is_success:
-                return process
-        except httpx.HTTPError:
-            pass
+        if health_problem(f"127.0.0.1:{port}", timeout_s=0.5) is None:
+            return process
         time.sleep(0.2)
     stop_tree(process)
     raise RuntimeError(f"flower-superlink did not answer within {STARTUP_TIMEOUT_S:.0f} s; "
@@ -250,10 +254,6 @@ def launch(scenario: Scenario, scenario_path: Path, run_id: str, runs_dir: Path,
         else:
             port = free_port()
             write_connection(paths, f"127.0.0.1:{port}")
-            if resume:  # a run folder from before in-memory SuperLinks may hold a database
-                # with the killed Flower run in it: never restart that run
-                for db in paths.path.glob(paths.superlink_db.name + "*"):  # with its WAL files
-                    db.unlink()
             superlink_process = start_superlink(paths, port, simulation=not deployment)
             if deployment:
                 supernodes = start_supernodes(paths, port, scenario)

@@ -45,7 +45,6 @@ class RunFolder:
     snapshot = property(lambda self: self.path / "scenario.yaml")
     flower_log = property(lambda self: self.path / "flower.log")
     superlink_log = property(lambda self: self.path / "superlink.log")
-    superlink_db = property(lambda self: self.path / "superlink.db")
     flwr_home = property(lambda self: self.path / "flwr-home")
     runner_log = property(lambda self: self.path / "runner.log")
     queue_log = property(lambda self: self.path / "orthofed.log")

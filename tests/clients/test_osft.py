@@ -114,17 +114,18 @@ def test_projected_updates_equal_projecting_each_steps_update() -> None:
     u_high, v_high = basis(shipped.weight.detach(), 16)
     opt_shipped = torch.optim.AdamW(shipped.parameters(), lr=0.05, weight_decay=0.1)
     opt_oracle = torch.optim.AdamW(oracle.parameters(), lr=0.05, weight_decay=0.1)
+    def step(model, opt, i: int) -> None:
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(x[i::6]), y[i::6]).backward()
+        opt.step()
+
     with projected_updates(shipped, opt_shipped, {"weight": (u_high, v_high)}):
-        for step in range(6):
-            for model, opt in ((shipped, opt_shipped), (oracle, opt_oracle)):
-                opt.zero_grad()
-                torch.nn.functional.mse_loss(model(x[step::6]), y[step::6]).backward()
-                before = oracle.weight.detach().clone()
-                opt.step()
-                if model is oracle:
-                    with torch.no_grad():
-                        oracle.weight.copy_(before + project(oracle.weight - before, u_high,
-                                                             v_high))
+        for i in range(6):
+            step(shipped, opt_shipped, i)
+            before = oracle.weight.detach().clone()
+            step(oracle, opt_oracle, i)
+            with torch.no_grad():
+                oracle.weight.copy_(before + project(oracle.weight - before, u_high, v_high))
     torch.testing.assert_close(shipped.weight, oracle.weight, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(shipped.bias, oracle.bias)  # not a target: a plain step
     assert (oracle.weight - start).abs().max() > 0.05  # it trained: the test is not void

@@ -19,6 +19,7 @@ import yaml
 
 from scenarios.loader import load_scenario
 from server.cli.launcher import (
+    STARTED_RUN,
     flower_env,
     free_port,
     start_superlink,
@@ -128,8 +129,7 @@ def test_ctrl_c_stops_the_run_on_the_superlink(federation, runs_dir, tmp_path) -
     assert row["status"] == "cancelled" and row["message"] == "interrupted by the user (Ctrl-C)"
     kept = len(store.rounds(row["id"]))
     run_folder = RunFolder.of(runs_dir, row["id"])
-    started = run_folder.flower_log.read_text()
-    flower_id = started.split("Successfully started run ")[1].split()[0]
+    (flower_id,) = STARTED_RUN.findall(run_folder.flower_log.read_text())
     # Flower's own record of the run: stopped, not still training for nobody.
     deadline = time.monotonic() + 60
     while (status := flower_runs(home, run_folder)[flower_id]) == "running":
