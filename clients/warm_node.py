@@ -219,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 stopping.wait(ours.poll_interval)
     finally:
+        # Said before the SuperNode is stopped: the launcher gives this family a short
+        # grace (1 s) before SIGKILL, and the SuperNode's own shutdown can take longer.
+        log(INFO, "[warm-node] served %d messages in this process", worker.served)
         acquirer.close()
         if node.poll() is None:
             node.terminate()
@@ -226,7 +229,6 @@ def main(argv: list[str] | None = None) -> int:
                 node.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 node.kill()
-    log(INFO, "[warm-node] served %d messages in this process", worker.served)
     return node.returncode if node.returncode and not stopping.is_set() else 0
 
 
