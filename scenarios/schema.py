@@ -42,6 +42,7 @@ from scenarios.strategy_spec import (
     PreservedRanksSpec,
     StrategySpec,
 )
+from scenarios.tracking_spec import TrackingSpec
 
 # The sections live in spec_base, data_spec and strategy_spec; every name is importable
 # from here, the one place the rest of the project imports scenario types from.
@@ -51,7 +52,7 @@ __all__ = [
     "FfaLoraSpec", "GeneratedSource", "HubSource", "IidPartitioning", "JsonlSource",
     "LoraSpec", "ModelSpec", "OptimizerSpec", "OsftSpec", "PRESERVING_STRATEGIES", "Partitioning", "PreservedRanksSpec", "PresplitPartitioning",
     "PrivacySpec", "ResourcesSpec", "Scenario", "Spec", "StrategySpec", "StreamSpec",
-    "TaskSpec",
+    "TaskSpec", "TrackingSpec",
 ]
 
 
@@ -263,6 +264,8 @@ class Scenario(Spec):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Per client.")
     checkpoints: CheckpointSpec = Field(default_factory=CheckpointSpec,
                                         description="Per-round checkpoints for resume.")
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec,
+                                   description="TensorBoard and MLflow, besides the store.")
 
     @model_validator(mode="after")
     def _one_source_of_tasks(self) -> Scenario:

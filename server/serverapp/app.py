@@ -43,7 +43,7 @@ from scenarios.schema import PRESERVING_STRATEGIES, Scenario
 from scenarios.stream import task_plans
 from server.runs.layout import RunFolder
 from server.runs.status import RunStatus
-from server.runs.store import MetricsStore
+from server.runs.store import STORE_FILE, MetricsStore
 from server.serverapp.checkpoint import (
     Checkpoints,
     RunState,
@@ -59,6 +59,7 @@ from server.serverapp.federation import (
 from server.serverapp.orthogonal_lora_plan import task_start as orthogonal_task_start
 from server.serverapp.osft_plan import TaskBases, task_bases
 from server.serverapp.probe import head_inputs, probe_accuracy
+from server.tracking.tracked_store import TrackedStore, open_trackers
 from strategies import keys
 from strategies.recording import RecordedStrategy, best_effort
 from strategies.registry import build_strategy, trained_set
@@ -82,21 +83,26 @@ def main(grid: Grid, context: Context) -> None:
     run_id = str(context.run_config.get("run-id") or f"flwr-{context.run_id}")
     runs_dir = Path(str(context.run_config.get("runs-dir") or scenario.runs_dir)).resolve()
     resume = bool(context.run_config.get("resume", False))
-    store = MetricsStore.in_dir(runs_dir)
+    run_dir = runs_dir / run_id
+    document = scenario.model_dump(mode="json")
+    store = TrackedStore(runs_dir / STORE_FILE, [], document)
     if store.get_run(run_id) is None:  # launched by plain `flwr run`, not by orthofed
-        store.create_run(run_id, scenario.name, scenario.model_dump(mode="json"),
-                         str(scenario_path))
+        store.create_run(run_id, scenario.name, document, str(scenario_path))
     store.set_status(run_id, RunStatus.RUNNING)
-    message = None
+    message, final = None, RunStatus.FAILED
     try:
-        run_dir = runs_dir / run_id
         run_dir.mkdir(parents=True, exist_ok=True)
+        # TensorBoard, MLflow: what the scenario's tracking section asks for (none: no import)
+        store.trackers = open_trackers(scenario.tracking, document, run_id, run_dir, runs_dir)
         run_scenario(grid, scenario, store, run_id, run_dir, resume)
+        final = RunStatus.COMPLETED
     except BudgetExhausted as exc:
-        message = str(exc)  # a planned end under DP, not a failure
+        message, final = str(exc), RunStatus.COMPLETED  # a planned end under DP
     except BaseException as exc:
         store.set_status(run_id, RunStatus.FAILED, f"{type(exc).__name__}: {exc}")
         raise
+    finally:
+        store.close_trackers(final)
     store.set_status(run_id, RunStatus.COMPLETED, message)
 
 
