@@ -11,7 +11,7 @@ from scenarios.loader import format_error
 from server.api.settings import ServeSettings
 
 FLAGS = ("host", "port", "runs_dir", "concurrency", "token", "max_clients", "max_rounds",
-         "max_local_steps", "superlink")
+         "max_local_steps", "superlink", "tensorboard", "mlflow", "mlflow_uri")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

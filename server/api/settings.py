@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from scenarios.tracking_spec import INSTALL_HINT
 from server.runs.layout import PROJECT_ROOT
 
 
@@ -45,6 +47,16 @@ class ServeSettings(BaseSettings):
         "ORTHOFED_SUPERLINK=superlink:9200 in compose.yaml): posted runs train there, on "
         "its SuperNodes, instead of in a local simulation. Its ServerApp and SuperNodes "
         "must see runs_dir and the data at the same paths.")
+    tensorboard: bool = Field(
+        False, description="Posted runs without a `tracking` section write TensorBoard event "
+        "files in their run folder (scenario tracking.tensorboard).")
+    mlflow: bool = Field(
+        False, description="Posted runs without a `tracking` section log to MLflow "
+        "(scenario tracking.mlflow), in mlflow_uri.")
+    mlflow_uri: str | None = Field(
+        None, min_length=1, description="The MLflow tracking URI of posted runs (a server, "
+        "or sqlite:///path.db); None: sqlite:///<runs_dir>/mlflow.db. A posted scenario may "
+        "name a tracking server (http, https) of its own, never a local store.")
     max_local_steps: int | None = Field(
         None, ge=1, description="Most local steps per client per round (federation."
         "local_steps) one posted run may ask for; None: no cap.")
@@ -60,6 +72,14 @@ class ServeSettings(BaseSettings):
         from server.cli.launcher import superlink_address
 
         return None if value in (None, "") else superlink_address(str(value))
+
+    @model_validator(mode="after")
+    def _tracking_libraries_are_installed(self) -> ServeSettings:
+        for field in ("tensorboard", "mlflow"):
+            if getattr(self, field) and importlib.util.find_spec(field) is None:
+                raise ValueError(f"{field}: needs the {field} package, which is not installed: "
+                                 f"{INSTALL_HINT}")
+        return self
 
     def readable_roots(self) -> list[Path]:
         return [self.scenarios_dir, *self.data_dirs]

@@ -15,7 +15,7 @@ from typing import Any
 
 from clients.checks import check_scenario
 from scenarios.loader import ScenarioError, load_scenario, read_document
-from scenarios.schema import Scenario
+from scenarios.schema import Scenario, TrackingSpec
 from scenarios.stream import total_rounds
 from server.api.confine import outside_roots
 from server.api.settings import ServeSettings
@@ -55,7 +55,8 @@ def submit_scenario(settings: ServeSettings, store: MetricsStore, document: Any,
                                     "?shipped=NAME"])
     scenario = checked_scenario(settings, document)
     runs_dir = settings.runs_dir.resolve()
-    scenario = scenario.model_copy(update={"runs_dir": runs_dir})
+    scenario = scenario.model_copy(update={"runs_dir": runs_dir,
+                                           "tracking": tracking_of(settings, document)})
     run_id = new_run_id(scenario.name)
     path = RunFolder.of(runs_dir, run_id).write_snapshot(scenario.model_dump(mode="json"))
     store.create_run(run_id, scenario.name, scenario.model_dump(mode="json"), str(path))
@@ -71,12 +72,40 @@ def checked_scenario(settings: ServeSettings, document: dict[str, Any]) -> Scena
         scenario = load_scenario(document, base=base)
     except ScenarioError as exc:
         raise SubmissionError(422, [private(settings, e) for e in exc.errors]) from None
-    errors = (over_caps(settings, scenario)
+    errors = (over_caps(settings, scenario) or tracking_problems(document)
               or outside_roots(scenario, settings.readable_roots(), base, document)
               or check_scenario(scenario, base))
     if errors:
         raise SubmissionError(422, [private(settings, e) for e in errors])
     return scenario
+
+
+REMOTE_TRACKING = ("http://", "https://")
+
+
+def tracking_of(settings: ServeSettings, document: dict[str, Any]) -> TrackingSpec:
+    """A posted run's trackers: its own `tracking` section, else the server's settings
+    (--tensorboard, --mlflow). Local MLflow stores are the server's: a posted run that
+    asks for MLflow without naming a tracking server logs to the server's mlflow_uri."""
+    if "tracking" not in document:
+        chosen = {"tensorboard": settings.tensorboard, "mlflow": settings.mlflow}
+    else:
+        chosen = TrackingSpec.model_validate(document["tracking"]).model_dump()
+    if chosen["mlflow"] and not chosen.get("mlflow_uri"):
+        chosen["mlflow_uri"] = settings.mlflow_uri
+    return TrackingSpec.model_validate(chosen)
+
+
+def tracking_problems(document: dict[str, Any]) -> list[str]:
+    """A posted scenario's tracking.mlflow_uri must name a tracking server: a local
+    store (sqlite:, file:, a path) would let a network caller write anywhere."""
+    uri = (document.get("tracking") or {}).get("mlflow_uri") if isinstance(
+        document.get("tracking"), dict) else None
+    if uri is None or str(uri).startswith(REMOTE_TRACKING):
+        return []
+    return [f"tracking.mlflow_uri: a posted run may name a tracking server (http:// or "
+            f"https://) only, got {uri!r}; local MLflow stores are this server's "
+            "(orthofed serve --mlflow-uri, ORTHOFED_MLFLOW_URI)"]
 
 
 def over_caps(settings: ServeSettings, scenario: Scenario) -> list[str]:

@@ -80,6 +80,13 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--superlink", default=None, metavar="HOST:PORT",
                        help="send posted runs to this SuperLink's federation instead of local "
                        "simulations (default: ORTHOFED_SUPERLINK, else none)")
+    serve.add_argument("--tensorboard", action="store_true", default=None,
+                       help="posted runs without a tracking section write TensorBoard events")
+    serve.add_argument("--mlflow", action="store_true", default=None,
+                       help="posted runs without a tracking section log to MLflow")
+    serve.add_argument("--mlflow-uri", default=None, metavar="URI",
+                       help="MLflow tracking URI of posted runs (default: "
+                       "sqlite:///<runs-dir>/mlflow.db)")
     args = parser.parse_args(argv)
     if args.command == "validate":
         return cmd_validate(args.file)

@@ -204,3 +204,41 @@ def test_serve_takes_the_caps_from_flags_or_environment(monkeypatch, tmp_path) -
                  "--max-local-steps", "50"]) == 0
     assert (seen[0].max_clients, seen[0].max_rounds, seen[0].max_local_steps) == (8, 100, 50)
     assert main(["serve", "--max-clients", "0"]) == 2  # "serve: max_clients: must be >= 1"
+
+
+def test_posted_runs_take_the_servers_trackers_unless_they_name_their_own(tmp_path) -> None:
+    settings = ServeSettings(runs_dir=tmp_path / "runs", concurrency=0, token="s3cret",
+                             data_dirs=(SHARED_DATA,), tensorboard=True, mlflow=True,
+                             mlflow_uri=f"sqlite:///{tmp_path}/server-mlflow.db")
+    with TestClient(create_app(settings)) as client:
+        plain = client.post("/runs", json=quick(), headers=TOKEN)
+        own = quick()
+        own["tracking"] = {"mlflow": True, "mlflow_experiment": "mine"}
+        named = client.post("/runs", json=own, headers=TOKEN)
+        remote = quick()
+        remote["tracking"] = {"mlflow": True, "mlflow_uri": "https://mlflow.example:5000"}
+        served = client.post("/runs", json=remote, headers=TOKEN)
+    tracking = {}
+    for name, answer in (("plain", plain), ("named", named), ("remote", served)):
+        assert answer.status_code == 202, answer.text
+        snapshot = settings.runs_dir / answer.json()["id"] / "scenario.yaml"
+        tracking[name] = yaml.safe_load(snapshot.read_text())["tracking"]  # what the ServerApp reads
+    server_uri = f"sqlite:///{tmp_path}/server-mlflow.db"
+    assert tracking["plain"] == {"tensorboard": True, "mlflow": True, "mlflow_uri": server_uri,
+                                 "mlflow_experiment": None}
+    assert tracking["named"] == {"tensorboard": False, "mlflow": True, "mlflow_uri": server_uri,
+                                 "mlflow_experiment": "mine"}
+    assert tracking["remote"]["mlflow_uri"] == "https://mlflow.example:5000"
+
+
+@pytest.mark.parametrize("uri", ["sqlite:////tmp/elsewhere.db", "file:///etc", "/var/lib/x"])
+def test_a_posted_run_cannot_name_a_local_mlflow_store(client, store, uri) -> None:
+    doc = quick()
+    doc["tracking"] = {"mlflow": True, "mlflow_uri": uri}
+    answer = client.post("/runs", json=doc, headers=TOKEN)
+    assert answer.status_code == 422
+    assert answer.json()["detail"] == [
+        f"tracking.mlflow_uri: a posted run may name a tracking server (http:// or https://) "
+        f"only, got {uri!r}; local MLflow stores are this server's (orthofed serve "
+        "--mlflow-uri, ORTHOFED_MLFLOW_URI)"]
+    assert store.count_runs() == 0
