@@ -62,6 +62,16 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("run_id")
     report.add_argument("--runs-dir", type=Path, default=Path("runs"),
                         help="where the run's store is (default: runs)")
+    compare = commands.add_parser("compare", help="runs side by side: a table and plots")
+    compare.add_argument("run_ids", nargs="+", metavar="RUN_ID")
+    compare.add_argument("--runs-dir", type=Path, default=Path("runs"),
+                         help="where the runs' store is (default: runs)")
+    compare.add_argument("--metric", default="eval-acc",
+                         help="the per-round metric compared (default: eval-acc)")
+    compare.add_argument("--out", type=Path, default=None,
+                         help="folder for curves.png and tasks.png (default: RUNS_DIR/compare)")
+    compare.add_argument("--json", action="store_true",
+                         help="print the comparison as one JSON line instead of the table")
     serve = commands.add_parser("serve", help="the REST API (and dashboard) over the store")
     serve.add_argument("--host", default=None, help="interface (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="TCP port (default 8000)")
@@ -92,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_validate(args.file)
     if args.command == "report":
         return cmd_report(args.run_id, args.runs_dir)
+    if args.command == "compare":
+        return cmd_compare(args.run_ids, args.runs_dir, args.metric, args.out, args.json)
     if args.command == "resume":
         return cmd_resume(args.run_id, args.runs_dir, args.json, args.deployment, args.superlink)
     if args.command == "serve":
@@ -294,6 +306,37 @@ def cmd_report(run_id: str, runs_dir: Path) -> int:
         out.print(tasks_table(summary))
     for path in write_plots(store, summary, runs_dir / run_id):
         out.print(f"wrote {path}", highlight=False)
+    return 0
+
+
+def cmd_compare(run_ids: list[str], runs_dir: Path, metric: str, out: Path | None,
+                as_json: bool) -> int:
+    """Print the runs' comparison and write its plots; exit 2 for an unknown run or a
+    metric no run recorded."""
+    from server.cli.compare import comparison, comparison_table, write_comparison_plots
+
+    runs_dir = runs_dir.resolve()
+    store = None
+    for run_id in dict.fromkeys(run_ids):
+        if (store := existing_run_store("compare", run_id, runs_dir)) is None:
+            return EXIT_INVALID
+    result = comparison(store, list(dict.fromkeys(run_ids)), metric)
+    if all(row["final"] is None for row in result["runs"]):
+        recorded = sorted({key for summary in result["summaries"].values()
+                           for row in summary["rounds"] for section in ("train", "eval")
+                           for key in row[section]})
+        print(f"compare: --metric {metric!r}: none of these runs recorded it; they recorded "
+              f"{recorded}", file=sys.stderr)
+        return EXIT_INVALID
+    written = write_comparison_plots(result, out if out is not None else runs_dir / "compare")
+    if as_json:
+        print(json.dumps({"metric": metric, "runs": result["runs"], "groups": result["groups"],
+                          "plots": [str(p) for p in written]}))
+        return 0
+    console = Console()
+    console.print(comparison_table(result))
+    for path in written:
+        console.print(f"wrote {path}", highlight=False)
     return 0
 
 

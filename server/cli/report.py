@@ -76,7 +76,7 @@ def plot_tasks(tasks: dict[str, Any], path: Path) -> bool:
     fig, axes = plt.subplots(1, len(panels), figsize=(size[0] * len(panels), size[1]),
                              squeeze=False, layout="constrained")
     for axis, (title, initial, matrix) in zip(axes[0], panels, strict=True):
-        image = _heat_map(axis, tasks["names"], initial, matrix, title)
+        image = heat_map(axis, tasks["names"], initial, matrix, title)
     fig.colorbar(image, ax=list(axes[0]), label="accuracy")
     fwt = (f"({fwt_basis(tasks.get('fwt_source'))}) {tasks['fwt']:.3f}"
            if tasks.get("fwt") is not None else "unavailable")
@@ -88,7 +88,7 @@ def plot_tasks(tasks: dict[str, Any], path: Path) -> bool:
     return True
 
 
-def _heat_map(axis, names: list[str], initial: list, matrix: list[list], title: str):
+def heat_map(axis, names: list[str], initial: list, matrix: list[list], title: str):
     rows = ([initial] if initial else []) + matrix
     labels = (["initial"] if initial else []) + [f"after {n}" for n in names[:len(matrix)]]
     values = np.array(rows, dtype=float)  # None (not measured) -> nan, left blank
