@@ -23,6 +23,7 @@ from pathlib import Path
 from statistics import fmean, median
 
 import yaml
+from rich.progress import MofNCompleteColumn, Progress
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -63,13 +64,17 @@ def main() -> None:
         scenario.write_text(yaml.safe_dump(document))
         later: dict[str, list[float]] = {}
         print(f"{args.scenario.name}, {args.rounds} rounds, {os.cpu_count()} CPUs")
-        for repeat in range(args.repeats):
-            for index, (name, (flags, env)) in enumerate(ARRANGEMENTS.items()):
+        runs = [(repeat, index, name, flags, env) for repeat in range(args.repeats)
+                for index, (name, (flags, env)) in enumerate(ARRANGEMENTS.items())]
+        with Progress(*Progress.get_default_columns(), MofNCompleteColumn()) as progress:
+            bar = progress.add_task("runs", total=len(runs))
+            for repeat, index, name, flags, env in runs:
                 seconds, wall = round_seconds(scenario, Path(tmp) / f"runs-{repeat}-{index}",
                                               flags, env)
                 later.setdefault(name, []).extend(seconds[1:])
-                print(f"{name:>44}: rounds " + " ".join(f"{s:5.1f}" for s in seconds)
-                      + f" s; wall {wall:5.1f} s")
+                progress.console.print(f"{name:>44}: rounds " + " ".join(f"{s:5.1f}" for s in seconds)
+                                       + f" s; wall {wall:5.1f} s", highlight=False)
+                progress.advance(bar)
     base = median(later["simulation"])
     print("\nlater rounds (2 on), median seconds and ratio to simulation:")
     for name, seconds in later.items():

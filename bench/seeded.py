@@ -24,10 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from rich.progress import MofNCompleteColumn, Progress
 from scipy import stats
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
+sys.path.insert(0, str(ROOT))
+
+from server.cli.commands import cmd_compare  # noqa: E402
 
 
 def run_document(document: dict[str, Any], runs_dir: Path, folder: Path) -> dict[str, Any]:
@@ -118,23 +122,38 @@ class ResultsFile:
                          runs_dir: Path | None,
                          record_of: Callable[[dict[str, Any]], dict[str, Any]],
                          tables: Callable[[], tuple[dict[str, Any], str]],
-                         describe: Callable[[str, dict[str, Any]], str]) -> None:
+                         describe: Callable[[str, dict[str, Any]], str],
+                         metric: str = "eval-acc") -> None:
         """Run each (key, scenario mapping) not recorded yet for that scenario (its runs
         under `runs_dir`, else a temporary folder), record it, rewrite both files from
         `tables()` (summary, Markdown) and print `describe(key, record)`: an interrupted
-        benchmark keeps every run that finished. At the end, also when nothing new ran,
-        rewrite the files from the recorded runs and print the Markdown."""
+        benchmark keeps every run that finished; a progress bar counts the runs. At the
+        end, `orthofed compare` of this invocation's runs prints their table (mean and
+        std per scenario over its seeds) and writes their curves and accuracy matrices
+        to bench/results/<name>-compare/; the files are rewritten from every recorded
+        run (printed as Markdown when nothing new ran)."""
         with tempfile.TemporaryDirectory() as tmp:
             runs = (runs_dir or Path(tmp) / "runs").resolve()
-            for key, document in jobs:
-                if self.done(key, digest(document)):
-                    continue
-                record = record_of(run_document(document, runs, Path(tmp)))
-                self.add(key, record, digest(document))
+            todo = [(key, document) for key, document in jobs
+                    if not self.done(key, digest(document))]
+            made: list[str] = []
+            with Progress(*Progress.get_default_columns(), MofNCompleteColumn()) as progress:
+                bar = progress.add_task(f"{self.json_path.stem}: runs", total=len(todo))
+                for key, document in todo:
+                    summary = run_document(document, runs, Path(tmp))
+                    made.append(summary["run_id"])
+                    record = record_of(summary)
+                    self.add(key, record, digest(document))
+                    self.write(*tables())
+                    progress.console.print(describe(key, record), highlight=False)
+                    progress.advance(bar)
+            if self.runs:
                 self.write(*tables())
-                print(describe(key, record), flush=True)
-        if self.runs:
-            self.write(*tables())
+            if made:  # this invocation's runs, side by side, by `orthofed compare`
+                cmd_compare(made, runs, metric, RESULTS / f"{self.json_path.stem}-compare",
+                            as_json=False)
+        print(f"every recorded run (with 95 % intervals): {self.md_path}")
+        if not made and self.runs:
             print(self.md_path.read_text())
 
     def write(self, summary: dict[str, Any], markdown: str) -> None:
