@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from typing import Any
 
@@ -20,6 +21,12 @@ PARAM_VALUE_MAX = 6000  # MLflow's limit on a parameter value
 PARAMS_PER_BATCH = 100  # MLflow's limit per log_batch call
 # MLflow's terminal statuses for orthofed's
 MLFLOW_STATUS = {"completed": "FINISHED", "failed": "FAILED", "cancelled": "KILLED"}
+
+
+def metric_key(name: str) -> str:
+    """`name` with what MLflow refuses in a key (anything but word characters, - . / :
+    and space) replaced by _: a task named "amazon (v2)" must not turn the tracker off."""
+    return re.sub(r"[^\w\-./ :]", "_", name)
 
 
 def flat_params(document: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -67,7 +74,8 @@ class MlflowTracker:
     def scalars(self, values: dict[str, float], step: int) -> None:
         now = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[
-            self.metric(key, float(value), now, step) for key, value in values.items()])
+            self.metric(metric_key(key), float(value), now, step)
+            for key, value in values.items()])
 
     def close(self, status: str) -> None:
         self.client.set_terminated(self.run_id, status=MLFLOW_STATUS.get(status, "KILLED"))

@@ -172,3 +172,16 @@ def test_a_run_without_tracking_imports_no_tracking_library() -> None:
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[]"
+
+
+def test_a_task_name_mlflow_would_refuse_is_logged_under_a_safe_key(tmp_path) -> None:
+    from server.tracking.mlflow_tracker import MlflowTracker, metric_key
+
+    assert metric_key("tasks/yelp:polarity (v2)/accuracy") == "tasks/yelp:polarity _v2_/accuracy"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = MlflowTracker(uri, "odd", "r-1", SCENARIO)
+    tracker.scalars({"tasks/yelp (v2)/accuracy": 0.5}, 1)  # MLflow refuses parentheses
+    tracker.close("completed")
+    client, run = mlflow_run(uri, "odd", "r-1")
+    assert [m.value for m in client.get_metric_history(run.info.run_id,
+                                                       "tasks/yelp _v2_/accuracy")] == [0.5]
