@@ -41,6 +41,10 @@ class RunList(BaseModel):
 class RunDetail(RunInfo):
     scenario: dict[str, Any] = Field(description="The scenario as validated.")
     rounds: int = Field(description="Rounds recorded so far (round 0: the initial model).")
+    planned_rounds: int | None = Field(
+        None, description="Global rounds the scenario plans: its stream tasks' rounds summed "
+        "(federation.rounds for a task that gives none), federation.rounds for a single "
+        "task; None when the stored scenario does not say.")
 
 
 class Round(BaseModel):
@@ -55,12 +59,20 @@ class RoundList(BaseModel):
     rounds: list[Round]
 
 
+class EpsilonPoint(BaseModel):
+    round: int
+    epsilon: float = Field(description="DP budget spent up to and including this round.")
+
+
 class Client(BaseModel):
     partition_id: str
     rounds: list[int] = Field(description="Rounds this client trained in.")
     failures: int
     refusals: int = Field(description="Rounds refused because they would pass its DP budget.")
     epsilon: float | None = Field(None, description="DP budget spent so far (DP runs only).")
+    epsilon_by_round: list[EpsilonPoint] = Field(
+        default_factory=list, description="The epsilon it reported in each round it was "
+        "sampled in (refused rounds too), in round order (DP runs only).")
     last: dict[str, Any] | None = Field(None, description="Its metrics in its last round.")
     reasons: list[str] = Field(default_factory=list, description="Why it failed, per failure.")
 

@@ -245,9 +245,10 @@ class MetricsStore:
 
     def list_runs(self, limit: int = 100, offset: int = 0,
                   statuses: tuple[str, ...] | None = None,
-                  oldest_first: bool = False) -> list[dict[str, Any]]:
-        """Runs, newest first (or oldest first), optionally only those in `statuses`."""
-        where, args = self._status_filter(statuses)
+                  oldest_first: bool = False, name: str | None = None) -> list[dict[str, Any]]:
+        """Runs, newest first (or oldest first), optionally only those in `statuses` and
+        only those of the scenario called `name` (exact match)."""
+        where, args = self._filter(statuses, name)
         order = "ASC" if oldest_first else "DESC"
         with self._connect(write=False) as db:
             rows = db.execute(
@@ -258,16 +259,24 @@ class MetricsStore:
             ).fetchall()
         return [dict(r) for r in rows]
 
-    def count_runs(self, statuses: tuple[str, ...] | None = None) -> int:
-        where, args = self._status_filter(statuses)
+    def count_runs(self, statuses: tuple[str, ...] | None = None,
+                   name: str | None = None) -> int:
+        """How many runs list_runs would give with no limit."""
+        where, args = self._filter(statuses, name)
         with self._connect(write=False) as db:
             return db.execute(f"SELECT COUNT(*) FROM runs {where}", args).fetchone()[0]
 
     @staticmethod
-    def _status_filter(statuses: tuple[str, ...] | None) -> tuple[str, tuple]:
-        if not statuses:
-            return "", ()
-        return f"WHERE status IN ({', '.join('?' * len(statuses))})", tuple(statuses)
+    def _filter(statuses: tuple[str, ...] | None, name: str | None) -> tuple[str, tuple]:
+        """The WHERE clause (and its arguments) of list_runs and count_runs."""
+        clauses, args = [], []
+        if statuses:
+            clauses.append(f"status IN ({', '.join('?' * len(statuses))})")
+            args.extend(statuses)
+        if name is not None:
+            clauses.append("name = ?")
+            args.append(name)
+        return ("WHERE " + " AND ".join(clauses) if clauses else ""), tuple(args)
 
     def rounds(self, run_id: str, after: int = -1, limit: int = -1) -> list[dict[str, Any]]:
         """Rounds of a run in order; only those numbered above `after`, at most `limit`

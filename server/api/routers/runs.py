@@ -25,6 +25,7 @@ from server.api.dependencies import (
 from server.api.models import (
     Client,
     ClientList,
+    EpsilonPoint,
     Problem,
     Round,
     RoundList,
@@ -49,11 +50,15 @@ router = APIRouter(prefix="/runs")
 @router.get("", response_model=RunList)
 def list_runs(store: StoreDep, limit: Annotated[int, Query(ge=1, le=1000)] = 50,
               offset: Annotated[int, Query(ge=0, le=SQL_INT_MAX)] = 0,
-              status: Status | None = None) -> RunList:
-    """Runs, newest first, a page at a time."""
+              status: Status | None = None,
+              name: Annotated[str | None, Query(min_length=1, max_length=1000)] = None,
+              ) -> RunList:
+    """Runs, newest first, a page at a time; `status`: only runs in that status, `name`:
+    only runs of the scenario of that name (exact match). `total` counts the runs that
+    match, over all pages."""
     statuses = (status,) if status else None
-    rows = store.list_runs(limit, offset, statuses)
-    return RunList(runs=[RunInfo(**r) for r in rows], total=store.count_runs(statuses),
+    rows = store.list_runs(limit, offset, statuses, name=name)
+    return RunList(runs=[RunInfo(**r) for r in rows], total=store.count_runs(statuses, name),
                    limit=limit, offset=offset)
 
 
@@ -87,7 +92,19 @@ async def start_run(request: Request, settings: SettingsDep, store: StoreDep,
 @router.get("/{run_id}", response_model=RunDetail, responses=NOT_FOUND)
 def run_detail(run_id: str, store: StoreDep) -> RunDetail:
     run = get_run(store, run_id)
-    return RunDetail(**run, rounds=len(store.rounds(run_id)))
+    return RunDetail(**run, rounds=len(store.rounds(run_id)),
+                     planned_rounds=planned_rounds(run["scenario"]))
+
+
+def planned_rounds(scenario: dict[str, Any]) -> int | None:
+    """scenarios.stream.total_rounds of a scenario as stored (validated, as JSON), read
+    off the JSON: validating it again per request would cost more than the answer is
+    worth. None when it has no federation.rounds (a run written by hand, in tests)."""
+    per_task = (scenario.get("federation") or {}).get("rounds")
+    if not isinstance(per_task, int):
+        return None
+    tasks = (scenario.get("stream") or {}).get("tasks") or [{}]
+    return sum(task.get("rounds") or per_task for task in tasks)
 
 
 @router.get("/{run_id}/rounds", response_model=RoundList, responses=NOT_FOUND)
@@ -105,8 +122,22 @@ def clients(run_id: str, store: StoreDep) -> ClientList:
     from server.runs.summary import client_summaries
 
     get_run(store, run_id)
+    curves = epsilon_curves(store.client_rounds(run_id))
     return ClientList(run_id=run_id, clients=[
-        Client(partition_id=pid, **c) for pid, c in client_summaries(store, run_id).items()])
+        Client(partition_id=pid, epsilon_by_round=curves.get(pid, []), **c)
+        for pid, c in client_summaries(store, run_id).items()])
+
+
+def epsilon_curves(rows: list[dict[str, Any]]) -> dict[str, list[EpsilonPoint]]:
+    """Per partition id (as client_summaries keys them): the epsilon of each round it
+    reported one in, in round order (the rows come sorted by round)."""
+    curves: dict[str, list[EpsilonPoint]] = {}
+    for row in rows:
+        epsilon = row["metrics"].get("epsilon")
+        if isinstance(epsilon, int | float) and not isinstance(epsilon, bool):
+            curves.setdefault(str(row["partition_id"]), []).append(
+                EpsilonPoint(round=row["round"], epsilon=epsilon))
+    return curves
 
 
 @router.get("/{run_id}/tasks", response_model=Tasks, responses=NOT_FOUND)
