@@ -91,8 +91,10 @@ def test_dashboard_renders_runs_and_follows_a_live_run(tmp_path, runs_dir) -> No
         accuracy, loss = svg_of(page, "acc"), svg_of(page, "loss")
         assert tick_values(accuracy, "acc") == pytest.approx([0, 0.2, 0.4, 0.6, 0.8, 1.0])
         assert tick_values(loss, "loss") == pytest.approx([0, 0.2, 0.4, 0.6, 0.8, 1.0])
-        for svg, title in ((accuracy, "test accuracy"), (loss, "train loss")):
-            assert f'data-axis="round" x="' in svg and f">{title}</text>" in svg
+        for svg, axis, title in ((accuracy, "acc", "test accuracy"), (loss, "loss", "train loss")):
+            for labelled, text in ((axis, title), ("round", "round")):  # both axes titled
+                assert re.search(rf'<text class="axis-title" data-axis="{labelled}"[^>]*>'
+                                 rf'{text}<', svg)
             assert re.findall(r'class="tick x-tick" data-axis="round"[^>]*>(\d+)<', svg) == \
                 ["0", "1", "2", "3"]
         ((_, acc_points),) = polylines(accuracy, "acc")
@@ -124,6 +126,10 @@ def test_dashboard_renders_runs_and_follows_a_live_run(tmp_path, runs_dir) -> No
         ((_, points),) = polylines(svg_of(live, "acc"), "acc")
         assert len(points) == 2, live[-1500:]  # 2 rounds drawn
         assert 'class="status-completed">completed</b>' in live
+        # Loss up to 0.5 here: its own scale, while accuracy keeps 0-1.
+        assert tick_values(svg_of(live, "loss"), "loss") == \
+            pytest.approx([0, 0.1, 0.2, 0.3, 0.4, 0.5])
+        assert tick_values(svg_of(live, "acc"), "acc") == pytest.approx([0, 0.2, 0.4, 0.6, 0.8, 1])
         # The page opened at round 0 of 3: the event stream moved the progress on.
         assert re.search(r'<progress class="run-progress" [^>]*value="1" max="3">', live)
         assert '<span class="progress-text">round 1 of 3</span>' in live
@@ -138,8 +144,9 @@ def test_dashboard_renders_runs_and_follows_a_live_run(tmp_path, runs_dir) -> No
         assert [re.search(r'data-run="([^"]+)"', tag).group(1) for tag, _ in lines] == \
             ["done-1", "live-1"]
         assert [len(points) for _, points in lines] == [4, 2]
-        legend = re.search(r'<div id="compare-acc"><svg(?:(?!</svg>).)*</svg><div class="legend">(.*?)</div>',
-                           overlay, re.S)
+        legend = re.search(  # the legend right under the accuracy overlay, not the loss one
+            r'<div id="compare-acc"><svg(?:(?!</svg>).)*</svg><div class="legend">(.*?)</div>',
+            overlay, re.S)
         assert legend, "no legend under the overlaid accuracy"
         assert re.findall(r'<span class="legend-item" data-series="([^"]+)"', legend.group(1)) \
             == ["done (done-1)", "live (live-1)"]  # the runs, by scenario name and id

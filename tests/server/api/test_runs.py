@@ -44,6 +44,45 @@ def test_runs_are_filtered_by_scenario_name(client, store) -> None:
     assert client.get("/runs", params={"name": ""}).status_code == 422
 
 
+def test_the_list_filters_by_scenario_name(client, store) -> None:
+    """?name= keeps the runs whose scenario has exactly that name; it combines with
+    status, limit and offset, and `total` counts what it matches."""
+    for i, name in enumerate(["quick", "quick-stream", "quick", "Quick", "quick"]):
+        store.create_run(f"r{i}", name, {})
+    store.set_status("r2", "failed", "boom")
+    quick_runs = client.get("/runs", params={"name": "quick"}).json()
+    assert [r["id"] for r in quick_runs["runs"]] == ["r4", "r2", "r0"]  # newest first
+    assert quick_runs["total"] == 3 and {r["name"] for r in quick_runs["runs"]} == {"quick"}
+    page = client.get("/runs", params={"name": "quick", "limit": 1, "offset": 1}).json()
+    assert ([r["id"] for r in page["runs"]], page["total"]) == (["r2"], 3)
+    failed = client.get("/runs", params={"name": "quick", "status": "failed"}).json()
+    assert ([r["id"] for r in failed["runs"]], failed["total"]) == (["r2"], 1)
+    assert client.get("/runs", params={"name": "quick-stream", "status": "failed"}).json() \
+        == {"runs": [], "total": 0, "limit": 50, "offset": 0}
+    nobody = client.get("/runs", params={"name": "qu%"}).json()  # exact, not LIKE
+    assert (nobody["runs"], nobody["total"]) == ([], 0)
+    assert client.get("/runs").json()["total"] == 5  # no name: every run
+    assert client.get("/runs", params={"name": ""}).status_code == 422
+
+
+def test_a_run_says_how_many_rounds_it_plans(client, store) -> None:
+    """GET /runs/{id}: planned_rounds, as scenarios.stream.total_rounds counts them, for
+    a single task and a stream (a task without rounds runs federation.rounds)."""
+    from scenarios.loader import load_scenario
+    from scenarios.stream import total_rounds
+
+    single = client.post("/runs", json=quick(), headers=TOKEN).json()
+    stream = client.post("/runs", params={"shipped": "quick-stream"}, headers=TOKEN).json()
+    for run, shipped in ((single, "quick"), (stream, "quick-stream")):
+        expected = total_rounds(load_scenario(ROOT / "scenarios" / f"{shipped}.yaml"))
+        assert client.get(f"/runs/{run['id']}").json()["planned_rounds"] == expected
+    assert client.get(f"/runs/{stream['id']}").json()["planned_rounds"] == 4  # 2 tasks x 2
+    finished_run(store)  # tasks: a (federation.rounds: 1), b (2 rounds)
+    assert client.get("/runs/done-1").json()["planned_rounds"] == 3
+    store.create_run("bare", "s", {})  # written by hand: nothing to count
+    assert client.get("/runs/bare").json()["planned_rounds"] is None
+
+
 def test_posting_a_scenario_queues_a_pending_run(client, store, settings) -> None:
     created = client.post("/runs", json=quick(), headers=TOKEN)
     assert created.status_code == 202, created.text
@@ -95,6 +134,7 @@ def test_rounds_clients_and_tasks_of_a_run(client, store) -> None:
     assert rounds["rounds"][0]["eval"] == {"eval-acc": pytest.approx(0.2)}
     clients = client.get(f"/runs/{run_id}/clients").json()["clients"]
     assert clients[0]["partition_id"] == "0" and clients[0]["epsilon"] == 1.5
+    assert clients[0]["epsilon_by_round"] == [{"round": r, "epsilon": 0.5 * r} for r in range(4)]
     tasks = client.get(f"/runs/{run_id}/tasks").json()
     assert tasks["names"] == ["a", "b"] and tasks["matrix"] == [[0.9, 0.35], [0.7, 0.8]]
     assert tasks["probe_initial"] == [0.6, 0.4]

@@ -45,6 +45,21 @@ def test_wal_mode_and_text_run_ids(tmp_path) -> None:
     assert mode == "wal"
 
 
+def test_runs_listed_and_counted_by_scenario_name(tmp_path) -> None:
+    store = make_store(tmp_path)  # r1: quick
+    store.create_run("r2", "quick-stream", {})
+    store.create_run("r3", "quick", {})
+    store.set_status("r3", "running")
+    assert [r["id"] for r in store.list_runs(name="quick")] == ["r3", "r1"]
+    assert [r["id"] for r in store.list_runs(name="quick", oldest_first=True)] == ["r1", "r3"]
+    assert [r["id"] for r in store.list_runs(1, 1, name="quick")] == ["r1"]
+    assert [r["id"] for r in store.list_runs(statuses=("running",), name="quick")] == ["r3"]
+    assert store.list_runs(statuses=("running",), name="quick-stream") == []
+    assert store.list_runs(name="QUICK") == [] and store.list_runs(name="quick%") == []
+    assert (store.count_runs(name="quick"), store.count_runs(("pending",), "quick")) == (2, 1)
+    assert store.count_runs() == 3 and len(store.list_runs()) == 3  # no name: all
+
+
 def test_a_terminal_status_is_final(tmp_path) -> None:
     store = make_store(tmp_path)
     store.set_status("r1", "failed", "round 2: every client failed")
