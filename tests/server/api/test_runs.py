@@ -27,23 +27,6 @@ def test_health_and_paginated_list(client, store) -> None:
     assert client.get("/runs", params={"status": "sleeping"}).status_code == 422
 
 
-def test_runs_are_filtered_by_scenario_name(client, store) -> None:
-    for run_id, name in (("a0", "fedsvd"), ("b0", "ffa-lora"), ("a1", "fedsvd"),
-                         ("c0", "fedsvd-dp"), ("a2", "fedsvd")):
-        store.create_run(run_id, name, {})
-    store.set_status("a1", "failed", "boom")
-    fedsvd = client.get("/runs", params={"name": "fedsvd"}).json()
-    assert [r["id"] for r in fedsvd["runs"]] == ["a2", "a1", "a0"]  # exact, not a prefix
-    assert fedsvd["total"] == 3
-    paged = client.get("/runs", params={"name": "fedsvd", "limit": 1, "offset": 1}).json()
-    assert [r["id"] for r in paged["runs"]] == ["a1"] and paged["total"] == 3
-    both = client.get("/runs", params={"name": "fedsvd", "status": "failed"}).json()
-    assert [r["id"] for r in both["runs"]] == ["a1"] and both["total"] == 1
-    none = client.get("/runs", params={"name": "nope"}).json()
-    assert none["runs"] == [] and none["total"] == 0
-    assert client.get("/runs", params={"name": ""}).status_code == 422
-
-
 def test_the_list_filters_by_scenario_name(client, store) -> None:
     """?name= keeps the runs whose scenario has exactly that name; it combines with
     status, limit and offset, and `total` counts what it matches."""
