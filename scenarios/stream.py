@@ -41,6 +41,18 @@ def total_rounds(scenario: Scenario) -> int:
     return sum(plan.rounds for plan in task_plans(scenario))
 
 
+def total_rounds_of_document(document: dict) -> int | None:
+    """`total_rounds` of a scenario as stored (validated, as JSON), read off the JSON by
+    the same rule as `task_plans` (a task's rounds, else federation.rounds): the API
+    answers it per request, where validating again would cost more than the answer.
+    None when the document has no federation.rounds (a run recorded by hand)."""
+    per_task = (document.get("federation") or {}).get("rounds")
+    if not isinstance(per_task, int):
+        return None
+    tasks = (document.get("stream") or {}).get("tasks") or [{}]
+    return sum(task.get("rounds") or per_task for task in tasks)
+
+
 def task_plan(scenario: Scenario, task_id: int) -> TaskPlan:
     """Task `task_id` of the stream; a clear error for an id out of range."""
     plans = task_plans(scenario)

@@ -56,7 +56,7 @@ def submit_scenario(settings: ServeSettings, store: MetricsStore, document: Any,
     scenario = checked_scenario(settings, document)
     runs_dir = settings.runs_dir.resolve()
     scenario = scenario.model_copy(update={"runs_dir": runs_dir,
-                                           "tracking": tracking_of(settings, document)})
+                                           "tracking": tracking_of(settings, scenario, document)})
     run_id = new_run_id(scenario.name)
     path = RunFolder.of(runs_dir, run_id).write_snapshot(scenario.model_dump(mode="json"))
     store.create_run(run_id, scenario.name, scenario.model_dump(mode="json"), str(path))
@@ -72,7 +72,7 @@ def checked_scenario(settings: ServeSettings, document: dict[str, Any]) -> Scena
         scenario = load_scenario(document, base=base)
     except ScenarioError as exc:
         raise SubmissionError(422, [private(settings, e) for e in exc.errors]) from None
-    errors = (over_caps(settings, scenario) or tracking_problems(document)
+    errors = (over_caps(settings, scenario) or tracking_problems(scenario)
               or outside_roots(scenario, settings.readable_roots(), base, document)
               or check_scenario(scenario, base))
     if errors:
@@ -83,25 +83,23 @@ def checked_scenario(settings: ServeSettings, document: dict[str, Any]) -> Scena
 REMOTE_TRACKING = ("http://", "https://")
 
 
-def tracking_of(settings: ServeSettings, document: dict[str, Any]) -> TrackingSpec:
+def tracking_of(settings: ServeSettings, scenario: Scenario,
+                document: dict[str, Any]) -> TrackingSpec:
     """A posted run's trackers: its own `tracking` section, else the server's settings
     (--tensorboard, --mlflow). Local MLflow stores are the server's: a posted run that
     asks for MLflow without naming a tracking server logs to the server's mlflow_uri."""
-    if "tracking" not in document:
-        chosen = {"tensorboard": settings.tensorboard, "mlflow": settings.mlflow}
-    else:
-        chosen = TrackingSpec.model_validate(document["tracking"]).model_dump()
-    if chosen["mlflow"] and not chosen.get("mlflow_uri"):
-        chosen["mlflow_uri"] = settings.mlflow_uri
-    return TrackingSpec.model_validate(chosen)
+    tracking = (scenario.tracking if "tracking" in document
+                else TrackingSpec(tensorboard=settings.tensorboard, mlflow=settings.mlflow))
+    if tracking.mlflow and tracking.mlflow_uri is None:
+        tracking = tracking.model_copy(update={"mlflow_uri": settings.mlflow_uri})
+    return tracking
 
 
-def tracking_problems(document: dict[str, Any]) -> list[str]:
+def tracking_problems(scenario: Scenario) -> list[str]:
     """A posted scenario's tracking.mlflow_uri must name a tracking server: a local
     store (sqlite:, file:, a path) would let a network caller write anywhere."""
-    uri = (document.get("tracking") or {}).get("mlflow_uri") if isinstance(
-        document.get("tracking"), dict) else None
-    if uri is None or str(uri).startswith(REMOTE_TRACKING):
+    uri = scenario.tracking.mlflow_uri
+    if uri is None or uri.startswith(REMOTE_TRACKING):
         return []
     return [f"tracking.mlflow_uri: a posted run may name a tracking server (http:// or "
             f"https://) only, got {uri!r}; local MLflow stores are this server's "

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from scenarios.loader import parse_yaml
+from scenarios.stream import total_rounds_of_document
 from server.api.dependencies import (
     NOT_FOUND,
     RUN_ID,
@@ -93,18 +94,7 @@ async def start_run(request: Request, settings: SettingsDep, store: StoreDep,
 def run_detail(run_id: str, store: StoreDep) -> RunDetail:
     run = get_run(store, run_id)
     return RunDetail(**run, rounds=len(store.rounds(run_id)),
-                     planned_rounds=planned_rounds(run["scenario"]))
-
-
-def planned_rounds(scenario: dict[str, Any]) -> int | None:
-    """scenarios.stream.total_rounds of a scenario as stored (validated, as JSON), read
-    off the JSON: validating it again per request would cost more than the answer is
-    worth. None when it has no federation.rounds (a run written by hand, in tests)."""
-    per_task = (scenario.get("federation") or {}).get("rounds")
-    if not isinstance(per_task, int):
-        return None
-    tasks = (scenario.get("stream") or {}).get("tasks") or [{}]
-    return sum(task.get("rounds") or per_task for task in tasks)
+                     planned_rounds=total_rounds_of_document(run["scenario"]))
 
 
 @router.get("/{run_id}/rounds", response_model=RoundList, responses=NOT_FOUND)
