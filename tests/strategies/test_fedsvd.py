@@ -135,6 +135,34 @@ def test_state_with_several_shapes_is_refactorized_per_pair() -> None:
         torch.testing.assert_close(nb @ na, b @ a, rtol=0, atol=1e-10 * (b @ a).abs().max())
 
 
+@pytest.mark.parametrize("form", [refactorize, fedsvd.refactorize_householder])
+def test_the_refactorization_stays_on_the_factors_device(form) -> None:
+    """Every tensor either form makes (the identity it checks against, the zero-padded
+    factors) is on the factors' device: on `meta` no op meets a host tensor, so on a GPU
+    server none meets one either."""
+    from tests.device_audit import DeviceAudit
+
+    b, a = torch.randn(3, 48, 8, device="meta"), torch.randn(3, 8, 40, device="meta")
+    audit = DeviceAudit()
+    with audit:
+        b_new, a_new = form(b, a)
+    assert audit.mixed == [], audit.mixed[:5]
+    assert audit.ops_on_meta > 20 and b_new.device.type == a_new.device.type == "meta"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("form", [refactorize, fedsvd.refactorize_householder])
+def test_the_refactorization_on_a_gpu_matches_the_dense_product(form) -> None:
+    pairs = [random_factors(256, 8, 192, seed=i) for i in range(4)]
+    b = torch.stack([b for b, _ in pairs]).cuda()
+    a = torch.stack([a for _, a in pairs]).cuda()
+    b_new, a_new = form(b, a)
+    assert b_new.is_cuda and a_new.is_cuda
+    dense = b @ a
+    torch.testing.assert_close(b_new @ a_new, dense, rtol=0, atol=1e-10 * dense.abs().max())
+
+
 def test_mismatched_inner_dimensions_are_refused() -> None:
     with pytest.raises(ValueError, match="inner dims differ"):
         refactorize(torch.zeros(4, 3), torch.zeros(2, 5))
