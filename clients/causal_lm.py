@@ -24,6 +24,9 @@ that every prompt ends in the last column. Position ids count each row's own tok
 
 from __future__ import annotations
 
+import functools
+import inspect
+
 import torch
 from torch import nn
 
@@ -48,12 +51,33 @@ def positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.long().cumsum(1) - 1).clamp(min=0)
 
 
+@functools.lru_cache(maxsize=8)
+def cache_argument(decoder_class: type) -> str:
+    """The name under which `decoder_class.forward` takes a KV cache: transformers
+    renamed `past_key_values` to `cache` after 5.17, and a name the decoder does not
+    know would vanish into its **kwargs, silently scoring every option without its
+    prompt."""
+    parameters = inspect.signature(decoder_class.forward).parameters
+    for name in ("cache", "past_key_values"):
+        if name in parameters:
+            return name
+    raise TypeError(f"{decoder_class.__name__}.forward takes no KV cache (neither `cache` "
+                    "nor `past_key_values`)")
+
+
+def with_cache(decoder: nn.Module, cache) -> dict:
+    """The keyword arguments that hand `cache` to `decoder` and ask it to fill it."""
+    return {cache_argument(type(decoder)): cache, "use_cache": True}
+
+
 def hidden_states(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor,
-                  **cache) -> torch.Tensor:
-    """The decoder's last hidden states (B, T, H), without the output projection."""
+                  cache=None) -> torch.Tensor:
+    """The decoder's last hidden states (B, T, H), without the output projection;
+    `cache` (a DynamicCache) is filled with the prompt's keys and values."""
     decoder = language_model(model).model
+    kwargs = with_cache(decoder, cache) if cache is not None else {}
     return decoder(input_ids=ids, attention_mask=mask, position_ids=positions(mask),
-                   **cache).last_hidden_state
+                   **kwargs).last_hidden_state
 
 
 def target_loss(model: nn.Module, batch: list[torch.Tensor]) -> torch.Tensor:
@@ -85,7 +109,10 @@ def option_scores(model: nn.Module, batch: list[torch.Tensor]) -> torch.Tensor:
     ids, mask, options, option_mask = batch[0], batch[1], batch[4], batch[5]
     lm = language_model(model)
     cache = DynamicCache(config=lm.config)
-    prompt = hidden_states(model, ids, mask, cache=cache, use_cache=True)  # (B, T, H)
+    prompt = hidden_states(model, ids, mask, cache=cache)                   # (B, T, H)
+    if cache.get_seq_length() != ids.shape[1]:
+        raise RuntimeError(f"the decoder filled {cache.get_seq_length()} of the prompt's "
+                           f"{ids.shape[1]} positions into the KV cache")
     first = torch.log_softmax(lm.lm_head(prompt[:, -1]), dim=-1)           # (B, V)
     length, end = ids.shape[1], positions(mask)[:, -1:]                    # (B, 1)
     scores, width = [], options.shape[2]  # options padded to the task's longest one
@@ -110,4 +137,4 @@ def _continue(lm: nn.Module, tokens: torch.Tensor, mask: torch.Tensor,
     """Hidden states of `tokens` after what `cache` holds (mask: the cached tokens' and
     these), at explicit positions."""
     return lm.model(input_ids=tokens, attention_mask=mask, position_ids=position_ids,
-                    cache=cache, use_cache=True).last_hidden_state
+                    **with_cache(lm.model, cache)).last_hidden_state

@@ -148,8 +148,10 @@ _SHORTER = (
     ("Input should be greater than ", "must be > "),
     ("Input should be less than ", "must be < "),
     ("Input should be ", "must be "),
-    ("Input is not a valid path for <class 'pathlib.Path'>", "must be a path (text)"),
 )
+# By error type, where pydantic's wording names a class whose repr varies by Python
+# (pathlib.Path is pathlib._local.Path on 3.13).
+_BY_TYPE = {"path_type": "must be a path (text)"}
 
 
 def format_error(error: Any) -> str:
@@ -173,6 +175,7 @@ def format_error(error: Any) -> str:
         return f"{where}: needs {error['ctx']['discriminator']} to say which kind it is"
     if error["type"] in ("value_error", "assertion_error") or "input" not in error:
         return f"{where}: {message}"
+    message = _BY_TYPE.get(error["type"], message)
     for phrase, short in _SHORTER:
         message = message.replace(phrase, short)
     message = re.sub(r"a valid dictionary or (instance of \w+|object to extract fields from)",
