@@ -98,7 +98,7 @@ def test_a_client_round_runs_on_the_models_device(case, write_scenario, monkeypa
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("case", CASES)
 def test_a_client_round_runs_on_a_gpu(case, write_scenario, monkeypatch) -> None:
-    """The same rounds on a real GPU (bench/gpu_check.sh runs this on a GPU machine):
+    """The same rounds on a real GPU (bench/device/run.sh runs this on the accelerator):
     there the generators count too (Opacus draws noise on the gradient's device)."""
     reply = round_on("cuda", case, write_scenario, monkeypatch)
     assert reply[keys.CLIENT][keys.DEVICE] == "cuda"
