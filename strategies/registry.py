@@ -8,9 +8,12 @@ from scenarios.schema import Scenario
 from strategies import keys
 from strategies.fedavg import FedAvgFull
 from strategies.fedavg_lora import FedAvgLora
+from strategies.fedex_lora import FedExLora
 from strategies.fedsvd import FedSVD
 from strategies.fedsvd_osft import FedSvdOsft
 from strategies.ffa_lora import FfaLora
+from strategies.flora import Flora
+from strategies.lora_merging import LoraMerging
 from strategies.osft import Osft
 
 STRATEGIES: dict[str, type[FedAvg]] = {
@@ -20,6 +23,8 @@ STRATEGIES: dict[str, type[FedAvg]] = {
     "fedsvd": FedSVD,
     "osft": Osft,
     "fedsvd-osft": FedSvdOsft,
+    "flora": Flora,
+    "fedex-lora": FedExLora,
 }
 
 
@@ -33,7 +38,7 @@ def strategy_class(name: str) -> type[FedAvg]:
 
 
 def trained_set(name: str) -> str:
-    """What clients of strategy `name` train: 'lora', 'lora-b' or 'full'."""
+    """What clients of strategy `name` train: 'lora', 'lora-merged', 'lora-b' or 'full'."""
     return strategy_class(name).trains
 
 
@@ -46,7 +51,11 @@ def build_strategy(scenario: Scenario) -> FedAvg:
     """
     fed = scenario.federation
     params = scenario.strategy.model_dump(exclude={"name"})
-    return strategy_class(scenario.strategy.name)(
+    cls = strategy_class(scenario.strategy.name)
+    if issubclass(cls, LoraMerging):  # they fold s B A into W themselves
+        lora = scenario.model.lora
+        params.update(lora_scaling=lora.alpha / lora.rank, seed=scenario.seed)
+    return cls(
         fraction_train=1.0,
         min_train_nodes=fed.clients_per_round,
         min_available_nodes=fed.clients_per_round,
