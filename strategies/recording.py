@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from logging import WARNING
 from typing import Protocol
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
@@ -29,6 +30,7 @@ from strategies.client_replies import (
     split_replies,
     trained_replies,
 )
+from strategies.diagnostics import round_diagnostics
 from strategies.message_size import array_bytes
 from strategies.round_policy.budget_watch import BudgetWatch
 from strategies.round_policy.ledger_relay import LedgerRelay
@@ -61,7 +63,8 @@ class RecordedStrategy(Strategy):
                  task: int = 0, round_offset: int = 0, rounds_done: int = 0,
                  extra_records: dict[str, ArrayRecord] | None = None,
                  sampler: ClientSampler | None = None, ledgers: LedgerRelay | None = None,
-                 quorum: Quorum | None = None, budget: BudgetWatch | None = None) -> None:
+                 quorum: Quorum | None = None, budget: BudgetWatch | None = None,
+                 diagnostics_scaling: float | None = None) -> None:
         self.inner, self.store, self.run_id = inner, store, run_id
         self.task, self.round_offset, self.rounds_done = task, round_offset, rounds_done
         # Sent with every train message, besides the global arrays (keys.BASE_WEIGHTS,
@@ -74,6 +77,10 @@ class RecordedStrategy(Strategy):
         self.latest_arrays: ArrayRecord | None = None  # the newest global model
         self.sampled: dict[int, int | None] = {}  # this round's node id -> partition id
         self.bytes_down = 0  # this round's train message to one client, its arrays
+        # scenario.diagnostics: LoRA's scaling s; the rounds' arrays for strategies.diagnostics
+        self.diagnostics_scaling = diagnostics_scaling
+        self.round_start: dict[str, np.ndarray] = {}
+        self.task_start: dict[str, np.ndarray] = {}
 
     @property
     def out_of_budget(self) -> set[int]:
@@ -97,6 +104,9 @@ class RecordedStrategy(Strategy):
             grid = self.sampler.sampled_grid(grid)
         messages = list(self.inner.configure_train(self.task_round(server_round), arrays,
                                                    config, grid))
+        if self.diagnostics_scaling is not None:
+            self.round_start = {k: v.numpy() for k, v in arrays.items()}
+            self.task_start = self.task_start or self.round_start
         self.sampled = {m.metadata.dst_node_id: partition_of(m.metadata.dst_node_id)
                         for m in messages}
         for message in messages:
@@ -128,6 +138,9 @@ class RecordedStrategy(Strategy):
         self.latest_arrays = arrays if arrays is not None else self.latest_arrays
         train = dict(metrics) if metrics is not None else {}
         train.update(clients=len(updates), failures=len(failures), refusals=len(refused))
+        if arrays is not None and self.diagnostics_scaling is not None:
+            train.update(round_diagnostics(self.round_start, {k: v.numpy() for k, v in arrays.items()},
+                                           self.task_start, self.diagnostics_scaling))
         if updates:  # what the method costs on the wire, per client (mean over replies)
             train[keys.BYTES_UP] = sum(array_bytes(m.content) for m in updates) / len(updates)
             train[keys.BYTES_DOWN] = self.bytes_down
