@@ -34,17 +34,21 @@ def check_data(scenario: Scenario, base: Path | None = None) -> list[str]:
     if scenario.stream is None:
         return check_source(scenario.data.source, "data.source", base)
     return [error for i, task in enumerate(scenario.stream.tasks)
-            for error in check_source(task.source, f"stream.tasks.{i}.source", base)]
+            for error in check_source(task.source, f"stream.tasks.{i}.source", base, task.name)]
 
 
-def check_source(source, where: str, base: Path | None = None) -> list[str]:
+def check_source(source, where: str, base: Path | None = None,
+                 task: str | None = None) -> list[str]:
     def shown(path: Path) -> str:
         return repr(os.path.relpath(path, base) if base and path.is_absolute() else str(path))
 
     errors: list[str] = []
     if isinstance(source, ClBenchmarkSource):
         if not source.path.is_dir():
-            return [f"{where}.path: no such folder {shown(source.path)}"]
+            if task is None:
+                return [f"{where}.path: no such folder {shown(source.path)}"]
+            return [f"{where}.path: the stream's task {task!r} is not in the data folder "
+                    f"{shown(source.path.parent)} (no such folder {shown(source.path)})"]
         if not (source.path / "labels.json").is_file():
             errors.append(f"{where}.path: {shown(source.path)} has no labels.json")
         if not any((source.path / f).is_file() for f in ("train.json", "test.json")):

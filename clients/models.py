@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from clients.cached_layers import cache_bottom_layers
 from clients.causal_lm import language_model
 from clients.decoder_models import (
     DECODER_NAMES,
@@ -216,10 +217,11 @@ def add_lora(model: nn.Module, spec: LoraSpec, targets: tuple[str, ...]) -> nn.M
 def set_trainable(model: nn.Module, trains: str, train_head: bool) -> None:
     """Freeze everything but what the method trains.
 
-    trains: 'lora' (A and B), 'lora-b' (B only, A frozen), 'full' (every weight; in a
-    causal LM every weight but the tied input/output embedding, which is also the only
-    readout of every task's label tokens). The head follows `train_head` for the LoRA
-    methods.
+    trains: 'lora' (A and B), 'lora-merged' (A and B; the server folds them into the
+    base weights, which it owns: `mark_server_owned_bases`), 'lora-b' (B only, A frozen),
+    'full' (every weight; in a causal LM every weight but the tied input/output
+    embedding, which is also the only readout of every task's label tokens). The head
+    follows `train_head` for the LoRA methods.
     """
     heads = set(head_names(model))
     tied = set(tied_embedding_names(model))
@@ -228,12 +230,12 @@ def set_trainable(model: nn.Module, trains: str, train_head: bool) -> None:
             param.requires_grad = name not in tied
         elif name in heads:
             param.requires_grad = train_head
-        elif trains == "lora":
+        elif trains in ("lora", "lora-merged"):
             param.requires_grad = ".lora_A." in name or ".lora_B." in name
         elif trains == "lora-b":
             param.requires_grad = ".lora_B." in name
         else:
-            raise ValueError(f"unknown trainable set {trains!r}; known: lora, lora-b, full")
+            raise ValueError(f"unknown trainable set {trains!r}; known: lora, lora-merged, lora-b, full")
 
 
 def build_model(spec: ModelSpec, num_labels: int, seed: int, trains: str,
@@ -252,16 +254,31 @@ def build_model(spec: ModelSpec, num_labels: int, seed: int, trains: str,
              else build_classifier(spec, num_labels, seed)).to(device)
     if not causal and pooling_of(spec) == "mean":
         attach_mean_pooling(model)
+    if spec.cached_layers:
+        if causal:
+            raise ValueError("model.cached_layers: encoders only, not a causal LM")
+        cache_bottom_layers(model, spec.cached_layers)  # before PEFT: adapters above only
     if label_counts is not None and not causal:
         torch.manual_seed(seed + 2)  # the task heads, identical everywhere
         install_task_heads(model, label_counts)
-    if trains in ("lora", "lora-b"):
+    if trains in ("lora", "lora-merged", "lora-b"):
         torch.manual_seed(seed + 1)  # LoRA A init, identical everywhere
         model = add_lora(model, spec.lora, lora_targets(spec))
     set_trainable(model, trains, spec.train_head)
+    if trains == "lora-merged":
+        mark_server_owned_bases(model)
     if label_counts is not None:
         activate_task(model, 0)
     return model
+
+
+def mark_server_owned_bases(model: nn.Module) -> None:
+    """Mark the base weight of every LoRA-adapted layer as the server's: FLoRA and
+    FedEx-LoRA fold the clients' adapters into it, so `global_state` sends it each round
+    (frozen on clients, which never send it back)."""
+    for name, param in model.named_parameters():
+        if name.endswith(".base_layer.weight"):
+            param.server_owned = True
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -271,9 +288,11 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def global_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """What the server owns and sends each round: the trained tensors plus, for B-only
-    methods, the LoRA A factors (frozen on clients, but re-based by FedSVD)."""
+    methods, the LoRA A factors (frozen on clients, but re-based by FedSVD), and the
+    adapted layers' base weights where the server merges into them
+    (`mark_server_owned_bases`)."""
     return {n: p.detach().clone() for n, p in model.named_parameters()
-            if p.requires_grad or ".lora_A." in n}
+            if p.requires_grad or ".lora_A." in n or getattr(p, "server_owned", False)}
 
 
 def load_trainable(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
