@@ -117,6 +117,14 @@ class ModelSpec(Spec):
         "output embedding, which is tied to its input embedding and never trains.",
     )
 
+    cached_layers: int = Field(
+        0, ge=0, le=1000,
+        description="Encoders, LoRA methods: the bottom this many transformer layers are frozen "
+        "features, computed once per example (eval mode, no dropout) and cached, so each step "
+        "runs only the layers above; the adapters go on those only (clients.cached_layers). "
+        "0: every layer runs every step.",
+    )
+
     @model_validator(mode="after")
     def _kind_fits_a_named_model(self) -> ModelSpec:
         kind = NAMED_MODEL_KINDS.get(self.name)
@@ -124,6 +132,11 @@ class ModelSpec(Spec):
             raise ValueError(f"kind: {self.name!r} is a {kind}, got {self.kind!r}; "
                              f"leave kind out (auto) or say {kind!r}")
         return self
+
+
+# Strategies that never change the bottom layers (model.cached_layers is safe): LoRA on
+# the top layers only. fedsvd-osft is left out: its task starts take SVDs of every target.
+CACHE_SAFE_STRATEGIES = ("fedavg-lora", "ffa-lora", "fedsvd", "flora", "fedex-lora")
 
 
 # ---- federation, privacy, resources ------------------------------------------------
@@ -258,6 +271,12 @@ class Scenario(Spec):
     stream: StreamSpec | None = Field(
         None, description="A continual-learning stream of tasks; absent: one task, data.source."
     )
+    diagnostics: bool = Field(
+        False, description="Record per round how far LoRA's A moved from the task's first round "
+        "(principal angles) and the norm of the aggregated update (strategies.diagnostics): "
+        "computed on the server from the released arrays, no privacy cost. A resumed task "
+        "measures the angles from the round it resumed at.",
+    )
     privacy: PrivacySpec | None = Field(
         None, description="DP-SGD on the clients; absent: non-private training."
     )
@@ -274,6 +293,16 @@ class Scenario(Spec):
                              f"stream (a task stream), not {'both' if self.stream else 'neither'}")
         if self.stream is not None and isinstance(self.data.partitioning, PresplitPartitioning):
             raise ValueError("data.partitioning 'presplit' is for a single jsonl task, not a stream")
+        return self
+
+    @model_validator(mode="after")
+    def _cached_layers_under_lora(self) -> Scenario:
+        if self.model.cached_layers and self.strategy.name not in CACHE_SAFE_STRATEGIES:
+            raise ValueError(
+                f"model.cached_layers ({self.model.cached_layers}) keeps the bottom layers "
+                "frozen, which only the LoRA strategies do ("
+                + ", ".join(CACHE_SAFE_STRATEGIES) + f"); strategy.name is "
+                f"{self.strategy.name!r}: set model.cached_layers to 0")
         return self
 
     @model_validator(mode="after")

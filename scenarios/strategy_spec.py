@@ -43,6 +43,26 @@ class FedSvdSpec(Spec):
     )
 
 
+class FloraSpec(Spec):
+    """FLoRA (Wang et al., NeurIPS 2024): the server stacks the clients' A and B, merges
+    s sum_k w_k B_k A_k into the frozen weight and restarts the adapter (A re-drawn, B = 0)."""
+
+    name: Literal["flora"] = Field(
+        description="Clients train A and B; the server merges their stacked product into the "
+        "frozen weights (sent down each round) and re-initialises the adapters."
+    )
+
+
+class FedExLoraSpec(Spec):
+    """FedEx-LoRA (Singhal et al., ACL 2025): A and B averaged, and the residual
+    mean(B_k A_k) - mean(B_k) mean(A_k) folded into the frozen weight: exact."""
+
+    name: Literal["fedex-lora"] = Field(
+        description="Clients train A and B; the server averages each and folds the residual of "
+        "the averaged product into the frozen weights (sent down each round)."
+    )
+
+
 BERT_LINEAR_LAYERS = ("query", "key", "value", "attention.output.dense", "intermediate.dense",
                       "output.dense")
 LLAMA_LINEAR_LAYERS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -123,6 +143,7 @@ class FedSvdOsftSpec(PreservedRanksSpec):
 PRESERVING_STRATEGIES = ("osft", "fedsvd-osft")
 
 StrategySpec = Annotated[
-    FedAvgLoraSpec | FedAvgSpec | FfaLoraSpec | FedSvdSpec | OsftSpec | FedSvdOsftSpec,
+    FedAvgLoraSpec | FedAvgSpec | FfaLoraSpec | FedSvdSpec | OsftSpec | FedSvdOsftSpec
+    | FloraSpec | FedExLoraSpec,
     Field(discriminator="name"),
 ]

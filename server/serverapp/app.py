@@ -256,8 +256,9 @@ def task_records(model: torch.nn.Module, scenario: Scenario, task_id: int,
                            preserved_rank_sample(scenario, task_id), device)
         write_rank_plan(run_dir, task_id, bases)
         return {keys.OSFT_BASES: bases.record}
+    # FLoRA, FedEx-LoRA: the base weights are global arrays already, sent every round.
     merged = ({keys.BASE_WEIGHTS: ArrayRecord({k: v.cpu() for k, v in base_weights.items()})}
-              if base_weights else {})
+              if base_weights and trained_set(scenario.strategy.name) != "lora-merged" else {})
     if scenario.strategy.name == "fedsvd-osft":
         start = orthogonal_task_start(model, scenario.strategy, task_id,
                                       preserved_rank_sample(scenario, task_id), device,
@@ -304,7 +305,9 @@ def run_task(run: RunContext, task_id: int, round_offset: int, extra: dict[str, 
         sampler=ClientSampler(run.sampler, fed.clients_per_round, fed.num_clients,
                               balanced=fed.sampling == "balanced"),
         ledgers=LedgerRelay(run.ledgers, fed.local_steps), quorum=Quorum(fed.min_replies),
-        budget=BudgetWatch(fed.num_clients, out_of_budget))
+        budget=BudgetWatch(fed.num_clients, out_of_budget),
+        diagnostics_scaling=(scenario.model.lora.alpha / scenario.model.lora.rank
+                             if scenario.diagnostics else None))
     initial = global_state(model)
     sent = frozenset(initial) | frozenset(extra.get(keys.BASE_WEIGHTS, {}))
     train_config = ConfigRecord({keys.TASK_ID: task_id,

@@ -152,8 +152,10 @@ def assert_a_rotates_under_fedsvd(run_dir) -> None:
 
 
 # One strategy per trained set: B only (fedsvd; ffa-lora's clients train the same set and
-# its server step, FedSVD's parent, is tested with hand-built replies), A and B, every weight.
-@pytest.mark.parametrize("strategy", ["fedsvd", "fedavg-lora", "fedavg"])
+# its server step, FedSVD's parent, is tested with hand-built replies), A and B, A and B
+# merged into the base weights on the server (fedex-lora; flora's server step is tested
+# with hand-built replies), every weight.
+@pytest.mark.parametrize("strategy", ["fedsvd", "fedavg-lora", "fedex-lora", "fedavg"])
 def test_dp_run_reports_epsilon_that_opacus_recomputes(tmp_path, runs_dir, strategy) -> None:
     """DP-SGD through Flower with each trained set: each client's epsilon grows round by
     round (its ledger survives in context.state) and equals Opacus's accountant over its
@@ -188,3 +190,18 @@ def test_dp_run_reports_epsilon_that_opacus_recomputes(tmp_path, runs_dir, strat
     assert all("train-loss" not in r["train"] for r in summary["rounds"])
     if strategy == "fedsvd":
         assert_a_rotates_under_fedsvd(runs_dir / run_id)
+    if strategy == "fedex-lora":
+        assert_base_weights_move_under_fedex(runs_dir / run_id)
+
+
+def assert_base_weights_move_under_fedex(run_dir) -> None:
+    """FedEx-LoRA's server folds the residual into the adapted layers' base weights: they
+    are global arrays, and they changed; the other frozen weights are not sent."""
+    import torch
+
+    initial = torch.load(run_dir / "global-initial.pt")
+    final = torch.load(run_dir / "global-final.pt")
+    bases = [n for n in initial if n.endswith(".base_layer.weight")]
+    assert bases and set(initial) == set(final)
+    assert all(not torch.equal(initial[n], final[n]) for n in bases)
+    assert not any("embeddings" in n for n in initial)

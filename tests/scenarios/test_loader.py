@@ -172,8 +172,24 @@ def test_a_named_order_expands_to_benchmark_task_folders(quick_document, write_s
     assert [t.name for t in scenario.stream.tasks] == ["dbpedia", "amazon", "yelp", "agnews"]
     assert scenario.stream.tasks[2].source.path == path.parent / "bench-data" / "yelp"
     errors = check_scenario(scenario)
-    assert f"stream.tasks.0.source.path: no such folder '{path.parent / 'bench-data' / 'dbpedia'}'" \
-        in errors
+    folder = path.parent / "bench-data"
+    assert (f"stream.tasks.0.source.path: the stream's task 'dbpedia' is not in the data "
+            f"folder '{folder}' (no such folder '{folder / 'dbpedia'}')") in errors
+
+
+def test_the_long_order_is_the_papers_sequence_within_the_shared_data(quick_document,
+                                                                        write_scenario) -> None:
+    from scenarios.data_spec import NAMED_ORDERS
+
+    paper = ("MNLI", "CB", "WiC", "COPA", "QQP", "BoolQA", "RTE", "IMDB", "yelp", "amazon",
+             "SST-2", "dbpedia", "agnews", "MultiRC", "yahoo")  # Sculpting Subspaces' long one
+    root = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cl_benchmark"
+    if not root.is_dir():
+        pytest.skip(f"{root} (the shared benchmark data) is absent")
+    present = tuple(t for t in paper if (root / t).is_dir())
+    assert NAMED_ORDERS["long-7"] == present and len(present) == 7
+    doc = stream_document(quick_document, {"order": "long-7", "benchmark_dir": str(root)})
+    assert check_scenario(load_scenario(write_scenario(doc))) == []
 
 
 def test_stream_mistakes_are_named(quick_document, write_scenario) -> None:

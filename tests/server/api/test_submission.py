@@ -101,7 +101,7 @@ def osft() -> dict:
 
 
 @pytest.mark.parametrize("where,value,expected", [
-    ("stream.order", ["order-1"], "stream.order: must be 'order-1', 'order-2' or 'order-3'"),
+    ("stream.order", ["order-1"], "stream.order: must be 'order-1', 'order-2', 'order-3' or 'long-7'"),
     ("stream.order", {"a": 1}, "stream.order: must be"),
     ("stream.benchmark_dir", ["a"], "stream.benchmark_dir: must be a path (text), got ['a']"),
     ("stream.test_fraction", [0.2], "stream.test_fraction: must be a valid number"),
@@ -141,7 +141,8 @@ def server_paths(settings: ServeSettings) -> list[str]:
     ("data", {"source": {"kind": "jsonl", "train": ["a.jsonl"], "test": "b.jsonl"}},
      "data.source.train.0: no such file 'a.jsonl'"),
     ("stream", {"order": "order-2", "benchmark_dir": "../../shared/data/nope"},
-     "stream.tasks.0.source.path: no such folder '../../shared/data/nope/dbpedia'"),
+     "stream.tasks.0.source.path: the stream's task 'dbpedia' is not in the data folder "
+     "'../../shared/data/nope' (no such folder '../../shared/data/nope/dbpedia')"),
 ])
 def test_errors_name_folders_as_the_caller_sees_them(client, settings, where, value,
                                                       shown) -> None:
