@@ -14,8 +14,12 @@ each baseline, and the accuracy matrix averaged over seeds.
 What the papers found (T5-large / LLaMA-2, generative): OSFT keeps backward transfer
 near zero while sequential fine-tuning forgets.
 
-Usage: python bench/cl_stream.py [--suite minilm|smollm2]
-                                 [--methods osft seqft seqlora fedsvd fedsvd-osft]
+The long stream: --order long-7 (MNLI -> QQP -> yelp -> amazon -> SST-2 -> dbpedia ->
+agnews, the OSFT paper's long sequence kept to the tasks ../shared/data has) with
+--methods osft seqft seqlora fedsvd-osft osft-dp writes bench/results/cl_stream_long.*.
+
+Usage: python bench/cl_stream.py [--suite minilm|smollm2] [--order long-7]
+                                 [--methods osft seqft seqlora fedsvd fedsvd-osft osft-dp]
                                  [--seeds 0 1 2] [--rounds N] [--steps N] [--resume]
 """
 
@@ -30,12 +34,17 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from scenarios.data_spec import NAMED_ORDERS  # noqa: E402
 from scenarios.loader import load_scenario  # noqa: E402
 from seeded import ResultsFile, mean_sd, pct, spread  # noqa: E402
 from strategies import keys  # noqa: E402
 
 METHODS = {"osft": "OSFT", "seqft": "sequential full FT", "seqlora": "sequential LoRA",
-           "fedsvd": "FedSVD-LoRA per task", "fedsvd-osft": "orthogonal FedSVD"}
+           "fedsvd": "FedSVD-LoRA per task", "fedsvd-osft": "orthogonal FedSVD",
+           "osft-dp": "OSFT under DP (epsilon 6)"}
+DEFAULT_METHODS = ("osft", "seqft", "seqlora", "fedsvd", "fedsvd-osft")
+# osft-dp: the OSFT file under DP-SGD (each client's noise sized for its whole stream)
+PRIVACY = {"target_epsilon": 6.0, "delta": 1.0e-5, "max_grad_norm": 1.0, "accountant": "prv"}
 METRICS = ("aa", "bwt", "fwt", "forgetting")
 PAIRED = ("osft", "fedsvd-osft")  # methods whose paired differences to the others are shown
 
@@ -44,10 +53,11 @@ SUITES = {"minilm": "{}-cl-4task", "smollm2": "smollm2-{}-cl"}  # scenario file 
 
 
 def document_for(suite: str, method: str, seed: int, rounds: int | None,
-                 steps: int | None) -> dict:
-    """The suite's scenario of the method (fedsvd: the LoRA one with strategy fedsvd) with
-    the seed, and rounds per task and local steps when overridden; paths absolute."""
-    source = SUITES[suite].format("seqlora" if method == "fedsvd" else method)
+                 steps: int | None, order: str | None = None) -> dict:
+    """The suite's scenario of the method (fedsvd: the LoRA one with strategy fedsvd;
+    osft-dp: the OSFT one under DP) with the seed, and the stream's named order, rounds
+    per task and local steps when given; paths absolute."""
+    source = SUITES[suite].format({"fedsvd": "seqlora", "osft-dp": "osft"}.get(method, method))
     if suite != "minilm" and method == "fedsvd-osft":
         raise SystemExit("fedsvd-osft ships a scenario for the minilm suite only")
     document = load_scenario(ROOT / "scenarios" / f"{source}.yaml").model_dump(mode="json")
@@ -55,6 +65,14 @@ def document_for(suite: str, method: str, seed: int, rounds: int | None,
     if method == "fedsvd":
         document.update(name=SUITES[suite].format("fedsvd"),
                         strategy={"name": "fedsvd", "svd_period": 1})
+    if method == "osft-dp":
+        document.update(name=document["name"] + "-dp", privacy=PRIVACY)
+    if order is not None:
+        stream = document["stream"]
+        root = Path(stream["tasks"][0]["source"]["path"]).parent
+        document["stream"] = {"order": order, "benchmark_dir": str(root),
+                              "test_fraction": stream["test_fraction"]}
+        document["name"] = document["name"].replace("-4task", "") + f"-{order}"
     for key, value in (("rounds", rounds), ("local_steps", steps)):
         if value is not None:
             document["federation"][key] = value
@@ -136,6 +154,13 @@ def markdown(results: ResultsFile, summary: dict[str, Any], suite: str) -> str:
             lines.append(f"- {METHODS[other]}: " + ", ".join(
                 f"{m.upper() if m != 'forgetting' else m} {mean_sd(d)} [± {pct(d, 'ci95')}]"
                 for m, d in diffs.items()))
+    if methods:
+        oldest = summary[methods[0]]["names"][0]
+        lines += ["", f"Accuracy on the oldest task ({oldest}) after each task, mean over seeds:",
+                  "", "| method | " + " | ".join(summary[methods[0]]["names"]) + " |",
+                  "|---|" + "---|" * len(summary[methods[0]]["names"])]
+        lines += [f"| {METHODS[m]} | " + " | ".join(f"{100 * cells[0]:.1f}" for cells in
+                                                   summary[m]["matrix_mean"]) + " |" for m in methods]
     for method in methods:
         row = summary[method]
         lines += ["", f"{METHODS[method]}: accuracy on each task (columns) after each task "
@@ -151,7 +176,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--suite", choices=list(SUITES), default="minilm",
                         help="minilm: scenarios/*-cl-4task.yaml; smollm2: scenarios/smollm2-*-cl.yaml")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=list(METHODS))
+    parser.add_argument("--order", default=None, choices=list(NAMED_ORDERS),
+                        help="the stream's named order instead of the files' (long-7: the OSFT "
+                        "paper's long sequence within ../shared/data; results: cl_stream_long...)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--rounds", type=int, default=None, help="rounds per task")
     parser.add_argument("--steps", type=int, default=None, help="local steps per round")
@@ -161,7 +189,8 @@ def main() -> None:
     args = parser.parse_args()
     custom = "" if (args.rounds, args.steps) == (None, None) else f"_r{args.rounds}_s{args.steps}"
     suite = "" if args.suite == "minilm" else f"_{args.suite}"
-    results = ResultsFile(f"cl_stream{suite}{custom}", resume=args.resume)
+    order = "" if args.order is None else f"_{args.order.replace('-7', '')}"
+    results = ResultsFile(f"cl_stream{suite}{order}{custom}", resume=args.resume)
 
     def tables() -> tuple[dict[str, Any], str]:
         summary = summarise(results.runs)
@@ -171,7 +200,8 @@ def main() -> None:
         return (f"{key:>14}: AA {100 * record['aa']:.1f}  BWT {100 * record['bwt']:.1f}  "
                 f"FWT {100 * (record['fwt'] or 0):.1f}  {record['minutes']:.1f} min")
 
-    jobs = ((f"{method}/seed{seed}", document_for(args.suite, method, seed, args.rounds, args.steps))
+    jobs = ((f"{method}/seed{seed}", document_for(args.suite, method, seed, args.rounds, args.steps,
+                                                  args.order))
             for seed in args.seeds for method in args.methods)  # methods interleaved per seed
     results.run_and_tabulate(jobs, args.runs_dir, record_of, tables, describe)
 
