@@ -44,7 +44,10 @@ TASKS = ("SST-2", "QQP", "MNLI")
 SETTINGS = {"non-private": "glue-cached-lora.yaml", "dp": "glue-cached-lora-dp.yaml"}
 BENCHMARK = ROOT.parent / "shared" / "data" / "cl_benchmark"
 TAIL = 10  # rounds averaged: five passes of the balanced deck (6 clients, 3 a round)
-DIAGNOSTICS = ("diag-a-angle-max-deg", "diag-update-norm")
+# The strategy's (server side, every setting), then the private clients' own (un-noised,
+# averaged over the round's clients by num-examples; privacy.report_dp_diagnostics).
+DIAGNOSTICS = ("diag-a-angle-max-deg", "diag-a-row-rotation-deg", "diag-update-norm",
+               "unnoised-clipped-fraction", "unnoised-noise-to-signal")
 PAPER = {"SST-2": {"fedsvd": 94.26, "ffa-lora": 94.06, "fedavg-lora": 85.89, "flora": 58.99},
          "QQP": {"fedsvd": 88.98, "ffa-lora": 86.61, "fedavg-lora": 71.40, "flora": 62.16},
          "MNLI": {"fedsvd": 85.70, "ffa-lora": 82.54, "fedavg-lora": 84.16, "flora": 62.17}}
@@ -101,7 +104,7 @@ def summarise(runs: dict[str, dict]) -> dict[str, Any]:
                     "final": spread(r["curve"][-1] for r in by_seed.values()),
                     "best": spread(max(r["curve"][1:]) for r in by_seed.values()),
                     "curve_mean": mean_curve([r["curve"] for r in by_seed.values()]),
-                    **{f"{name}_mean": mean_curve([r[name] for r in by_seed.values()])
+                    **{f"{name}_mean": mean_curve([r.get(name, []) for r in by_seed.values()])
                        for name in DIAGNOSTICS},
                     "max_epsilon": max((r["max_epsilon"] or 0) for r in by_seed.values()) or None,
                     "mib_down_per_round": next(iter(by_seed.values()))["mib_down_per_round"],
@@ -124,6 +127,12 @@ def mean_curve(curves: list[list[float | None]]) -> list[float | None]:
     return out
 
 
+def tail_mean(values: list[float | None]) -> float | None:
+    """The mean of a per-round curve's last TAIL values (None: never recorded)."""
+    present = [v for v in values[-TAIL:] if v is not None]
+    return sum(present) / len(present) if present else None
+
+
 def markdown(results: ResultsFile, summary: dict[str, Any], name: str) -> str:
     lines = [results.header("FedSVD vs FFA-LoRA, FedAvg-LoRA, FLoRA, FedEx-LoRA: SST-2, QQP, "
                             "MNLI, cheap regime"),
@@ -134,25 +143,37 @@ def markdown(results: ResultsFile, summary: dict[str, Any], name: str) -> str:
              "cached, LoRA r = 8 on the top layer's query and value, 6 clients with Dirichlet "
              "0.5 label skew, 3 per round, 50 rounds of 5 steps, batch 16, SGD 0.5; DP: "
              "epsilon 6, C = 2, PRV). Angle: the largest principal angle (degrees) between A "
-             "and its round-0 value, mean over layers, at the final round; update: the norm of "
-             "the last round's aggregated change of W + s B A.", ""]
+             "and its round-0 value, mean over layers, at the final round (0: A's row space "
+             "never moved); rotation: the mean angle (degrees) between each row of A and the "
+             "same row at round 0, at the final round (the basis change within the row "
+             "space, strategies.diagnostics); update: the norm of "
+             "the last round's aggregated change of W + s B A; clipped, noise/signal (DP "
+             "only, un-noised, reported by the clients because the DP scenario asks: "
+             "privacy.report_dp_diagnostics): the share of examples whose gradient norm "
+             "exceeded C and the mean ||noise|| / ||clipped sum|| of B's step, over the "
+             f"last {TAIL} rounds.", ""]
     for cell, block in summary.items():
         task = cell.split("/")[0]
         lines += [f"## {cell}", "",
-                  f"| method | seeds | last {TAIL} rounds | ± 95 % CI | final | best | angle | "
-                  "update | max ε | MiB down/round | min/run | paper |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  f"| method | seeds | last {TAIL} rounds | ± 95 % CI | final | best | angle | rotation | "
+                  "update | clipped | noise/signal | max ε | MiB down/round | min/run | paper |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for method in METHODS:
             if method not in block:
                 continue
             row = block[method]
             eps = "-" if row["max_epsilon"] is None else f"{row['max_epsilon']:.2f}"
-            angle, update = (row[f"{n}_mean"][-1] if row[f"{n}_mean"] else None for n in DIAGNOSTICS)
+            angle, rotation, update = (row[f"{n}_mean"][-1] if row[f"{n}_mean"] else None
+                                       for n in DIAGNOSTICS[:3])
+            clipped, ratio = (tail_mean(row[f"{n}_mean"]) for n in DIAGNOSTICS[3:])
             lines.append(
                 f"| {method} | {len(row['seeds'])} | {mean_sd(row['tail'])} | "
                 f"{pct(row['tail'], 'ci95')} | {mean_sd(row['final'])} | {mean_sd(row['best'])} | "
                 f"{'-' if angle is None else f'{angle:.1f}'} | "
-                f"{'-' if update is None else f'{update:.3g}'} | {eps} | "
+                f"{'-' if rotation is None else f'{rotation:.1f}'} | "
+                f"{'-' if update is None else f'{update:.3g}'} | "
+                f"{'-' if clipped is None else f'{clipped:.2f}'} | "
+                f"{'-' if ratio is None else f'{ratio:.3g}'} | {eps} | "
                 f"{row['mib_down_per_round']:.2f} | {row['minutes']:.1f} | "
                 f"{PAPER[task].get(method, '-') if 'dp' not in cell else '-'} |")
         lines += ["", f"FedSVD minus baseline, last {TAIL} rounds, paired by seed (points):", ""]
@@ -165,8 +186,9 @@ def markdown(results: ResultsFile, summary: dict[str, Any], name: str) -> str:
 
 
 def plot(summary: dict[str, Any], path: Path) -> None:
-    """Accuracy, A's largest principal angle to round 0, and the update norm per round:
-    one row per task and setting, one line per method (mean over seeds)."""
+    """Accuracy, A's largest principal angle to round 0, the update norm and (private
+    rows) the clipped fraction and noise-to-signal ratio per round: one row per task and
+    setting, one line per method (mean over seeds)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -175,22 +197,25 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     cells = list(summary)
     if not cells:
         return
-    fig, axes = plt.subplots(len(cells), 3, figsize=(13, 2.8 * len(cells)), squeeze=False)
+    fig, axes = plt.subplots(len(cells), 6, figsize=(25, 2.8 * len(cells)), squeeze=False)
     for row, cell in zip(axes, cells):
         for method in METHODS:
             if method not in summary[cell]:
                 continue
             data = summary[cell][method]
-            for ax, values in zip(row, (data["curve_mean"], data[f"{DIAGNOSTICS[0]}_mean"],
-                                        data[f"{DIAGNOSTICS[1]}_mean"])):
+            for ax, values in zip(row, (data["curve_mean"],
+                                        *(data.get(f"{n}_mean", []) for n in DIAGNOSTICS))):
                 start = 0 if values is data["curve_mean"] else 1
                 ax.plot(range(start, start + len(values)),
                         [float("nan") if v is None else v for v in values], label=method)
         for ax, title in zip(row, ("accuracy", "A: largest angle to round 0 (deg)",
-                                   "||aggregated update||")):
+                                   "A: row rotation from round 0 (deg)", "||aggregated update||", "clipped fraction (un-noised)",
+                                   "||noise|| / ||clipped sum|| of B (un-noised)")):
             ax.set_title(f"{cell}: {title}", fontsize=9)
             ax.set_xlabel("round", fontsize=8)
-        row[2].set_yscale("log")
+        row[3].set_yscale("log")
+        if "dp" in cell:
+            row[5].set_yscale("log")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=80)

@@ -153,17 +153,27 @@ def train_round(scenario: Scenario, partition_id: int, content: RecordDict,
             result, ledger.history = dp_train_steps(model, data.train, fed.local_steps,
                                                     fed.batch_size, optimizer, spec,
                                                     ledger.noise_multiplier, ledger.history,
-                                                    device, seed=noise_seed)
+                                                    device, seed=noise_seed,
+                                                    diagnose=spec.report_dp_diagnostics)
             node_state[keys.PRIVACY_STATE] = ConfigRecord(ledger.to_record())
             ledger_record = {keys.PRIVACY_STATE: ConfigRecord(ledger.to_record())}
             dp = {keys.EPSILON: ledger.epsilon(spec), keys.NOISE_MULTIPLIER: ledger.noise_multiplier,
                   keys.SAMPLE_RATE: q, keys.DP_STEPS: result.steps,
-                  keys.SEEDED_NOISE: int(noise_seed is not None)}
+                  keys.SEEDED_NOISE: int(noise_seed is not None),
+                  **unnoised_dp_diagnostics(result)}
     metrics = MetricRecord({keys.NUM_EXAMPLES: len(data.train), **dp,
                             **data_metrics(scenario, model, data.local_eval, result, device)})
     arrays = ArrayRecord({k: v.cpu() for k, v in trainable_state(model).items()})
     return RecordDict({keys.ARRAYS: arrays, keys.METRICS: metrics, keys.CLIENT: who,
                        **ledger_record})
+
+
+def unnoised_dp_diagnostics(result) -> dict[str, float]:
+    """privacy.report_dp_diagnostics: the round's clipped fraction and noise-to-signal
+    ratio under their un-noised names (empty when not asked)."""
+    names = {"clipped-fraction": keys.UNNOISED_CLIPPED_FRACTION,
+             "noise-to-signal": keys.UNNOISED_NOISE_TO_SIGNAL}
+    return {names[k]: v for k, v in result.dp_diagnostics.items()}
 
 
 def data_metrics(scenario: Scenario, model: torch.nn.Module, local_eval, result,

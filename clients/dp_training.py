@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from dataclasses import replace
 from collections.abc import Iterator
 
 import torch
@@ -39,6 +40,7 @@ from opacus.optimizers import DPOptimizerFastGradientClipping
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from clients.dp_diagnostics import DPStepProbe, measured_parameters
 from clients.ghost_clipping import BookKeepingHooks, ghost_loss, ghost_unsupported
 from clients.privacy import Step
 from clients.training import TrainResult, run_steps, train_loss
@@ -50,8 +52,10 @@ log = logging.getLogger(__name__)
 def dp_train_steps(model: nn.Module, data: TensorDataset, steps: int, batch_size: int,
                    optimizer: torch.optim.Optimizer, spec: PrivacySpec, noise_multiplier: float,
                    history: list[Step], device: torch.device, seed: int | None = None,
-                   ) -> tuple[TrainResult, list[Step]]:
+                   diagnose: bool = False) -> tuple[TrainResult, list[Step]]:
     """Run `steps` DP-SGD steps; returns the result and the extended accountant history.
+    `diagnose`: also measure the clipped fraction and the noise-to-signal ratio
+    (clients.dp_diagnostics; un-noised, in `result.dp_diagnostics`).
 
     Noise and Poisson sampling come from generators of their own (never torch's global
     one, which the client seeds for dropout): seeded from OS entropy, or from `seed`
@@ -79,10 +83,14 @@ def dp_train_steps(model: nn.Module, data: TensorDataset, steps: int, batch_size
     if mode == "ghost":  # Opacus's ghost optimizer and loader; our hooks (book-keeping)
         hooks.cleanup()
         hooks = BookKeepingHooks(model, max_grad_norm=spec.max_grad_norm)
+    probe = (DPStepProbe(dp_optimizer, spec.max_grad_norm, measured_parameters(model))
+             if diagnose else None)
     try:
         result = run_steps(model, forever(loader), steps, dp_optimizer, device,
                            empty_step=noise_only_step,
                            loss_fn=ghost_loss(hooks) if mode == "ghost" else train_loss)
+        if probe is not None:
+            result = replace(result, dp_diagnostics=probe.summary())
     finally:
         dp_optimizer.zero_grad(set_to_none=True)
         detach_opacus(hooks, model)
@@ -147,6 +155,7 @@ def noise_only_step(dp_optimizer) -> None:
     for param in dp_optimizer.params:
         if ghost:
             param.grad = torch.zeros_like(param)
+            param._norm_sample = None  # the previous step's norms: no examples here
         else:
             param.grad_sample = torch.zeros((0, *param.shape), dtype=param.dtype,
                                             device=param.device)

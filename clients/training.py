@@ -7,7 +7,7 @@ wrappers (DP-SGD, OSFT projection) hook into the same loop.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -108,6 +108,8 @@ class TrainResult:
     mean_loss: float
     steps: int
     examples_seen: int
+    # DP-SGD's un-noised diagnostics when asked (clients.dp_diagnostics), else empty
+    dp_diagnostics: dict[str, float] = field(default_factory=dict)
 
 
 def train_steps(model: nn.Module, data: TensorDataset, steps: int, batch_size: int,

@@ -17,6 +17,8 @@ from scenarios.strategy_spec import PRESERVING_STRATEGIES
 
 UNNOISED_METRICS = "epsilon excludes reported metrics (clients' training loss and local " \
                    "eval, computed on their data without noise: privacy.report_unnoised_metrics)"
+DP_DIAGNOSTICS = "epsilon excludes the DP diagnostics (clients' clipped fraction and " \
+                 "noise-to-signal ratio, computed without noise: privacy.report_dp_diagnostics)"
 IMPORTANCE_ROWS = "epsilon excludes the OSFT importance sample (the server reads clients' " \
                   "training rows: strategy.importance_data = 'train')"
 SEEDED_NOISE = "no DP guarantee: the noise and Poisson batches are derived from the scenario's " \
@@ -45,6 +47,8 @@ def privacy_disclosure(scenario: Mapping[str, Any]) -> dict[str, Any]:
         excludes.append(SEEDED_NOISE)
     if privacy.get("report_unnoised_metrics"):
         excludes.append(UNNOISED_METRICS)
+    if privacy.get("report_dp_diagnostics"):
+        excludes.append(DP_DIAGNOSTICS)
     if (strategy.get("name") in PRESERVING_STRATEGIES and strategy.get("rank_rule", "adaptive") == "adaptive"
             and importance_data(strategy, private=True) == "train"):
         excludes.append(IMPORTANCE_ROWS)

@@ -224,6 +224,13 @@ class PrivacySpec(Spec):
         "(the run is marked 'epsilon excludes reported metrics'). Off: a private client "
         "reports only num-examples, its sampling rate and its privacy ledger."
     )
+    report_dp_diagnostics: bool = Field(
+        False, description="Let private clients report, each round, the fraction of their "
+        "examples whose gradient norm exceeded max_grad_norm and the mean ratio ||noise|| / "
+        "||clipped gradient sum|| over the LoRA B factors (else every trained parameter): "
+        "un-noised (metrics named unnoised-...), not covered by epsilon, and the run is "
+        "marked so (clients.dp_diagnostics)."
+    )
     reproducible_noise_voids_guarantee: bool = Field(
         False, description="Debugging only: draw DP noise and Poisson batches from seeds "
         "derived from the scenario's seed, so two runs are bit-identical. Whoever holds the "

@@ -40,6 +40,10 @@ REFUSED = "refused"
 # 1 when the noise was seeded from the scenario (privacy.reproducible_noise_voids_guarantee:
 # no guarantee), 0 when it came from OS entropy: the run records which it used.
 SEEDED_NOISE = "seeded-noise"
+# privacy.report_dp_diagnostics (clients.dp_diagnostics): computed without noise, named
+# so; the share of examples whose gradient was clipped, and mean ||noise|| / ||clipped sum||.
+UNNOISED_CLIPPED_FRACTION = "unnoised-clipped-fraction"
+UNNOISED_NOISE_TO_SIGNAL = "unnoised-noise-to-signal"
 
 # context.state of a client node: its privacy ledger (clients.privacy.PrivacyState).
 PRIVACY_STATE = "privacy"

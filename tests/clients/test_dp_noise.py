@@ -14,6 +14,7 @@ from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from clients.client_app import cached_model, train_round
 from clients.heads import activate_task
 from clients.models import global_state
+from scenarios.disclosure import DP_DIAGNOSTICS, privacy_disclosure
 from scenarios.loader import load_scenario
 from strategies import keys
 from tests.conftest import ROOT
@@ -93,13 +94,19 @@ def test_a_private_client_releases_no_unnoised_metrics_unless_the_scenario_says_
         write_scenario, start_of, quick_document) -> None:
     """By default the reply's metrics are the partition size, the ledger's figures and
     which noise it used; with privacy.report_unnoised_metrics the loss and local eval
-    come too (and the run is marked: scenarios.disclosure)."""
+    come too, with privacy.report_dp_diagnostics the clipped fraction and noise-to-signal
+    ratio (either way the run is marked: scenarios.disclosure)."""
     quick_document["privacy"] = {"target_epsilon": 8.0}
     quiet = load_scenario(write_scenario(quick_document, "quiet.yaml"))
     quick_document["privacy"]["report_unnoised_metrics"] = True
     chatty = load_scenario(write_scenario(quick_document, "chatty.yaml"))
+    quick_document["privacy"] = {"target_epsilon": 8.0, "report_dp_diagnostics": True}
+    diagnosed = load_scenario(write_scenario(quick_document, "diagnosed.yaml"))
+    assert DP_DIAGNOSTICS in privacy_disclosure(quick_document)["excludes"]
     for scenario, extra in ((quiet, set()), (chatty, {keys.TRAIN_LOSS, keys.LOCAL_EVAL_ACC,
-                                                      keys.LOCAL_EVAL_LOSS})):
+                                                      keys.LOCAL_EVAL_LOSS}),
+                            (diagnosed, {keys.UNNOISED_CLIPPED_FRACTION,
+                                         keys.UNNOISED_NOISE_TO_SIGNAL})):
         model = cached_model(scenario, "cpu")
         content = RecordDict({keys.ARRAYS: ArrayRecord(global_state(model)),
                               keys.CONFIG: ConfigRecord({keys.SERVER_ROUND: 1})})

@@ -10,9 +10,11 @@ from scipy.linalg import subspace_angles
 from strategies.diagnostics import (
     ANGLE_MAX,
     ANGLE_MEAN,
+    ROW_ROTATION,
     UPDATE_NORM,
     principal_angles,
     round_diagnostics,
+    row_rotations,
 )
 
 A, B, W = "m.lora_A.default.weight", "m.lora_B.default.weight", "m.base_layer.weight"
@@ -25,6 +27,34 @@ def test_principal_angles_match_scipy() -> None:
                                np.sort(subspace_angles(a_now.T, a_then.T)), atol=1e-10)
     rotated = rng.normal(size=(4, 4)) @ a_then  # the same row space, another basis
     np.testing.assert_allclose(principal_angles(rotated, a_then), 0, atol=1e-6)
+
+
+def test_a_turned_basis_of_the_same_row_space_has_no_angle_but_a_row_rotation() -> None:
+    """A Givens rotation by phi of rows 0 and 1 of an orthonormal A: the row space is the
+    same (principal angles 0) while those two rows turned by phi and the others not."""
+    rng = np.random.default_rng(2)
+    a_then = np.linalg.qr(rng.normal(size=(30, 4)))[0].T  # 4 orthonormal rows
+    phi = np.radians(25.0)
+    givens = np.eye(4)
+    givens[:2, :2] = [[np.cos(phi), -np.sin(phi)], [np.sin(phi), np.cos(phi)]]
+    a_now = givens @ a_then
+    np.testing.assert_allclose(principal_angles(a_now, a_then), 0, atol=1e-6)
+    np.testing.assert_allclose(row_rotations(a_now, a_then), [phi, phi, 0, 0], atol=1e-7)
+    np.testing.assert_allclose(row_rotations(-a_now, a_then), [phi, phi, 0, 0], atol=1e-7)
+    out = round_diagnostics({A: a_then, B: np.zeros((5, 4))}, {A: a_now, B: np.zeros((5, 4))},
+                            {A: a_then, B: np.zeros((5, 4))}, 1.0)
+    assert out[ANGLE_MAX] == pytest.approx(0, abs=1e-4)
+    assert out[ROW_ROTATION] == pytest.approx(25.0 / 2)
+
+
+def test_fedsvd_refactorization_keeps_the_row_space_and_turns_the_basis() -> None:
+    """What the benchmark's FedSVD angle of 0 means: A' = V^T of B A (a dense SVD,
+    independent of strategies.fedsvd) spans the same row space as A."""
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=(4, 30)), rng.normal(size=(12, 4))
+    a_new = np.linalg.svd(b @ a, full_matrices=False)[2][:4]
+    np.testing.assert_allclose(principal_angles(a_new, a), 0, atol=1e-6)
+    assert np.degrees(row_rotations(a_new, a)).mean() > 10
 
 
 @pytest.mark.parametrize("with_base", [False, True])
