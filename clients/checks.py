@@ -24,9 +24,32 @@ def check_scenario(scenario: Scenario, base: Path | None = None) -> list[str]:
     """
     data_errors = check_data(scenario, base)
     model_errors = check_model(scenario)
-    # Prompts need the data (label texts) and a model that loads.
-    return [*data_errors, *model_errors,
-            *(check_prompts(scenario) if not (data_errors or model_errors) else [])]
+    # Prompts and the privacy plan need the data (label texts, partition sizes) and a
+    # model that loads.
+    if data_errors or model_errors:
+        return [*data_errors, *model_errors]
+    return [*check_prompts(scenario), *check_privacy_budget(scenario)]
+
+
+def check_privacy_budget(scenario: Scenario) -> list[str]:
+    """A private scenario's target epsilon can be planned for every client: each sizes
+    sigma for its whole planned participation at its own sampling rate
+    (clients.privacy), and a target below what sigma = SIGMA_CEILING spends would make
+    every client fail at its first round. The client with the highest rate is the
+    hardest; the message names the smallest epsilon that plan reaches."""
+    from clients.privacy import client_sample_rate, planned_steps, smallest_reachable_epsilon
+
+    spec = scenario.privacy
+    if spec is None:
+        return []
+    q = max(client_sample_rate(scenario, p) for p in range(scenario.federation.num_clients))
+    steps = planned_steps(scenario)
+    floor = smallest_reachable_epsilon(spec, q, steps)
+    if spec.target_epsilon >= floor:
+        return []
+    return [f"privacy.target_epsilon: must be at least {floor:.3g} for this plan ({steps} "
+            f"DP-SGD steps per client at sampling rate up to {q:.3g}, delta {spec.delta:g}, "
+            f"{spec.accountant}: no noise multiplier reaches less), got {spec.target_epsilon:g}"]
 
 
 def check_data(scenario: Scenario, base: Path | None = None) -> list[str]:

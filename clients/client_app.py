@@ -38,11 +38,16 @@ from clients.models import (
     trainable_state,
 )
 from clients.osft_training import projected_updates, unpack_bases
-from clients.privacy import PrivacyState, noise_for_budget, planned_rounds, sample_rate
+from clients.privacy import (
+    PrivacyState,
+    client_sample_rate,
+    noise_for_budget,
+    planned_steps,
+    sample_rate,
+)
 from clients.training import evaluate, make_optimizer, round_seed, train_steps
 from scenarios.loader import load_scenario, resolve_scenario_path
 from scenarios.schema import Scenario
-from scenarios.stream import task_plans
 from strategies import keys
 from strategies.registry import trained_set
 
@@ -206,8 +211,6 @@ def privacy_ledger(node_state: RecordDict, scenario: Scenario, partition_id: int
             raise RuntimeError(f"the privacy ledger given to partition {partition_id} is "
                                f"partition {ledger.partition_id}'s")
         return ledger
-    fed = scenario.federation
-    q = max(sample_rate(len(client_data(scenario, partition_id, t).train), fed.batch_size)
-            for t in range(len(task_plans(scenario))))
-    steps = planned_rounds(scenario) * fed.local_steps
-    return PrivacyState(partition_id, noise_for_budget(scenario.privacy, q, steps))
+    q = client_sample_rate(scenario, partition_id)
+    return PrivacyState(partition_id, noise_for_budget(scenario.privacy, q,
+                                                       planned_steps(scenario)))

@@ -214,14 +214,22 @@ def client_data(scenario: Scenario, partition_id: int, task_id: int = 0) -> Clie
     built once per process."""
     spec = task_plan(scenario, task_id).data
     task = cached_task(spec, scenario.seed)
-    rows = partition(task, spec, scenario.federation.num_clients, partition_id, scenario.seed)
-    rows = rows[:]
-    random.Random(scenario.seed + partition_id).shuffle(rows)
-    cut = int(len(rows) * spec.local_eval_fraction)
+    rows, cut = client_rows(scenario, partition_id, task_id)
     train = tokenized(rows[cut:], scenario, task_id, "train")
     # No held-out share (local_eval_fraction 0): the local eval is on the training rows.
     local_eval = tokenized(rows[:cut] if cut else rows, scenario, task_id, "score")
     return ClientData(train=train, local_eval=local_eval, num_labels=len(task.label_names))
+
+
+def client_rows(scenario: Scenario, partition_id: int, task_id: int = 0) -> tuple[list[dict], int]:
+    """Client `partition_id`'s rows of task `task_id`, shuffled, and where its local-eval
+    share ends: rows[cut:] train, rows[:cut] are held out (untokenized: the privacy
+    check at validation needs only how many there are)."""
+    spec = task_plan(scenario, task_id).data
+    rows = partition(cached_task(spec, scenario.seed), spec, scenario.federation.num_clients,
+                     partition_id, scenario.seed)[:]
+    random.Random(scenario.seed + partition_id).shuffle(rows)
+    return rows, int(len(rows) * spec.local_eval_fraction)
 
 
 def tokenized(rows: list[dict], scenario: Scenario, task_id: int, purpose: str) -> TensorDataset:

@@ -19,11 +19,11 @@ import math
 from dataclasses import dataclass
 
 from opacus.accountants import create_accountant
-from opacus.accountants.utils import get_noise_multiplier
+from opacus.accountants.utils import MAX_SIGMA, get_noise_multiplier
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 
 from scenarios.schema import PrivacySpec, Scenario
-from scenarios.stream import total_rounds
+from scenarios.stream import task_plans, total_rounds
 from strategies.ledger_record import PrivacyLedger, Step
 
 
@@ -47,6 +47,24 @@ def planned_rounds(scenario: Scenario) -> int:
     return math.ceil(total_rounds(scenario) * fed.clients_per_round / fed.num_clients)
 
 
+def planned_steps(scenario: Scenario) -> int:
+    """DP-SGD steps a client plans its noise for: its planned rounds x local steps."""
+    return planned_rounds(scenario) * scenario.federation.local_steps
+
+
+def client_sample_rate(scenario: Scenario, partition_id: int) -> float:
+    """The rate a client plans at: the largest of its tasks' (epsilon grows with q, so
+    the plan stays an upper bound), from its training rows' count (clients.data)."""
+    from clients.data import client_rows
+
+    def train_size(task_id: int) -> int:
+        rows, cut = client_rows(scenario, partition_id, task_id)
+        return len(rows) - cut
+
+    return max(sample_rate(train_size(t), scenario.federation.batch_size)
+               for t in range(len(task_plans(scenario))))
+
+
 def epsilon_of(history: list[Step], delta: float, accountant: str) -> float:
     """Epsilon spent by a history, from a fresh Opacus accountant (0 for no history)."""
     if not history:
@@ -61,6 +79,18 @@ def noise_for_budget(spec: PrivacySpec, q: float, total_steps: int) -> float:
     return float(get_noise_multiplier(target_epsilon=spec.target_epsilon, target_delta=spec.delta,
                                       sample_rate=q, steps=total_steps,
                                       accountant=spec.accountant))
+
+
+# The largest sigma Opacus's get_noise_multiplier tries (it doubles from 20 and gives up
+# past MAX_SIGMA): a target it cannot reach there is "too low" for the plan.
+SIGMA_CEILING = float(10 * 2 ** int(math.log2(MAX_SIGMA / 10)))
+
+
+def smallest_reachable_epsilon(spec: PrivacySpec, q: float, total_steps: int) -> float:
+    """The least target epsilon `noise_for_budget` can plan `total_steps` at rate q for:
+    the epsilon spent at sigma = SIGMA_CEILING. Below it Opacus refuses ("The privacy
+    budget is too low"), so a scenario asking for less is refused at validation."""
+    return epsilon_of([(SIGMA_CEILING, q, total_steps)], spec.delta, spec.accountant)
 
 
 @dataclass

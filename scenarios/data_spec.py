@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, TypeAdapter, ValidationError, model_validator
 
-from scenarios.spec_base import Spec, path_problem
+from scenarios.spec_base import Items, LaxPath, Spec, path_problem
 
 
 class GeneratedSource(Spec):
@@ -28,7 +28,7 @@ class ClBenchmarkSource(Spec):
     of {"label": text, "sentence": text}, and labels.json with the label texts."""
 
     kind: Literal["cl-json"] = Field(description="CL-benchmark task folder.")
-    path: Path = Field(description="The task folder (relative paths: from the scenario file).")
+    path: LaxPath = Field(description="The task folder (relative paths: from the scenario file).")
     test_fraction: float = Field(
         0.2,
         gt=0,
@@ -42,12 +42,12 @@ class JsonlSource(Spec):
     """JSON-lines files like the FedSVD SST-2 split: {"sentence1", "sentence2", "label"}."""
 
     kind: Literal["jsonl"] = Field(description="JSON-lines files.")
-    train: tuple[Path, ...] = Field(
+    train: Items[LaxPath] = Field(
         ...,
         min_length=1,
         description="Training files. With partitioning 'presplit' each file is one client.",
     )
-    test: Path = Field(description="The test file (the server evaluates the global model on it).")
+    test: LaxPath = Field(description="The test file (the server evaluates the global model on it).")
 
 
 class HubSource(Spec):
@@ -175,7 +175,7 @@ class StreamSpec(Spec):
             f"{k}: {' -> '.join(v)}" for k, v in NAMED_ORDERS.items()) + "), read from "
         "`benchmark_dir`. Leave it out to list `tasks` yourself."
     )
-    benchmark_dir: Path | None = Field(
+    benchmark_dir: LaxPath | None = Field(
         None, description="With `order`: the folder holding one CL-benchmark folder per task "
         "(e.g. ../shared/data/cl_benchmark; relative paths: from the scenario file)."
     )
@@ -183,7 +183,7 @@ class StreamSpec(Spec):
         0.2, gt=0, lt=1, description="With `order`: the share held out as test for tasks that "
         "ship one file only (dbpedia: test only, yelp: train only), seeded and stratified."
     )
-    tasks: tuple[TaskSpec, ...] = Field(
+    tasks: Items[TaskSpec] = Field(
         (), description="The tasks in order (filled from `order` when that is given)."
     )
 

@@ -8,6 +8,7 @@ reference can never drift from what the loader accepts.
 from __future__ import annotations
 
 import sys
+import types
 import typing
 from pathlib import Path
 
@@ -39,10 +40,20 @@ def _is_tag(annotation) -> bool:
 
 
 def _type_name(annotation) -> str:
-    if typing.get_origin(annotation) is typing.Literal:
-        return " or ".join(f"'{value}'" for value in typing.get_args(annotation))
-    text = getattr(annotation, "__name__", None) or str(annotation)
-    return text.replace("typing.", "").replace("pathlib.", "").replace("|", "or")
+    """How a field's type reads to someone writing YAML: a tuple is a list, Annotated
+    markers (strictness) are dropped, a union reads 'x or y'."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return _type_name(args[0])
+    if origin is typing.Literal:
+        return " or ".join(f"'{value}'" for value in args)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(arg) for arg in args)
+    if origin is tuple:
+        return f"list of {_type_name(args[0])}" if args else "list"
+    if annotation is type(None):
+        return "None"
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
 
 def rows(model: type[BaseModel], prefix: str) -> list[str]:

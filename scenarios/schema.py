@@ -28,7 +28,7 @@ from scenarios.data_spec import (
     StreamSpec,
     TaskSpec,
 )
-from scenarios.spec_base import Spec
+from scenarios.spec_base import Items, LaxPath, Spec
 from scenarios.strategy_spec import (
     BERT_LINEAR_LAYERS,
     LLAMA_LINEAR_LAYERS,
@@ -70,7 +70,7 @@ class LoraSpec(Spec):
     rank: int = Field(8, ge=1, le=1024, description="LoRA rank r.")
     alpha: float = Field(8.0, gt=0, description="LoRA alpha; the update is scaled by alpha / r.")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
-    target_modules: tuple[str, ...] | None = Field(
+    target_modules: Items[str] | None = Field(
         None,
         min_length=1,
         description="Names of the linear layers that get adapters (matched as PEFT does: "
@@ -246,7 +246,7 @@ class ResourcesSpec(Spec):
                           "sets how many clients train at once.")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per client in simulation; fractions "
                             "share a GPU.")
-    devices: tuple[Annotated[int, Field(ge=0)], ...] = Field(
+    devices: Items[Annotated[int, Field(ge=0)]] = Field(
         (), description="Deployment engine: GPU ids for the SuperNodes, client i gets "
         "devices[i mod len] as its CUDA_VISIBLE_DEVICES; empty: inherit the environment."
     )
@@ -263,11 +263,13 @@ class CheckpointSpec(Spec):
 class Scenario(Spec):
     """One experiment, as read from a scenario file."""
 
-    name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9._-]+$", description="Short name.")
+    # At most 64: the run id (name, time, 4 hex digits) names a folder (at most 255 bytes)
+    name: str = Field(..., min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$",
+                      description="Short name (letters, digits, . _ -; at most 64).")
     description: str = Field("", description="Free text for humans.")
     seed: int = Field(0, ge=0, le=2**32 - 1,  # what torch and numpy's legacy seeding accept
                       description="Seed of every random choice (data, init, sampling).")
-    runs_dir: Path = Field(
+    runs_dir: LaxPath = Field(
         Path("runs"), description="Where runs, the metrics store and Flower's home go (relative "
         "to the directory orthofed is started from)."
     )

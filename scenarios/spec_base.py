@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Strict, field_validator
+
+
+T = TypeVar("T")
+# Strict scenarios (below) take no bool for a number and no quoted number; what YAML and
+# JSON cannot spell exactly is admitted from its spelling: a path from text, a tuple from
+# a list (its items still strict).
+LaxPath = Annotated[Path, Strict(False)]
+Items = Annotated[tuple[T, ...], Strict(False)]
 
 
 class Spec(BaseModel):
-    """Base of every scenario section: frozen, unknown keys refused."""
+    """Base of every scenario section: frozen, unknown keys refused, and strict types: a
+    researcher who writes `rounds: true` or `seed: "0"` has made a mistake, and is told
+    so by the field's path instead of having it read as 1 or 0."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     @field_validator("*")
     @classmethod

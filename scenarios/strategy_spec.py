@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from scenarios.spec_base import Spec
+from scenarios.spec_base import Items, Spec
 
 
 class FedAvgLoraSpec(Spec):
@@ -112,7 +112,7 @@ class OsftSpec(PreservedRanksSpec):
         description="Full fine-tuning with every update of a target matrix projected off its "
         "preserved singular subspace."
     )
-    target_modules: tuple[str, ...] | None = Field(
+    target_modules: Items[str] | None = Field(
         None, min_length=1,
         description="Linear layers whose weights are projected (matched by name suffix). "
         "Embeddings, norms and the heads never are. None: every linear layer of every "

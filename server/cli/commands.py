@@ -240,6 +240,10 @@ def execute(scenario: Scenario, file: Path, run_id: str, runs_dir: Path, as_json
     err.print(f"run {run_id}: {'resuming; ' if resume else ''}logs in {runs_dir / run_id}{where}",
               highlight=False)
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` cleans up like Ctrl-C does
+    # A shell without job control starts background commands (`orthofed run x &` in a
+    # script, a test runner started so) with SIGINT ignored, and Python keeps an ignored
+    # SIGINT ignored: `kill -INT` would then leave the run training to the end.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with RoundProgress(store, run_id, total_rounds(scenario), err) as progress:
             launch(scenario, file, run_id, runs_dir, on_tick=progress.tick,
