@@ -28,7 +28,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from server.cli.launcher import free_port  # noqa: E402
+from server.orchestration.launcher import free_port  # noqa: E402
 from server.runs.store import MetricsStore  # noqa: E402
 
 METRICS = {"train-loss": 0.5, "local-eval-acc": 0.8, "local-eval-loss": 0.4, "clients": 3,

@@ -40,10 +40,10 @@ def median_seconds(fn, repeats: int) -> float:
 def measure(trains: str, repeats: int) -> dict:
     import torch
 
-    from clients.data import tokenize
-    from clients.models import build_model, build_tokenizer
-    from clients.synthetic import make_examples
-    from clients.training import make_optimizer, train_steps
+    from clients.data.tasks import tokenize
+    from clients.models.factory import build_model, build_tokenizer
+    from clients.data.synthetic import make_examples
+    from clients.training.loop import make_optimizer, train_steps
     from scenarios.schema import ModelSpec, OptimizerSpec
     from server.serverapp.app import stream_checkpoint
     from server.serverapp.checkpoint import Checkpoints, RunState, rng_state

@@ -1,5 +1,5 @@
 """The same scenario on Flower's simulation engine and on its deployment engine, with
-warm SuperNodes (clients.warm_node: one ClientApp process per node serves the run) and
+warm SuperNodes (clients.node.warm_node: one ClientApp process per node serves the run) and
 with Flower's own per-message `flwr-clientapp` processes (ORTHOFED_COLD_CLIENTS=1),
 run one after another in one invocation.
 

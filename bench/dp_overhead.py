@@ -46,11 +46,11 @@ def measure(model_name: str, trained: str, mode: str, steps: int, batch: int,
     """In this process: time `steps` steps after one warm-up step; peak RSS."""
     import torch
 
-    from clients.data import tokenize
-    from clients.dp_training import dp_train_steps
-    from clients.models import build_model, build_tokenizer
-    from clients.synthetic import make_examples
-    from clients.training import make_optimizer, train_steps
+    from clients.data.tasks import tokenize
+    from clients.training.dp_training import dp_train_steps
+    from clients.models.factory import build_model, build_tokenizer
+    from clients.data.synthetic import make_examples
+    from clients.training.loop import make_optimizer, train_steps
     from scenarios.schema import ModelSpec, OptimizerSpec, PrivacySpec
 
     torch.set_num_threads(threads)

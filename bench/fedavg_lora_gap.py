@@ -3,7 +3,7 @@
 FedAvg-LoRA averages A and B apart, so the model gets mean(B) mean(A) where the clients'
 updates average to mean(B A) (ALGORITHMS.md section 1); FFA-LoRA and FedSVD are exact.
 This runs `--rounds` rounds of scenarios/fedavg-lora-sst2.yaml through the ClientApp's
-own round (clients.client_app.train_round) and FedAvg-LoRA's own aggregation, and prints
+own round (clients.app.train_round) and FedAvg-LoRA's own aggregation, and prints
 per round, over the LoRA pairs:
 
     inexactness = ||mean_k(B_k) mean_k(A_k) - mean_k(B_k A_k)|| / ||mean_k(B_k A_k) - B_t A_t||
@@ -28,10 +28,10 @@ sys.path.insert(0, str(ROOT))
 
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict  # noqa: E402
 
-from clients.client_app import train_round  # noqa: E402
-from clients.data import server_test_set  # noqa: E402
-from clients.models import build_model, global_state, load_trainable  # noqa: E402
-from clients.training import evaluate  # noqa: E402
+from clients.app import train_round  # noqa: E402
+from clients.data.tasks import server_test_set  # noqa: E402
+from clients.models.factory import build_model, global_state, load_trainable  # noqa: E402
+from clients.training.loop import evaluate  # noqa: E402
 from scenarios.loader import load_scenario  # noqa: E402
 from strategies import keys  # noqa: E402
 from strategies.round_policy.sampling import ShuffledDeck  # noqa: E402

@@ -36,12 +36,12 @@ def measure(model_name: str, config: str, steps: int, batch: int, length: int) -
     """In this process: `steps` timed steps after one warm-up step; peak RSS."""
     import torch
 
-    from clients.data import tokenized
-    from clients.dp_training import dp_train_steps
-    from clients.models import build_model, osft_targets
-    from clients.osft import basis
-    from clients.osft_training import projected_updates
-    from clients.training import make_optimizer, train_steps
+    from clients.data.tasks import tokenized
+    from clients.training.dp_training import dp_train_steps
+    from clients.models.factory import build_model, osft_targets
+    from clients.training.osft import basis
+    from clients.training.osft_training import projected_updates
+    from clients.training.loop import make_optimizer, train_steps
     from scenarios.loader import load_scenario
     from scenarios.schema import OptimizerSpec, PrivacySpec
     from server.serverapp.osft_plan import target_weights
@@ -53,7 +53,7 @@ def measure(model_name: str, config: str, steps: int, batch: int, length: int) -
                             "path": str(ROOT.parent / "shared/data/cl_benchmark/agnews")}},
         "federation": {"num_clients": 1, "clients_per_round": 1, "rounds": 1},
         "strategy": {"name": "fedavg"}})
-    from clients.data import cached_task
+    from clients.data.tasks import cached_task
     rows = cached_task(scenario.data, 0).train[: batch * 8]
     data = tokenized(rows, scenario, 0, "train")
     trains = "lora-b" if config.startswith("lora-b") else "full"

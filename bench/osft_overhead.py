@@ -3,7 +3,7 @@ task-start SVDs against one task's training, on MiniLM, side by side in one run.
 
 Step time: one process times blocks of steps of each configuration in turn (plain full
 fine-tuning with AdamW; OSFT with every target matrix preserving each given share of
-its rank, in the shipped form, clients.osft_training: W <- F + P(W_after) with each side
+its rank, in the shipped form, clients.training.osft_training: W <- F + P(W_after) with each side
 of P in its cheaper basis, and in the reference form the shipped form replaced: a copy
 of W before each step and W <- W_before + project(W_after - W_before) with the preserved
 bases on both sides), the order rotated every repeat, so machine
@@ -37,9 +37,9 @@ sys.path.insert(0, str(ROOT))
 def build(batch: int):
     import torch
 
-    from clients.data import tokenize
-    from clients.models import build_model, build_tokenizer
-    from clients.synthetic import make_examples
+    from clients.data.tasks import tokenize
+    from clients.models.factory import build_model, build_tokenizer
+    from clients.data.synthetic import make_examples
     from scenarios.schema import ModelSpec
 
     torch.set_num_threads(2)
@@ -64,7 +64,7 @@ def reference_projection(model, optimizer, bases):
     weight before the step, then W <- W_before + project(W_after - W_before)."""
     import torch
 
-    from clients.osft import project
+    from clients.training.osft import project
 
     params = dict(model.named_parameters())
     before = {}
@@ -92,9 +92,9 @@ def runner(model, data, batch: int, share: float, shipped: bool):
     """A function that trains `n` steps of one configuration on the shared model."""
     import torch
 
-    from clients.osft import basis
-    from clients.osft_training import projected_updates
-    from clients.training import make_optimizer, train_steps
+    from clients.training.osft import basis
+    from clients.training.osft_training import projected_updates
+    from clients.training.loop import make_optimizer, train_steps
     from scenarios.schema import BERT_LINEAR_LAYERS, OptimizerSpec
     from server.serverapp.osft_plan import target_weights
 
@@ -139,7 +139,7 @@ def svd_times(share: float) -> dict:
     """Seconds for the bases of every target weight: full thin SVD vs randomized top-k."""
     import torch
 
-    from clients.osft import basis
+    from clients.training.osft import basis
     from scenarios.schema import BERT_LINEAR_LAYERS
     from server.serverapp.osft_plan import target_weights
 

@@ -22,9 +22,9 @@ from torch.utils.data import DataLoader, TensorDataset
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from clients.data import client_data, server_test_set  # noqa: E402
-from clients.models import build_model  # noqa: E402
-from clients.training import forward_loss, make_optimizer, trim_padding  # noqa: E402
+from clients.data.tasks import client_data, server_test_set  # noqa: E402
+from clients.models.factory import build_model  # noqa: E402
+from clients.training.loop import forward_loss, make_optimizer, trim_padding  # noqa: E402
 from scenarios.loader import load_scenario  # noqa: E402
 from scenarios.schema import OptimizerSpec  # noqa: E402
 from timing import seconds_each  # noqa: E402

@@ -34,15 +34,22 @@ def check_scenario(scenario: Scenario, base: Path | None = None) -> list[str]:
 def check_privacy_budget(scenario: Scenario) -> list[str]:
     """A private scenario's target epsilon can be planned for every client: each sizes
     sigma for its whole planned participation at its own sampling rate
-    (clients.privacy), and a target below what sigma = SIGMA_CEILING spends would make
+    (clients.training.privacy), and a target below what sigma = SIGMA_CEILING spends would make
     every client fail at its first round. The client with the highest rate is the
     hardest; the message names the smallest epsilon that plan reaches."""
-    from clients.privacy import client_sample_rate, planned_steps, smallest_reachable_epsilon
+    from clients.data.tasks import train_sizes
+    from clients.training.privacy import (
+        planned_sample_rate,
+        planned_steps,
+        smallest_reachable_epsilon,
+    )
 
     spec = scenario.privacy
     if spec is None:
         return []
-    q = max(client_sample_rate(scenario, p) for p in range(scenario.federation.num_clients))
+    batch = scenario.federation.batch_size
+    q = max(planned_sample_rate(train_sizes(scenario, p), batch)
+            for p in range(scenario.federation.num_clients))
     steps = planned_steps(scenario)
     floor = smallest_reachable_epsilon(spec, q, steps)
     if spec.target_epsilon >= floor:
@@ -91,8 +98,8 @@ def check_source(source, where: str, base: Path | None = None,
 
 def check_model(scenario: Scenario) -> list[str]:
     """The model loads offline, and each LoRA target matches a module of it."""
-    from clients.decoder_models import DECODER_NAMES, SUPPORTED_DECODERS
-    from clients.models import (
+    from clients.models.decoders import DECODER_NAMES, SUPPORTED_DECODERS
+    from clients.models.factory import (
         decoder_family,
         lora_targets,
         model_kind,
@@ -135,13 +142,13 @@ def check_model(scenario: Scenario) -> list[str]:
 
 def check_prompts(scenario: Scenario) -> list[str]:
     """A causal LM's every task fits its instruction, options and answer in
-    model.max_length (clients.prompts.text_budget); nothing to check for an encoder."""
-    from clients.models import build_tokenizer, model_kind
+    model.max_length (clients.data.prompts.text_budget); nothing to check for an encoder."""
+    from clients.models.factory import build_tokenizer, model_kind
 
     if model_kind(scenario.model) != "causal-lm":
-        return []  # before importing clients.data: flwr-datasets takes ~2 s to import
-    from clients.data import prompt_format
-    from clients.prompts import text_budget
+        return []  # before importing clients.data.tasks: flwr-datasets takes ~2 s to import
+    from clients.data.tasks import prompt_format
+    from clients.data.prompts import text_budget
 
     tokenizer, errors = build_tokenizer(scenario.model), []
     for task_id, plan in enumerate(task_plans(scenario)):

@@ -59,7 +59,7 @@ __all__ = [
 # ---- model --------------------------------------------------------------------------
 
 
-# The models orthofed names itself, and what they are (clients.models builds them).
+# The models orthofed names itself, and what they are (clients.models.factory builds them).
 NAMED_MODEL_KINDS = {"tiny-bert": "encoder", "minilm": "encoder", "tiny-llama": "causal-lm",
                      "smollm2": "causal-lm"}
 
@@ -121,7 +121,7 @@ class ModelSpec(Spec):
         0, ge=0, le=1000,
         description="Encoders, LoRA methods: the bottom this many transformer layers are frozen "
         "features, computed once per example (eval mode, no dropout) and cached, so each step "
-        "runs only the layers above; the adapters go on those only (clients.cached_layers). "
+        "runs only the layers above; the adapters go on those only (clients.models.cached_layers). "
         "0: every layer runs every step.",
     )
 
@@ -229,7 +229,7 @@ class PrivacySpec(Spec):
         "examples whose gradient norm exceeded max_grad_norm and the mean ratio ||noise|| / "
         "||clipped gradient sum|| over the LoRA B factors (else every trained parameter): "
         "un-noised (metrics named unnoised-...), not covered by epsilon, and the run is "
-        "marked so (clients.dp_diagnostics)."
+        "marked so (clients.training.dp_diagnostics)."
     )
     reproducible_noise_voids_guarantee: bool = Field(
         False, description="Debugging only: draw DP noise and Poisson batches from seeds "

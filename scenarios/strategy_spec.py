@@ -122,7 +122,7 @@ class OsftSpec(PreservedRanksSpec):
 
 
 class FedSvdOsftSpec(PreservedRanksSpec):
-    """Orthogonal FedSVD (clients.orthogonal_lora): FedSVD per task with A started in the
+    """Orthogonal FedSVD (clients.training.orthogonal_lora): FedSVD per task with A started in the
     complement of each LoRA target's preserved right subspace and every update of B
     projected off its preserved left subspace, so OSFT's preserved triplets survive
     while clients send only B. The rank rules are OSFT's, over the LoRA targets' base

@@ -44,13 +44,13 @@ def test_services_and_gpu_pinning() -> None:
 
 
 def test_supernodes_are_warm_and_flower_accepts_what_they_pass_on() -> None:
-    """clients.warm_node takes its own flags and passes the rest to flower-supernode
+    """clients.node.warm_node takes its own flags and passes the rest to flower-supernode
     with --isolation process (it claims the node's tasks itself)."""
-    from clients.warm_node import split_arguments
+    from clients.node.warm_node import split_arguments
 
     for i in range(4):
         python, dash_m, module, *args = SERVICES[f"supernode-{i}"]["command"]
-        assert (python, dash_m, module) == ("python", "-m", "clients.warm_node")
+        assert (python, dash_m, module) == ("python", "-m", "clients.node.warm_node")
         ours, rest = split_arguments(args)  # exits on a bad flag or value
         assert ours.port == 9094
         parsed = flower_parser("flower-supernode").parse_args(

@@ -33,7 +33,7 @@ def llama_folder(folder: Path, widths: str, seed: int = 0) -> int:
     Scenarios name the folder as model.name, the way a researcher names a checkpoint."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from clients.decoder_models import decoder_tokenizer
+    from clients.models.decoders import decoder_tokenizer
 
     tokenizer = decoder_tokenizer("tiny-llama")  # SmolLM2's BPE (the kit's cache there)
     config = LlamaConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,

@@ -5,7 +5,7 @@ every node's CUDA_VISIBLE_DEVICES is GPU 0) run FedSVD under DP-SGD (epsilon 6, 
 on a LLaMA-architecture model of 365M parameters (common.WIDTHS["deploy"]; LoRA r 8 on
 q_proj, v_proj, clients train B) over a generated 3-topic task. Then the same DP-SGD
 steps (same model, data partitions, batch, sigma and sample rate; Opacus through
-clients.dp_training) for the 4 clients one after another in this one process, no Flower.
+clients.training.dp_training) for the 4 clients one after another in this one process, no Flower.
 
 Reported: the federation's later rounds (round 2 on: round 1 includes each node's
 imports and model build), the plain loop's rounds, their ratio (target <= 1.3x), and
@@ -78,11 +78,11 @@ def federated(path: Path, runs_dir: Path) -> dict:
 def plain_rounds(path: Path, device: torch.device, rounds: int) -> dict:
     """The clients' DP-SGD steps of a round back to back in this process, no Flower,
     `rounds` times (after one warm-up round)."""
-    from clients.data import client_data
-    from clients.dp_training import dp_train_steps
-    from clients.models import build_model
-    from clients.privacy import noise_for_budget, planned_rounds, sample_rate
-    from clients.training import make_optimizer
+    from clients.data.tasks import client_data
+    from clients.training.dp_training import dp_train_steps
+    from clients.models.factory import build_model
+    from clients.training.privacy import noise_for_budget, planned_rounds, sample_rate
+    from clients.training.loop import make_optimizer
     from scenarios.loader import load_scenario
 
     loaded = load_scenario(path)

@@ -10,7 +10,7 @@ OSFT and DP cost per step there.
    keeps task 0's top-k singular triplets (server.runs.preserved, <= 1e-4).
 2. In this process, on the same model and data, blocks of steps of plain full
    fine-tuning (AdamW), OSFT (80 % of every target's rank preserved: the shipped
-   projection, clients.osft_training) and DP full fine-tuning (Opacus, the client's
+   projection, clients.training.osft_training) and DP full fine-tuning (Opacus, the client's
    clipping mode), interleaved; each configuration's peak GPU memory. Targets: OSFT
    <= 1.15x plain, DP <= 2x plain.
 """
@@ -80,13 +80,13 @@ def stream_run(path: Path, runs_dir: Path, device: torch.device) -> dict:
 
 def step_costs(path: Path, device: torch.device, smoke: bool) -> dict:
     """Seconds per step and peak memory of plain, OSFT and DP full fine-tuning."""
-    from clients.data import client_data
-    from clients.dp_training import dp_train_steps
-    from clients.models import build_model, osft_targets
-    from clients.osft import basis
-    from clients.osft_training import projected_updates
-    from clients.privacy import noise_for_budget, sample_rate
-    from clients.training import make_optimizer, train_steps
+    from clients.data.tasks import client_data
+    from clients.training.dp_training import dp_train_steps
+    from clients.models.factory import build_model, osft_targets
+    from clients.training.osft import basis
+    from clients.training.osft_training import projected_updates
+    from clients.training.privacy import noise_for_budget, sample_rate
+    from clients.training.loop import make_optimizer, train_steps
     from scenarios.loader import load_scenario
     from server.serverapp.osft_plan import target_weights
 

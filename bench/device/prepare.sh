@@ -20,8 +20,8 @@ python -m pip download -q --no-deps --only-binary=:all: --python-version "$PYVER
   --implementation cp "${platforms[@]}" --platform manylinux2014_x86_64 \
   --platform manylinux1_x86_64 -d "$KIT/wheels" -r "$KIT/wheels.txt"
 ORTHOFED_CACHE="$KIT/cache" python -c "
-from clients.decoder_models import smollm2_tokenizer_path
-from clients.models import tiny_bert_tokenizer_path
+from clients.models.decoders import smollm2_tokenizer_path
+from clients.models.factory import tiny_bert_tokenizer_path
 print(tiny_bert_tokenizer_path(), smollm2_tokenizer_path())" >/dev/null
 # The tree travels without .git: the results name the commit the kit was made from.
 { git rev-parse HEAD 2>/dev/null || echo unknown; } | tr -d '\n' > "$KIT/commit.txt"

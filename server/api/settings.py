@@ -69,7 +69,7 @@ class ServeSettings(BaseSettings):
     @field_validator("superlink", mode="before")
     @classmethod
     def _superlink_is_host_port(cls, value):
-        from server.cli.launcher import superlink_address
+        from server.orchestration.launcher import superlink_address
 
         return None if value in (None, "") else superlink_address(str(value))
 

@@ -7,7 +7,7 @@ pending run of the store to its end, as `orthofed run` would, without the user's
 
 `run` takes the scenario from the file the submission wrote (the run's scenario_path);
 `resume` continues from the run's newest checkpoint, like `orthofed resume`. Exit status
-as orthofed's (server.cli.commands): 0 completed, 1 failed, 2 invalid, 130 interrupted.
+as orthofed's (server.orchestration.execution): 0 completed, 1 failed, 2 invalid, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from server.cli.commands import (
+from server.orchestration.execution import (
     EXIT_FAILED,
     EXIT_INVALID,
     claim_for_resume,

@@ -9,28 +9,55 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
-from server.runs.status import RunStatus
-
-if TYPE_CHECKING:
-    from scenarios.schema import Scenario
-    from server.runs.store import MetricsStore
-
-EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED = 1, 2, 130
+from server.orchestration.execution import (
+    EXIT_INVALID,
+    claim_for_resume,
+    continue_run,
+    execute,
+    existing_run_store,
+    load_checked,
+    superlink_flag,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.command == "validate":
+        return cmd_validate(args.file)
+    if args.command == "report":
+        return cmd_report(args.run_id, args.runs_dir)
+    if args.command == "compare":
+        return cmd_compare(args.run_ids, args.runs_dir, args.metric, args.out, args.json)
+    if args.command == "resume":
+        return cmd_resume(args.run_id, args.runs_dir, args.json, args.deployment, args.superlink)
+    if args.command == "serve":
+        from server.api.serve import cmd_serve
+
+        return cmd_serve(args)
+    return cmd_run(args.file, args.runs_dir, args.json, args.deployment, args.superlink)
+
+
+def parser() -> argparse.ArgumentParser:
+    """orthofed's arguments: one sub-command per verb."""
     parser = argparse.ArgumentParser(prog="orthofed", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     validate = commands.add_parser("validate", help="check a scenario file, run nothing")
     validate.add_argument("file", type=Path)
+    add_run(commands)
+    add_resume(commands)
+    add_report_and_compare(commands)
+    add_serve(commands)
+    return parser
+
+
+def add_run(commands) -> None:
+    """`orthofed run FILE`: on the simulation engine, the deployment engine here, or the
+    SuperLink of a running federation."""
     run = commands.add_parser("run", help="run a scenario to the end with Flower")
     run.add_argument("file", type=Path)
     run.add_argument("--runs-dir", type=Path, default=None,
@@ -45,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="submit to the SuperLink of a running federation (insecure) "
                         "instead of starting Flower here; its ServerApp and SuperNodes must "
                         "see the runs dir and the data at the same paths")
+
+
+def add_resume(commands) -> None:
+    """`orthofed resume RUN_ID`: continue from the newest checkpoint."""
     resume = commands.add_parser("resume", help="continue a killed, failed or cancelled run "
                                  "from its newest checkpoint")
     resume.add_argument("run_id")
@@ -58,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     resumed_on.add_argument("--superlink", type=superlink_flag, default=None,
                             metavar="HOST:PORT", help="continue on the SuperLink of a running "
                             "federation (see run --superlink)")
+
+
+def add_report_and_compare(commands) -> None:
+    """`orthofed report RUN_ID` and `orthofed compare RUN_ID ...`: tables and plots."""
     report = commands.add_parser("report", help="a run's tables, and PNG plots in its folder")
     report.add_argument("run_id")
     report.add_argument("--runs-dir", type=Path, default=Path("runs"),
@@ -72,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
                          help="folder for curves.png and tasks.png (default: RUNS_DIR/compare)")
     compare.add_argument("--json", action="store_true",
                          help="print the comparison as one JSON line instead of the table")
+
+
+def add_serve(commands) -> None:
+    """`orthofed serve`: the REST API and the dashboard over the store."""
     serve = commands.add_parser("serve", help="the REST API (and dashboard) over the store")
     serve.add_argument("--host", default=None, help="interface (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="TCP port (default 8000)")
@@ -97,48 +136,6 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--mlflow-uri", default=None, metavar="URI",
                        help="MLflow tracking URI of posted runs (default: "
                        "sqlite:///<runs-dir>/mlflow.db)")
-    args = parser.parse_args(argv)
-    if args.command == "validate":
-        return cmd_validate(args.file)
-    if args.command == "report":
-        return cmd_report(args.run_id, args.runs_dir)
-    if args.command == "compare":
-        return cmd_compare(args.run_ids, args.runs_dir, args.metric, args.out, args.json)
-    if args.command == "resume":
-        return cmd_resume(args.run_id, args.runs_dir, args.json, args.deployment, args.superlink)
-    if args.command == "serve":
-        from server.api.serve import cmd_serve
-
-        return cmd_serve(args)
-    return cmd_run(args.file, args.runs_dir, args.json, args.deployment, args.superlink)
-
-
-def superlink_flag(value: str) -> str:
-    """--superlink's type: HOST:PORT, else argparse's usage error naming the flag."""
-    from server.cli.launcher import superlink_address
-
-    try:
-        return superlink_address(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def load_checked(file: Path, console: Console):
-    """The scenario of `file`, or None after printing every problem (schema, then disk)."""
-    from clients.checks import check_scenario
-    from scenarios.loader import ScenarioError, load_scenario
-
-    try:
-        scenario = load_scenario(file)
-    except ScenarioError as exc:
-        errors = exc.errors
-    else:
-        errors = check_scenario(scenario)
-    if errors:
-        for line in errors:
-            print(line, file=sys.stderr)  # one error per line, never wrapped
-        return None
-    return scenario
 
 
 def cmd_validate(file: Path) -> int:
@@ -190,111 +187,9 @@ def cmd_resume(run_id: str, runs_dir: Path, as_json: bool, deployment: bool,
     return continue_run(store, run, runs_dir, as_json, deployment, superlink)
 
 
-def claim_for_resume(store: MetricsStore, run: dict[str, Any], runs_dir: Path) -> bool:
-    """Reopen `run` (a store row) for this process, in one step (of two resumers, one
-    wins); False after saying why it cannot be resumed."""
-    from server.runs.resume import resume_refusal
-
-    refusal = resume_refusal(run, runs_dir)
-    if refusal is None and not store.reopen(run["id"], pid=os.getpid()):
-        refusal = "another process resumed it first"
-    if refusal:
-        print(f"resume: run {run['id']}: {refusal}", file=sys.stderr)
-        return False
-    return True
-
-
-def continue_run(store: MetricsStore, run: dict[str, Any], runs_dir: Path, as_json: bool,
-                 deployment: bool, superlink: str | None = None) -> int:
-    """Execute a reopened run from its newest checkpoint, with the scenario the store
-    holds (written to the run's folder); exit 2 when that no longer validates."""
-    from server.runs.layout import RunFolder
-
-    snapshot = RunFolder.of(runs_dir, run["id"]).write_snapshot(run["scenario"])
-    scenario = load_checked(snapshot, Console(stderr=True))  # its data files may have gone
-    if scenario is None:
-        store.set_status(run["id"], RunStatus.FAILED, "resume: the scenario no longer validates")
-        return EXIT_INVALID
-    return execute(scenario, snapshot, run["id"], runs_dir, as_json, deployment, resume=True,
-                   superlink=superlink)
-
-
-def execute(scenario: Scenario, file: Path, run_id: str, runs_dir: Path, as_json: bool,
-            deployment: bool, resume: bool, superlink: str | None = None) -> int:
-    """Launch the run with Flower (here, or on the SuperLink at `superlink`), show its
-    progress, then print its summary."""
-    from scenarios.stream import total_rounds
-    from server.cli.launcher import launch
-    from server.cli.progress import (
-        RoundProgress,
-        clients_table,
-        rounds_table,
-        tasks_table,
-    )
-    from server.runs.store import MetricsStore
-    from server.runs.summary import build_summary
-
-    err = Console(stderr=True)
-    store = MetricsStore.in_dir(runs_dir)
-    where = f" on the SuperLink at {superlink}" if superlink else ""
-    err.print(f"run {run_id}: {'resuming; ' if resume else ''}logs in {runs_dir / run_id}{where}",
-              highlight=False)
-    signal.signal(signal.SIGTERM, _interrupt)  # `kill` cleans up like Ctrl-C does
-    # A shell without job control starts background commands (`orthofed run x &` in a
-    # script, a test runner started so) with SIGINT ignored, and Python keeps an ignored
-    # SIGINT ignored: `kill -INT` would then leave the run training to the end.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        with RoundProgress(store, run_id, total_rounds(scenario), err) as progress:
-            launch(scenario, file, run_id, runs_dir, on_tick=progress.tick,
-                   deployment=deployment, resume=resume, superlink=superlink)
-    except KeyboardInterrupt:
-        err.print(f"run {run_id}: cancelled; Flower processes stopped")
-        return EXIT_INTERRUPTED
-    except Exception as exc:  # noqa: BLE001 - a launch problem is the user's to read, not a traceback
-        err.print(f"run {run_id}: failed to launch: {exc}", highlight=False)
-        return EXIT_FAILED
-    summary = build_summary(store, run_id)
-    out = Console(stderr=True) if as_json else Console()
-    out.print(rounds_table(summary))
-    if scenario.privacy is not None or any(c["failures"] for c in summary["clients"].values()):
-        out.print(clients_table(summary))
-    if summary["tasks"]:
-        out.print(tasks_table(summary))
-    if summary["status"] != RunStatus.COMPLETED:
-        err.print(f"run {run_id}: {summary['status']}: {summary['message']}", highlight=False)
-    for pid, client in summary["clients"].items():
-        for reason in client.get("reasons", []):
-            err.print(f"client {pid} failed: {reason}", highlight=False, markup=False)
-    if as_json:
-        print(json.dumps(summary))
-    return 0 if summary["status"] == RunStatus.COMPLETED else EXIT_FAILED
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-def existing_run_store(command: str, run_id: str, runs_dir: Path):
-    """The store of `runs_dir` when it holds run `run_id`; else None, after saying why
-    (no store there, or no such run, with the most recent ones)."""
-    from server.runs.store import STORE_FILE, MetricsStore
-
-    if not (runs_dir / STORE_FILE).is_file():
-        print(f"{command}: no metrics store in {runs_dir} (give --runs-dir)", file=sys.stderr)
-        return None
-    store = MetricsStore.in_dir(runs_dir)
-    if store.get_run(run_id) is None:
-        recent = [r["id"] for r in store.list_runs(limit=5)]
-        print(f"{command}: no run {run_id!r} in {runs_dir}; recent runs: {recent}",
-              file=sys.stderr)
-        return None
-    return store
-
-
 def cmd_report(run_id: str, runs_dir: Path) -> int:
     """Print the run's tables and write its plots; exit 2 for an unknown run."""
-    from server.cli.progress import clients_table, rounds_table, tasks_table
+    from server.orchestration.progress import clients_table, rounds_table, tasks_table
     from server.cli.report import write_plots
     from server.runs.summary import build_summary
 

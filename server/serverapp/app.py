@@ -24,10 +24,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
-from clients.data import label_counts, server_sample, server_test_set
-from clients.heads import HEADS, activate_task, task_heads
-from clients.supernode_polling import retry_object_pulls_sooner
-from clients.models import (
+from clients.data.tasks import label_counts, server_sample, server_test_set
+from clients.models.heads import HEADS, activate_task, task_heads
+from clients.node.supernode_polling import retry_object_pulls_sooner
+from clients.models.factory import (
     build_model,
     frozen_fingerprint,
     global_state,
@@ -36,7 +36,7 @@ from clients.models import (
     osft_targets,
     pick_device,
 )
-from clients.training import evaluate
+from clients.training.loop import evaluate
 from scenarios.disclosure import importance_data
 from scenarios.loader import load_scenario, resolve_scenario_path
 from scenarios.schema import PRESERVING_STRATEGIES, Scenario

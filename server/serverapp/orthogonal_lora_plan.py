@@ -1,7 +1,7 @@
 """Orthogonal FedSVD at a task start, on the server: the preserved bases of every LoRA
 target's base weight (OSFT's rank rules, server.serverapp.osft_plan), the left bases
 clients project each update of B with, and A restarted in the complement of the right
-ones (clients.orthogonal_lora has the math and why it keeps the triplets).
+ones (clients.training.orthogonal_lora has the math and why it keeps the triplets).
 
 Each matrix keeps `r` directions free (k <= min(d_out, d_in) - r, r the LoRA rank): A's
 r rows must fit in the complement of V_h, and the adaptive rule can otherwise ask for
@@ -17,7 +17,7 @@ from flwr.app import Array, ArrayRecord
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from clients.orthogonal_lora import complement_rows, left_basis_only
+from clients.training.orthogonal_lora import complement_rows, left_basis_only
 from scenarios.schema import FedSvdOsftSpec
 from server.serverapp.osft_plan import TaskBases, task_bases
 from strategies import keys

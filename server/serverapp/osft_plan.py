@@ -1,5 +1,5 @@
 """OSFT at a task start, on the server: which matrices, how much of each to preserve,
-and their preserved bases (clients.osft), packed for the train messages.
+and their preserved bases (clients.training.osft), packed for the train messages.
 
 Task 0 preserves nothing (no earlier task of the stream relies on anything). Task t > 0
 preserves, per target matrix, the rank the scenario's rule gives: the adaptive rule
@@ -17,8 +17,8 @@ from flwr.app import Array, ArrayRecord
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from clients.osft import adaptive_ranks, basis, layer_importance, scheduled_rank
-from clients.training import forward_hidden, trim_padding
+from clients.training.osft import adaptive_ranks, basis, layer_importance, scheduled_rank
+from clients.training.loop import forward_hidden, trim_padding
 from scenarios.schema import PreservedRanksSpec
 from strategies import keys
 
@@ -105,7 +105,7 @@ def task_bases(model: nn.Module, strategy: PreservedRanksSpec, targets: tuple[st
                task_id: int, previous_sample: TensorDataset | None, device: torch.device,
                room: int = 0) -> TaskBases:
     """The preserved bases of every target weight (`targets`: strategy.target_modules, or
-    the model's default, clients.models.osft_targets) at the start of task `task_id`.
+    the model's default, clients.models.factory.osft_targets) at the start of task `task_id`.
     `room`: directions every matrix keeps free to learn in, k <= min(d_out, d_in) - room
     (fedsvd-osft: the LoRA rank, so A's rows fit in the complement of V_h)."""
     started = time.perf_counter()

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from clients.heads import TaskHeads
+from clients.models.heads import TaskHeads
 
 
 @contextmanager

@@ -16,12 +16,12 @@ import torch
 import yaml
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
-import clients.client_app as client_app
-from clients.heads import activate_task
-from clients.models import global_state, osft_targets
-from clients.osft import basis
-from clients.osft_training import projected_updates
-from clients.training import make_optimizer
+import clients.app as client_app
+from clients.models.heads import activate_task
+from clients.models.factory import global_state, osft_targets
+from clients.training.osft import basis
+from clients.training.osft_training import projected_updates
+from clients.training.loop import make_optimizer
 from scenarios.loader import load_scenario
 from scenarios.schema import OptimizerSpec
 from strategies import keys

@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from clients.data import client_data
-from clients.models import (
+from clients.data.tasks import client_data
+from clients.models.factory import (
     build_model,
     frozen_fingerprint,
     load_trainable,
     module_names,
     trainable_state,
 )
-from clients.training import evaluate, make_optimizer, run_steps, train_steps
+from clients.training.loop import evaluate, make_optimizer, run_steps, train_steps
 from scenarios.loader import load_scenario
 from scenarios.schema import OptimizerSpec
 from tests.conftest import ROOT
@@ -107,7 +107,7 @@ def test_module_names_come_from_the_config_without_weights(quick) -> None:
 
 
 def test_round_seeds_differ_per_task_round_and_client_and_repeat() -> None:
-    from clients.training import round_seed
+    from clients.training.loop import round_seed
 
     seeds = {round_seed(0, t, r, p) for t in range(4) for r in range(50) for p in range(50)}
     assert len(seeds) == 4 * 50 * 50  # round r of task 1 no longer repeats task 0's
@@ -118,7 +118,7 @@ def test_max_grad_norm_clips_a_non_private_step_like_the_reference(quick) -> Non
     """federation.max_grad_norm: one SGD step moves the trainable tensors by
     -lr * g * min(1, C / ||g||) with g the whole gradient (the oracle: a backward pass
     by hand); without it, by -lr * g."""
-    from clients.training import forward_loss, trim_padding
+    from clients.training.loop import forward_loss, trim_padding
 
     data = client_data(quick, 0)
     # Trimmed as the loop trims it: dropout then draws masks of the same shape.
@@ -146,9 +146,9 @@ def test_mean_pooling_is_sentence_transformers_pooling(quick_document, write_sce
     own all-MiniLM-L6-v2 pipeline embeds (its Pooling, then Normalize), padding ignored."""
     from sentence_transformers import SentenceTransformer
 
-    from clients.data import tokenize
-    from clients.models import minilm_path, pooling_of
-    from clients.training import forward_logits
+    from clients.data.tasks import tokenize
+    from clients.models.factory import minilm_path, pooling_of
+    from clients.training.loop import forward_logits
 
     quick_document["model"] = {"name": "minilm", "max_length": 32}
     scenario = load_scenario(write_scenario(quick_document))
@@ -157,7 +157,7 @@ def test_mean_pooling_is_sentence_transformers_pooling(quick_document, write_sce
     model = build_model(scenario.model, 3, 0, "lora-b").eval()
     seen = []
     model.base_model.model.classifier.register_forward_pre_hook(lambda _m, a: seen.append(a[0]))
-    from clients.models import build_tokenizer
+    from clients.models.factory import build_tokenizer
     rows = [{"text": t, "text_pair": None, "label": 0} for t in texts]
     with torch.no_grad():
         forward_logits(model, list(tokenize(rows, build_tokenizer(scenario.model), 32).tensors))
@@ -174,7 +174,7 @@ def test_tiny_bert_reads_minilms_tokenizer_from_the_cache(tmp_path, monkeypatch)
 
     from transformers import AutoTokenizer
 
-    import clients.models as models
+    import clients.models.factory as models
     from tests.conftest import SHARED_DATA
 
     minilm = models.minilm_path()

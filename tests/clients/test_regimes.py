@@ -16,11 +16,11 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from clients.data import client_data, server_test_set
-from clients.dp_training import dp_train_steps
-from clients.models import build_model
-from clients.privacy import noise_for_budget, sample_rate
-from clients.training import evaluate, make_optimizer, train_steps
+from clients.data.tasks import client_data, server_test_set
+from clients.training.dp_training import dp_train_steps
+from clients.models.factory import build_model
+from clients.training.privacy import noise_for_budget, sample_rate
+from clients.training.loop import evaluate, make_optimizer, train_steps
 from scenarios.loader import load_scenario
 from scenarios.schema import OptimizerSpec, PrivacySpec
 from tests.conftest import ROOT, needs_shared_data
@@ -71,15 +71,15 @@ def test_b_only_lora_learns_sst2_under_dp_sgd_at_epsilon_6(sst2) -> None:
 def test_a_private_fedsvd_round_on_the_sst2_clients_beats_the_majority_class() -> None:
     """scenarios/fedsvd-sst2-dp.yaml (epsilon 6, C = 2, PRV, SGD 0.5, balanced sampling),
     its first round: the three clients its sampler deals, each through
-    clients.client_app.train_round from the global tensors, then FedSVD's aggregate_train
+    clients.app.train_round from the global tensors, then FedSVD's aggregate_train
     on their replies (weighted mean of B and the head, re-factorization of B A). Noise
     seeded, so the check is repeatable: a round's accuracy swings with its clients'
     label skew, but for a fixed seed it is one number (0.658 when written; the second
     round, 0.580, was dropped to keep CI within its time)."""
     from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
-    from clients.client_app import train_round
-    from clients.models import global_state, load_trainable
+    from clients.app import train_round
+    from clients.models.factory import global_state, load_trainable
     from strategies import keys
     from strategies.fedsvd import FedSVD
     from strategies.round_policy.sampling import ShuffledDeck

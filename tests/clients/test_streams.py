@@ -6,16 +6,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from clients.data import client_data, label_counts, server_test_set
-from clients.dp_training import dp_train_steps
-from clients.heads import activate_task, task_heads
-from clients.models import (
+from clients.data.tasks import client_data, label_counts, server_test_set
+from clients.training.dp_training import dp_train_steps
+from clients.models.heads import activate_task, task_heads
+from clients.models.factory import (
     build_model,
     frozen_fingerprint,
     merge_adapters,
     trainable_state,
 )
-from clients.training import make_optimizer
+from clients.training.loop import make_optimizer
 from scenarios.loader import load_scenario
 from scenarios.schema import OptimizerSpec, PrivacySpec
 from tests.conftest import ROOT, SHARED_DATA, needs_shared_data
@@ -95,7 +95,7 @@ def test_the_benchmark_stream_splits_single_file_tasks() -> None:
     dbpedia_folder = (SHARED_DATA / "cl_benchmark" / "dbpedia").resolve()  # paths resolve links
     assert scenario.stream.tasks[0].source.path == dbpedia_folder
     assert label_counts(scenario) == (14, 5, 5, 4)
-    from clients.data import cached_task
+    from clients.data.tasks import cached_task
     from scenarios.stream import task_plans
 
     dbpedia = cached_task(task_plans(scenario)[0].data, scenario.seed)  # test.json only

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from server.cli.launcher import free_port
+from server.orchestration.launcher import free_port
 from tests.conftest import ROOT
 
 

@@ -1,5 +1,5 @@
 """Flower's deployment engine on loopback: a SuperLink and one warm SuperNode per
-partition (clients.warm_node) started by `orthofed run --deployment`; the same seed
+partition (clients.node.warm_node) started by `orthofed run --deployment`; the same seed
 gives the same model as the simulation engine, each node serving every message in one
 process; a SuperNode killed mid-run and restarted rejoins, and the run finishes with the
 failure recorded."""
@@ -15,7 +15,7 @@ import psutil
 import pytest
 import yaml
 
-from server.cli.launcher import stop_tree
+from server.orchestration.launcher import stop_tree
 from server.runs.store import MetricsStore
 from tests.conftest import ROOT
 from tests.integration.helpers import last_json_line, run_orthofed
@@ -78,8 +78,8 @@ def supernode_of(partition: int, run_dir) -> psutil.Process | None:
     for proc in psutil.process_iter(["cmdline", "cwd"]):
         try:
             cmdline = proc.info["cmdline"] or []
-            # the warm node (python -m clients.warm_node), whose SuperNode is its child
-            if ("clients.warm_node" in cmdline[:3]
+            # the warm node (python -m clients.node.warm_node), whose SuperNode is its child
+            if ("clients.node.warm_node" in cmdline[:3]
                     and f"partition-id={partition} num-partitions=2" in cmdline
                     and proc.info["cwd"] == str(run_dir)):
                 return proc

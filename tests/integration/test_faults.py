@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from scenarios.loader import load_scenario
-from server.cli.launcher import launch
+from server.orchestration.launcher import launch
 from server.runs.store import MetricsStore
 from tests.conftest import ROOT
 

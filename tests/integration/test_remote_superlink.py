@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from scenarios.loader import load_scenario
-from server.cli.launcher import (
+from server.orchestration.launcher import (
     STARTED_RUN,
     flower_env,
     free_port,

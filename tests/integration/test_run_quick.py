@@ -13,7 +13,7 @@ import time
 import pytest
 import yaml
 
-from clients.synthetic import make_examples
+from clients.data.synthetic import make_examples
 from server.runs.store import MetricsStore
 from tests.conftest import ROOT
 from tests.integration.helpers import (
@@ -160,7 +160,7 @@ def test_dp_run_reports_epsilon_that_opacus_recomputes(tmp_path, runs_dir, strat
     """DP-SGD through Flower with each trained set: each client's epsilon grows round by
     round (its ledger survives in context.state) and equals Opacus's accountant over its
     own history. Under FedSVD, A rotates (orthonormal rows)."""
-    from clients.privacy import epsilon_of
+    from clients.training.privacy import epsilon_of
 
     doc = yaml.safe_load((ROOT / "scenarios" / "quick.yaml").read_text())
     doc["strategy"] = {"name": strategy}

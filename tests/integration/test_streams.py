@@ -129,7 +129,7 @@ def test_private_lora_stream_budget_spans_every_task(private_lora_stream) -> Non
     base), task 0's head is untouched by task 1, task 1 kept the triplets task 0 left in
     every LoRA target's base weight, and each client's ledger carries across tasks:
     epsilon keeps growing and ends within budget."""
-    from clients.privacy import epsilon_of
+    from clients.training.privacy import epsilon_of
 
     _, runs_dir, summary = private_lora_stream
     assert summary["status"] == "completed" and len(summary["tasks"]["matrix"]) == 2

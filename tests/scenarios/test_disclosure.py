@@ -67,7 +67,7 @@ def test_the_server_measures_importance_on_test_rows_under_privacy() -> None:
     (no client rows reach the server), its training rows otherwise."""
     import torch
 
-    from clients.data import server_sample
+    from clients.data.tasks import server_sample
     from server.serverapp.app import importance_sample
 
     for doc, split in ((stream_document(target_epsilon=4.0), "test"), (stream_document(), "train")):

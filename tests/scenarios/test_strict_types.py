@@ -10,7 +10,8 @@ import yaml
 from opacus.accountants.utils import get_noise_multiplier
 
 from clients.checks import check_privacy_budget
-from clients.privacy import client_sample_rate, planned_steps, smallest_reachable_epsilon
+from clients.data.tasks import train_sizes
+from clients.training.privacy import planned_sample_rate, planned_steps, smallest_reachable_epsilon
 from scenarios.loader import ScenarioError, load_scenario
 from server.cli.commands import main
 from tests.conftest import ROOT
@@ -46,7 +47,8 @@ def test_an_unreachable_epsilon_is_refused_naming_the_smallest_reachable(tmp_pat
     file = tmp_path / "tiny-budget.yaml"
     file.write_text(yaml.safe_dump(document))
     scenario = load_scenario(file)
-    q = max(client_sample_rate(scenario, p) for p in range(scenario.federation.num_clients))
+    q = max(planned_sample_rate(train_sizes(scenario, p), scenario.federation.batch_size)
+            for p in range(scenario.federation.num_clients))
     steps = planned_steps(scenario)
     floor = smallest_reachable_epsilon(scenario.privacy, q, steps)
     (line,) = check_privacy_budget(scenario)
@@ -65,12 +67,10 @@ def test_an_unreachable_epsilon_is_refused_naming_the_smallest_reachable(tmp_pat
     assert main(["validate", str(file)]) == 2
 
 
-def test_the_planned_rate_is_the_rate_of_the_tokenized_training_set() -> None:
-    from clients.data import client_data
-    from clients.privacy import sample_rate
+def test_the_planned_sizes_are_the_tokenized_training_sets() -> None:
+    from clients.data.tasks import client_data
 
     scenario = load_scenario(ROOT / "scenarios" / "quick.yaml")
     for partition in range(scenario.federation.num_clients):
         tokenized = len(client_data(scenario, partition).train)
-        assert client_sample_rate(scenario, partition) == sample_rate(
-            tokenized, scenario.federation.batch_size)
+        assert train_sizes(scenario, partition) == [tokenized]

@@ -30,7 +30,7 @@ def instruction(node_id: int) -> Message:
 
 def train_reply(node_id: int, partition_id: int, arrays: dict[str, np.ndarray],
                 num_examples: int, **metrics: float) -> Message:
-    """A client's successful train reply, shaped like clients.client_app's."""
+    """A client's successful train reply, shaped like clients.app's."""
     content = RecordDict({
         keys.ARRAYS: ArrayRecord({k: Array(v) for k, v in arrays.items()}),
         keys.METRICS: MetricRecord({keys.NUM_EXAMPLES: num_examples, **metrics}),

@@ -172,7 +172,7 @@ def test_mismatched_inner_dimensions_are_refused() -> None:
 def test_refactorization_leaves_the_model_outputs_unchanged(name: str) -> None:
     """Load re-factorized adapters into a real PEFT model (a BERT-style classifier, a
     LLaMA-style causal LM with adapters on q_proj and v_proj): the logits do not move."""
-    from clients.models import build_model, load_trainable
+    from clients.models.factory import build_model, load_trainable
     from scenarios.schema import ModelSpec
 
     model = build_model(ModelSpec(name=name), 3, seed=0, trains="lora-b").eval()
@@ -242,7 +242,7 @@ def test_fedsvd_osft_keeps_both_factors_off_the_preserved_subspaces() -> None:
     """Hand-built replies as orthogonal FedSVD's clients send them (each B with no
     component along U_h) over a global A in the complement of V_h: the mean and the
     re-factorization keep B_new orthogonal to U_h and A_new to V_h, product exact."""
-    from clients.orthogonal_lora import complement_rows
+    from clients.training.orthogonal_lora import complement_rows
     from strategies.fedsvd_osft import FedSvdOsft
 
     as_server()

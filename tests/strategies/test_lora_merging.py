@@ -8,7 +8,6 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord
 
-from strategies import keys
 from strategies.fedex_lora import FedExLora
 from strategies.flora import Flora, kaiming_uniform_a
 from tests.strategies.replies import as_server, error_reply, train_reply
@@ -108,7 +107,7 @@ def test_a_model_without_base_weights_among_the_global_arrays_is_refused() -> No
 def test_the_merged_peft_model_computes_the_mean_of_the_clients_models(cls) -> None:
     """A real PEFT classifier: after the merge its weights are the weighted mean of the
     clients' merged weights W + s B_k A_k (PEFT's own merge_and_unload as the oracle)."""
-    from clients.models import build_model, global_state, load_trainable
+    from clients.models.factory import build_model, global_state, load_trainable
     from scenarios.schema import ModelSpec
 
     spec = ModelSpec(name="tiny-bert", lora={"rank": 4, "alpha": 8})
@@ -144,7 +143,7 @@ def test_the_merged_peft_model_computes_the_mean_of_the_clients_models(cls) -> N
 
 
 def test_flora_and_fedex_lora_clients_train_a_and_b_and_never_send_w() -> None:
-    from clients.models import build_model, trainable_state
+    from clients.models.factory import build_model, trainable_state
     from scenarios.schema import ModelSpec
 
     model = build_model(ModelSpec(name="tiny-bert"), 3, seed=0, trains="lora-merged")

@@ -37,7 +37,7 @@ def test_each_client_joins_floor_or_ceil_of_its_share_and_never_twice_a_round(n,
         share = r * k / n  # after every round, not only the last
         assert all(math.floor(share) - 1 <= counts[i] <= math.ceil(share) for i in range(n)), \
             (r, counts)
-    planned = math.ceil(rounds * k / n)  # clients.privacy.planned_rounds
+    planned = math.ceil(rounds * k / n)  # clients.training.privacy.planned_rounds
     assert max(counts.values()) <= planned
     assert sum(counts.values()) == rounds * k
 

@@ -15,7 +15,7 @@ import time
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from clients import client_app as orthofed_client
+from clients import app as orthofed_client
 
 app = ClientApp()
 

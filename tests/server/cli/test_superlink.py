@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from server.api.settings import ServeSettings
-from server.cli.launcher import free_port, superlink_address
+from server.orchestration.launcher import free_port, superlink_address
 from server.runs.store import MetricsStore
 from tests.server.cli.test_cli import orthofed
 

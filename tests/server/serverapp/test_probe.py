@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from clients.data import label_counts, server_test_set
-from clients.heads import activate_task, task_heads
-from clients.models import build_model
-from clients.training import evaluate
+from clients.data.tasks import label_counts, server_test_set
+from clients.models.heads import activate_task, task_heads
+from clients.models.factory import build_model
+from clients.training.loop import evaluate
 from scenarios.loader import load_scenario
 from server.runs.continual import PROBE_SOURCE, task_summary
 from server.runs.store import MetricsStore

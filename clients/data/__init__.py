@@ -1,0 +1,1 @@
+"""Task data: loading and partitioning (flwr-datasets), prompts, synthetic tasks."""

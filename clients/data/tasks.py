@@ -1,0 +1,310 @@
+"""Task data: read a scenario's dataset, split it over clients, tokenize it once.
+
+Examples are normalised to {"text", "text_pair", "label"} with integer labels, whatever
+the source format. Partitioning goes through flwr-datasets' partitioners, so a Dirichlet
+split here is the one Flower users know. Tokenized tensors are cached per process:
+a simulated client (a Ray actor) tokenizes its partition once, not every round.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from datasets import ClassLabel, Dataset, disable_progress_bars
+from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner
+from torch.utils.data import TensorDataset
+
+from clients.data.prompts import PromptFormat, instruction_for, scoring_set, training_set
+from clients.data.synthetic import TOPIC_NAMES, make_examples
+from scenarios.schema import (
+    ClBenchmarkSource,
+    DataSpec,
+    DirichletPartitioning,
+    GeneratedSource,
+    HubSource,
+    IidPartitioning,
+    JsonlSource,
+    Scenario,
+)
+from scenarios.stream import task_plan, task_plans
+
+disable_progress_bars()  # datasets' bars would fill every client's log each time it casts
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """One task's examples. Pre-split sources keep their per-client files unread in
+    `train_files`: each client reads only its own file."""
+
+    train: list[dict]
+    test: list[dict]
+    label_names: tuple[str, ...]
+    train_files: tuple[Path, ...] = ()
+
+
+def load_task(spec: DataSpec, seed: int) -> TaskData:
+    """Read the dataset of `spec` and normalise its examples."""
+    source = spec.source
+    if isinstance(source, GeneratedSource):
+        train = make_examples(source.num_labels, source.train_size, seed, source.label_noise,
+                              source.first_topic)
+        test = make_examples(source.num_labels, source.test_size, seed + 1,
+                             first_topic=source.first_topic)
+        names = tuple(TOPIC_NAMES[(source.first_topic + c) % len(TOPIC_NAMES)]
+                      for c in range(source.num_labels))
+        return TaskData([_normalise(e, spec, names) for e in train],
+                        [_normalise(e, spec, names) for e in test], names)
+    if isinstance(source, ClBenchmarkSource):
+        return _load_cl_benchmark(source, spec, seed)
+    if isinstance(source, JsonlSource):
+        return _load_jsonl(source, spec)
+    if isinstance(source, HubSource):
+        return _load_hub(source, spec)
+    raise TypeError(f"unknown data source {type(source).__name__}")
+
+
+def _normalise(row: dict, spec: DataSpec, label_names: tuple[str, ...]) -> dict:
+    """{"text", "text_pair", "label": int}; a row that does not fit says which field."""
+    for field in (spec.text_field, spec.label_field):
+        if field not in row:
+            raise ValueError(f"a row has no field {field!r} (data.text_field / "
+                             f"data.label_field): {str(row)[:120]}")
+    label = row[spec.label_field]
+    if isinstance(label, int) and 0 <= label < len(label_names):
+        index = label
+    elif str(label) in label_names:
+        index = label_names.index(str(label))
+    else:
+        raise ValueError(f"label {label!r} is not one of the task's labels {label_names}")
+    pair = row.get(spec.text_pair_field) if spec.text_pair_field else None
+    return {"text": str(row[spec.text_field]), "text_pair": pair, "label": index}
+
+
+def _load_cl_benchmark(source: ClBenchmarkSource, spec: DataSpec, seed: int) -> TaskData:
+    names = tuple(json.loads((source.path / "labels.json").read_text()))
+    files = {split: source.path / f"{split}.json" for split in ("train", "test")}
+    rows = {k: json.loads(p.read_text()) for k, p in files.items() if p.is_file()}
+    # The benchmark ships some tasks with one split only (dbpedia: test, yelp: train);
+    # MNLI marks unlabelled rows "-". Keep labelled rows, split what exists.
+    rows = {k: [r for r in v if str(r[spec.label_field]) in names] for k, v in rows.items()}
+    if len(rows) == 1:
+        rows["train"], rows["test"] = stratified_split(
+            next(iter(rows.values())), source.test_fraction, seed, spec.label_field
+        )
+    return TaskData([_normalise(r, spec, names) for r in rows["train"]],
+                    [_normalise(r, spec, names) for r in rows["test"]], names)
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    with path.open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _load_jsonl(source: JsonlSource, spec: DataSpec) -> TaskData:
+    """Integer labels 0..C-1, C taken from the test file (every class is in it)."""
+    test = _read_jsonl(source.test)
+    names = tuple(str(i) for i in range(max(int(r[spec.label_field]) for r in test) + 1))
+    if spec.partitioning.kind == "presplit":
+        return TaskData([], [_normalise(r, spec, names) for r in test], names, source.train)
+    train = [_normalise(r, spec, names) for p in source.train for r in _read_jsonl(p)]
+    return TaskData(train, [_normalise(r, spec, names) for r in test], names)
+
+
+def _load_hub(source: HubSource, spec: DataSpec) -> TaskData:
+    from datasets import load_dataset  # only here: needs the hub
+
+    splits = load_dataset(source.name, source.subset)
+    train, test = splits[source.train_split], splits[source.test_split]
+    feature = train.features[spec.label_field]
+    names = tuple(getattr(feature, "names", None) or sorted({str(x) for x in train[spec.label_field]}))
+    return TaskData([_normalise(r, spec, names) for r in train],
+                    [_normalise(r, spec, names) for r in test], names)
+
+
+def stratified_split(rows: list[dict], test_fraction: float, seed: int, label_field: str):
+    """Split `rows` into (train, test), holding out `test_fraction` of every label, with
+    datasets' own stratified split (`Dataset.train_test_split(stratify_by_column=...)`,
+    seeded); both come back shuffled, not grouped by label, so anything that takes a
+    contiguous slice of them (a partitioner, a capped eval set) gets every label. Rows
+    come back as they went in (their labels as text)."""
+    names = sorted({str(row[label_field]) for row in rows})
+    data = Dataset.from_list([{**row, label_field: str(row[label_field])} for row in rows])
+    data = data.cast_column(label_field, ClassLabel(names=names))
+    split = data.train_test_split(test_size=test_fraction, stratify_by_column=label_field,
+                                  seed=seed)
+    text = split["train"].features[label_field].int2str
+    train, test = ([{**row, label_field: text(row[label_field])} for row in split[part].to_list()]
+                   for part in ("train", "test"))
+    return train, test
+
+
+def partition(task: TaskData, spec: DataSpec, num_clients: int, partition_id: int,
+              seed: int) -> list[dict]:
+    """The training examples of client `partition_id` (flwr-datasets partitioners)."""
+    if spec.partitioning.kind == "presplit":
+        path = task.train_files[partition_id]
+        return [_normalise(r, spec, task.label_names) for r in _read_jsonl(path)]
+    return partitioner_for(spec, num_clients, seed).load_partition(partition_id).to_list()
+
+
+@functools.lru_cache(maxsize=4)
+def partitioner_for(spec: DataSpec, num_clients: int, seed: int):
+    """The flwr-datasets partitioner over the task's training rows (`cached_task`, the
+    same rows `load_task` gives), built once per process: a simulated client process
+    serves many partitions, and rebuilding the dataset for each would cost O(rows) per
+    client per round."""
+    return build_partitioner(cached_task(spec, seed).train, spec.partitioning, num_clients,
+                             seed)
+
+
+def build_partitioner(rows: list[dict], parts: IidPartitioning | DirichletPartitioning,
+                      num_clients: int, seed: int):
+    """A flwr-datasets partitioner over `rows` ({"label": int, ...}), seeded."""
+    if isinstance(parts, IidPartitioning):
+        # IidPartitioner cuts contiguous shards without shuffling: rows in label order
+        # would give each client a few labels. A seeded shuffle first makes it IID
+        # whatever order the source has. (Dirichlet needs none: its per-client label
+        # counts depend on the label counts and its seed only, not on the row order.)
+        rows = rows[:]
+        random.Random(seed).shuffle(rows)
+        partitioner = IidPartitioner(num_partitions=num_clients)
+    elif isinstance(parts, DirichletPartitioning):
+        partitioner = DirichletPartitioner(
+            num_partitions=num_clients, partition_by="label", alpha=parts.alpha,
+            min_partition_size=parts.min_partition_size, self_balancing=False, seed=seed,
+        )
+    else:
+        raise TypeError(f"unknown partitioning {parts.kind!r}")
+    partitioner.dataset = Dataset.from_list(rows)
+    return partitioner
+
+
+def tokenize(examples: list[dict], tokenizer, max_length: int) -> TensorDataset:
+    """Tensors (input_ids, attention_mask, token_type_ids, labels), padded to max_length.
+
+    Padding to a fixed length keeps every batch the same shape: simple, and needed
+    later by per-sample gradient code that expects explicit position tensors.
+    """
+    texts = [e["text"] for e in examples]
+    pairs = [e["text_pair"] for e in examples]
+    encoded = tokenizer(
+        texts, pairs if any(p is not None for p in pairs) else None,
+        padding="max_length", truncation=True, max_length=max_length, return_tensors="pt",
+    )
+    token_types = encoded.get("token_type_ids", torch.zeros_like(encoded["input_ids"]))
+    labels = torch.tensor([e["label"] for e in examples], dtype=torch.long)
+    return TensorDataset(encoded["input_ids"], encoded["attention_mask"], token_types, labels)
+
+
+@dataclass(frozen=True)
+class ClientData:
+    train: TensorDataset
+    local_eval: TensorDataset
+    num_labels: int
+
+
+@functools.lru_cache(maxsize=32)
+def client_data(scenario: Scenario, partition_id: int, task_id: int = 0) -> ClientData:
+    """Client `partition_id`'s tokenized train and local-eval sets of task `task_id`,
+    built once per process."""
+    spec = task_plan(scenario, task_id).data
+    task = cached_task(spec, scenario.seed)
+    rows, cut = client_rows(scenario, partition_id, task_id)
+    train = tokenized(rows[cut:], scenario, task_id, "train")
+    # No held-out share (local_eval_fraction 0): the local eval is on the training rows.
+    local_eval = tokenized(rows[:cut] if cut else rows, scenario, task_id, "score")
+    return ClientData(train=train, local_eval=local_eval, num_labels=len(task.label_names))
+
+
+def client_rows(scenario: Scenario, partition_id: int, task_id: int = 0) -> tuple[list[dict], int]:
+    """Client `partition_id`'s rows of task `task_id`, shuffled, and where its local-eval
+    share ends: rows[cut:] train, rows[:cut] are held out (untokenized: the privacy
+    check at validation needs only how many there are)."""
+    spec = task_plan(scenario, task_id).data
+    rows = partition(cached_task(spec, scenario.seed), spec, scenario.federation.num_clients,
+                     partition_id, scenario.seed)[:]
+    random.Random(scenario.seed + partition_id).shuffle(rows)
+    return rows, int(len(rows) * spec.local_eval_fraction)
+
+
+def train_sizes(scenario: Scenario, partition_id: int) -> list[int]:
+    """How many training rows client `partition_id` has in each task of the scenario
+    (counted untokenized: validation plans the privacy budget from them)."""
+    def size(task_id: int) -> int:
+        rows, cut = client_rows(scenario, partition_id, task_id)
+        return len(rows) - cut
+
+    return [size(t) for t in range(len(task_plans(scenario)))]
+
+
+def tokenized(rows: list[dict], scenario: Scenario, task_id: int, purpose: str) -> TensorDataset:
+    """`rows` as the scenario's model reads them: an encoder's (ids, mask, token types,
+    labels) for any purpose; a causal LM's prompt + answer for 'train', its prompt and
+    options for 'score' (clients.data.prompts)."""
+    from clients.models.factory import build_tokenizer, model_kind
+
+    tokenizer, length = build_tokenizer(scenario.model), scenario.model.max_length
+    if model_kind(scenario.model) != "causal-lm":
+        return tokenize(rows, tokenizer, length)
+    make = training_set if purpose == "train" else scoring_set
+    return make(rows, tokenizer, prompt_format(scenario, task_id), length)
+
+
+def prompt_format(scenario: Scenario, task_id: int) -> PromptFormat:
+    """Task `task_id`'s instruction (its own, else its CL-benchmark folder's, else the
+    generic one) and label texts."""
+    plan = task_plan(scenario, task_id)
+    source = plan.data.source
+    name = source.path.name if isinstance(source, ClBenchmarkSource) else plan.name
+    return PromptFormat(instruction_for(name, plan.data.instruction),
+                        cached_task(plan.data, scenario.seed).label_names)
+
+
+@functools.lru_cache(maxsize=16)
+def cached_task(spec: DataSpec, seed: int) -> TaskData:
+    """`load_task`, read from disk once per process."""
+    return load_task(spec, seed)
+
+
+def label_counts(scenario: Scenario) -> tuple[int, ...]:
+    """Number of labels of each task of the stream (the sizes of the task heads)."""
+    return tuple(len(cached_task(plan.data, scenario.seed).label_names)
+                 for plan in task_plans(scenario))
+
+
+@functools.lru_cache(maxsize=16)
+def server_test_set(scenario: Scenario, task_id: int = 0) -> TensorDataset:
+    """The test split of task `task_id` the server evaluates the global model on (a
+    seeded subset if data.server_eval_max caps it)."""
+    spec = task_plan(scenario, task_id).data
+    test = cached_task(spec, scenario.seed).test
+    cap = spec.server_eval_max
+    if cap is not None and cap < len(test):
+        test = random.Random(scenario.seed).sample(test, cap)
+    return by_length(tokenized(test, scenario, task_id, "score"))
+
+
+def by_length(data: TensorDataset) -> TensorDataset:
+    """The rows ordered by token count (stable), labels with them: evaluated in batches,
+    each batch then holds rows of similar length and trims to them
+    (clients.training.loop.trim_padding), as Hugging Face's group_by_length does. The order
+    changes no accuracy or loss, which are sums over rows."""
+    order = torch.argsort(data.tensors[1].sum(dim=1), stable=True)
+    return TensorDataset(*[t[order] for t in data.tensors])
+
+
+def server_sample(scenario: Scenario, task_id: int, count: int,
+                  split: str = "train") -> TensorDataset:
+    """`count` examples of task `task_id`'s `split` (seeded): the server's calibration
+    sample for OSFT's layer importance. 'train' reads the clients' training rows (in
+    simulation the server can read the task files; that is client data, outside any DP
+    guarantee); 'test' the held-out split the server evaluates on anyway."""
+    task = cached_task(task_plan(scenario, task_id).data, scenario.seed)
+    rows = task.test if split == "test" else task.train
+    rows = random.Random(scenario.seed).sample(rows, min(count, len(rows)))
+    return tokenized(rows, scenario, task_id, "train")  # a causal LM: prompt and answer

@@ -1,0 +1,1 @@
+"""The deployment node process: a warm SuperNode and its polling."""

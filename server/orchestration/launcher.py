@@ -1,0 +1,310 @@
+"""The only module that knows how to launch Flower.
+
+A run gets its own FLWR_HOME and its own simulation SuperLink on free loopback ports
+(so runs never share Flower state and tests can run side by side), then `flwr run`
+submits the app with the scenario path and the run id as run-config scalars. Whatever
+this module starts it stops, with every descendant (flwr-simulation, Ray), on success,
+failure and Ctrl-C alike. Given the address of a SuperLink that already runs (a
+federation of SuperNodes, e.g. compose.yaml's), it starts nothing but `flwr run` against
+it, and asks that SuperLink to stop the run (`flwr stop`) when it is left unfinished.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import psutil
+
+from scenarios.schema import Scenario
+from server.runs.layout import PROJECT_ROOT, RunFolder
+from server.runs.status import TERMINAL, RunStatus
+from server.runs.store import MetricsStore
+
+CONNECTION = "orthofed"
+STARTUP_TIMEOUT_S = 60.0
+# What `flwr run` prints once the SuperLink accepted the run (flwr 1.42, cli/run/run.py).
+STARTED_RUN = re.compile(r"Successfully started run (\d+)")
+
+
+def superlink_address(value: str) -> str:
+    """`value` if it reads HOST:PORT (PORT in 1-65535; an IPv6 host in brackets), else a
+    ValueError that names the constraint and the value."""
+    host, _, port = value.strip().rpartition(":")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT with PORT in 1-65535 (e.g. superlink:9200), "
+                         f"got {value!r}")
+    return value.strip()
+
+
+def free_port() -> int:
+    """A TCP port that is free on loopback right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def flower_env(paths: RunFolder) -> dict[str, str]:
+    """The environment of every Flower process of a run."""
+    env = dict(os.environ)
+    env.update({
+        "FLWR_HOME": str(paths.flwr_home),
+        # Flower reinstalls an app's dependencies for every run by default: a download
+        # of torch per run. The environment already has them.
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+    })
+    return env
+
+
+def write_connection(paths: RunFolder, address: str) -> None:
+    """config.toml in the run's FLWR_HOME: one connection, to the run's SuperLink."""
+    paths.flwr_home.mkdir(parents=True, exist_ok=True)
+    (paths.flwr_home / "config.toml").write_text(
+        f'[superlink]\ndefault = "{CONNECTION}"\n\n'
+        f'[superlink.{CONNECTION}]\naddress = "{address}"\ninsecure = true\n'
+    )
+
+
+def health_problem(address: str, timeout_s: float) -> str | None:
+    """None when a SuperLink answers GET /health at `address` (1.42 serves it on the one
+    port of its Fleet, Control and runtime APIs), else what went wrong."""
+    try:
+        if httpx.get(f"http://{address}/health", timeout=timeout_s).is_success:
+            return None
+        return "it answered GET /health with an error"
+    except httpx.HTTPError as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+def check_superlink(address: str, timeout_s: float = 10.0) -> None:
+    """A RuntimeError that says so unless a SuperLink answers at `address`."""
+    problem = health_problem(address, timeout_s)
+    if problem is not None:
+        raise RuntimeError(f"no SuperLink answers at {address} ({problem}); start the "
+                           "federation first (compose.yaml, or flower-superlink --insecure)")
+
+
+def stop_flower_run(paths: RunFolder) -> str:
+    """Ask the run's SuperLink to stop the Flower run this run folder started (its id read
+    off `flwr run`'s log); what Flower answered, for the runner log."""
+    started = STARTED_RUN.findall(paths.flower_log.read_text(errors="replace")
+                                  if paths.flower_log.is_file() else "")
+    if not started:
+        return "no Flower run had started"
+    try:
+        done = subprocess.run(["flwr", "stop", started[-1], CONNECTION], env=flower_env(paths),
+                              capture_output=True, text=True, timeout=60, cwd=paths.path)
+    except subprocess.TimeoutExpired:
+        return f"flwr stop {started[-1]}: no answer within 60 s"
+    return f"flwr stop {started[-1]}: {(done.stdout + done.stderr).strip()[-300:]}"
+
+
+def check_simulation_engine() -> None:
+    """A RuntimeError that says how to install it unless Ray, which Flower's simulation
+    engine runs ClientApps on, is importable (it is the `simulation` extra)."""
+    if importlib.util.find_spec("ray") is None:
+        raise RuntimeError("Flower's simulation engine needs Ray, which is not installed: "
+                           "pip install 'orthofed[simulation]', or run on the deployment "
+                           "engine (--deployment, or --superlink HOST:PORT)")
+
+
+def start_superlink(paths: RunFolder, port: int, simulation: bool = True) -> subprocess.Popen:
+    """A SuperLink on `port` (simulation engine, or deployment engine waiting for
+    SuperNodes), its state in the run folder."""
+    command = [
+        "flower-superlink", "--insecure", *(["--simulation"] if simulation else []),
+        "--isolation", "subprocess", "--host", "127.0.0.1", "--port", str(port),
+        "--control-api-address", f"127.0.0.1:{free_port()}",
+        # No --database: Flower's in-memory state. A SQLite file commits every message
+        # object the ServerApp pushes and the SuperNodes pull, which cost warm deployment
+        # rounds about 1 s of waiting per message (bench/deploy_vs_sim.py). This
+        # SuperLink dies with its run; a resume starts a fresh one, which knows nothing
+        # of the killed Flower run, so it cannot restart it.
+        "--disable-runtime-dependency-installation",
+    ]
+    with paths.superlink_log.open("ab") as log:
+        process = subprocess.Popen(command, env=flower_env(paths), stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True,
+                                   cwd=paths.path)
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"flower-superlink exited with {process.returncode}; "
+                               f"see {paths.superlink_log}")
+        if health_problem(f"127.0.0.1:{port}", timeout_s=0.5) is None:
+            return process
+        time.sleep(0.2)
+    stop_tree(process)
+    raise RuntimeError(f"flower-superlink did not answer within {STARTUP_TIMEOUT_S:.0f} s; "
+                       f"see {paths.superlink_log}")
+
+
+def supernode_command(superlink: str, partition: int, count: int, port: int,
+                      warm: bool = True) -> list[str]:
+    """A SuperNode for one partition: warm (clients.node.warm_node: one ClientApp process
+    serves every message of the run) or, `warm` False, Flower's own (a fresh
+    flwr-clientapp process per message)."""
+    flags = ["--insecure", "--superlink", superlink, "--port", str(port),
+             "--node-config", f"partition-id={partition} num-partitions={count}"]
+    if warm:
+        return [sys.executable, "-m", "clients.node.warm_node", *flags]
+    return ["flower-supernode", *flags, "--isolation", "subprocess"]
+
+
+def start_supernodes(paths: RunFolder, superlink_port: int, scenario: Scenario,
+                     ) -> list[subprocess.Popen]:
+    """One SuperNode per client partition, each with its partition in --node-config,
+    its own port, and CUDA_VISIBLE_DEVICES from resources.devices (round-robin).
+    Warm (see supernode_command) unless ORTHOFED_COLD_CLIENTS=1 (for comparisons)."""
+    nodes = []
+    count = scenario.federation.num_clients
+    devices = scenario.resources.devices
+    warm = os.environ.get("ORTHOFED_COLD_CLIENTS", "0") != "1"
+    for partition in range(count):
+        env = flower_env(paths)
+        if devices:
+            env["CUDA_VISIBLE_DEVICES"] = str(devices[partition % len(devices)])
+        command = supernode_command(f"127.0.0.1:{superlink_port}", partition, count,
+                                    free_port(), warm)
+        with (paths.supernode_log(partition)).open("ab") as log:
+            nodes.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                          start_new_session=True, cwd=paths.path))
+    return nodes
+
+
+def submit(paths: RunFolder, scenario: Scenario, scenario_path: Path, run_id: str,
+           runs_dir: Path, deployment: bool = False, resume: bool = False,
+           app_dir: Path = PROJECT_ROOT) -> subprocess.Popen:
+    """`flwr run` of the Flower app in `app_dir` (this project; the fault tests' app
+    wraps its ClientApp) against the run's SuperLink, following its logs."""
+    run_config = (f"scenario='{scenario_path}' run-id='{run_id}' runs-dir='{runs_dir}' "
+                  f"resume={'true' if resume else 'false'}")
+    federation_config = (
+        f"num-supernodes={scenario.federation.num_clients} "
+        f"client-resources-num-cpus={scenario.resources.num_cpus} "
+        f"client-resources-num-gpus={scenario.resources.num_gpus}"
+    )
+    command = ["flwr", "run", str(app_dir), CONNECTION, "--stream",
+               "--run-config", run_config,
+               *([] if deployment else ["--federation-config", federation_config])]
+    with paths.flower_log.open("ab") as log:
+        return subprocess.Popen(command, env=flower_env(paths), stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                cwd=PROJECT_ROOT)
+
+
+def stop_tree(process: subprocess.Popen | None, grace_s: float = 10.0) -> None:
+    """Stop `process` and every descendant: SIGTERM, then SIGKILL after `grace_s`."""
+    if process is None:
+        return
+    try:
+        family = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        family = []
+    for proc in family:
+        try:
+            proc.send_signal(signal.SIGTERM)
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(family, timeout=grace_s)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=grace_s)
+    process.poll()
+
+
+def log_tail(path: Path, lines: int = 6) -> str:
+    """The last lines of a Flower log that say something, box drawing stripped."""
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    kept = [ln.strip(" │╭╮╰╯─\t") for ln in text]
+    return " | ".join([ln for ln in kept if ln][-lines:])
+
+
+def stop_flower(paths: RunFolder, store: MetricsStore, run_id: str, superlink: str | None,
+                processes: list[subprocess.Popen | None]) -> None:
+    """Stop what `launch` started (flwr, the SuperNodes, the SuperLink, in that order), and
+    an unfinished run on a SuperLink that is not ours to stop."""
+    stopping = time.monotonic()
+    if superlink is not None and store.get_run(run_id)["status"] != RunStatus.COMPLETED:
+        # The SuperLink is not ours to stop: the run on it is (Ctrl-C, cancelled over
+        # HTTP, a failure here), or its ServerApp would go on training.
+        with (paths.runner_log).open("a") as log:
+            log.write(stop_flower_run(paths) + "\n")
+    # Short grace: the ServerApp has already recorded everything that matters, and
+    # Ray's raylet otherwise lingers 5 s on SIGTERM.
+    for process in processes:
+        stop_tree(process, grace_s=1.0)
+    with (paths.runner_log).open("a") as log:
+        log.write(f"stopped Flower processes in {time.monotonic() - stopping:.1f} s\n")
+
+
+def launch(scenario: Scenario, scenario_path: Path, run_id: str, runs_dir: Path,
+           on_tick: Callable[[], None] = lambda: None, tick_s: float = 0.5,
+           deployment: bool = False, resume: bool = False,
+           app_dir: Path = PROJECT_ROOT, superlink: str | None = None) -> str:
+    """Run a scenario to the end through Flower's simulation engine (or, `deployment`,
+    its deployment engine: a SuperLink and one SuperNode per client on this host; or,
+    `superlink` HOST:PORT, the SuperLink of a federation that already runs, whose
+    ServerApp and SuperNodes must see `runs_dir` and the data at the same paths);
+    return its status. `resume`: the ServerApp continues from the run's newest checkpoint.
+
+    The run's row must exist in the store (pending). The ServerApp marks it running and
+    then completed or failed; if Flower ends without the ServerApp saying so (it could
+    not start, it was killed), the run is marked failed here with the log to read.
+    """
+    store = MetricsStore.in_dir(runs_dir)
+    paths = RunFolder.of(runs_dir, run_id)
+    paths.path.mkdir(parents=True, exist_ok=True)
+    superlink_process = flwr = None
+    supernodes: list[subprocess.Popen] = []
+    try:
+        if superlink is not None:
+            check_superlink(superlink)
+            write_connection(paths, superlink)
+        else:
+            if not deployment:
+                check_simulation_engine()
+            port = free_port()
+            write_connection(paths, f"127.0.0.1:{port}")
+            superlink_process = start_superlink(paths, port, simulation=not deployment)
+            if deployment:
+                supernodes = start_supernodes(paths, port, scenario)
+        flwr = submit(paths, scenario, scenario_path.resolve(), run_id, runs_dir.resolve(),
+                      deployment or superlink is not None, resume, app_dir)
+        while flwr.poll() is None:
+            on_tick()
+            time.sleep(tick_s)
+            if store.get_run(run_id)["status"] in TERMINAL:
+                break  # done (or cancelled over HTTP); `flwr run --stream` may still be draining
+        on_tick()
+    except KeyboardInterrupt:
+        store.set_status(run_id, RunStatus.CANCELLED, "interrupted by the user (Ctrl-C)")
+        raise
+    except Exception as exc:
+        store.set_status(run_id, RunStatus.FAILED, f"launch failed: {exc}")
+        raise
+    finally:
+        stop_flower(paths, store, run_id, superlink, [flwr, *supernodes, superlink_process])
+    status = store.get_run(run_id)["status"]
+    if status not in TERMINAL:
+        store.set_status(run_id, RunStatus.FAILED, "Flower ended without the ServerApp finishing: "
+                         f"{log_tail(paths.flower_log)} (full log: {paths.flower_log})")
+    return store.get_run(run_id)["status"]
