@@ -14,5 +14,5 @@ class FedAvgLora(FedAvg):
     """Flower's FedAvg over the tensors a LoRA client trains (A, B, and the head if it
     trains). The arithmetic is FedAvg's own: B_bar = sum_k n_k B_k / sum_k n_k, same for A."""
 
-    # What each client trains; clients.models.set_trainable understands these names.
+    # What each client trains; clients.models.factory.set_trainable understands these names.
     trains = "lora"

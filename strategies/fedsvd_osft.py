@@ -3,9 +3,9 @@
 The aggregation is FedSVD's (strategies.fedsvd): mean of B, then B A = U S V^T. It keeps
 the guarantee without knowing the bases: a mean of B's projected by P_U is projected,
 and the re-factorization only re-bases within B's column space and A's row space
-(clients.orthogonal_lora). The ServerApp computes the bases and restarts A at each task
+(clients.training.orthogonal_lora). The ServerApp computes the bases and restarts A at each task
 start (server.serverapp.orthogonal_lora_plan) and sends B's bases with every train
-message of the task; clients project each step of B (clients.osft_training).
+message of the task; clients project each step of B (clients.training.osft_training).
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ TRAIN_LOSS = "train-loss"
 LOCAL_EVAL_ACC = "local-eval-acc"
 LOCAL_EVAL_LOSS = "local-eval-loss"
 
-# DP-SGD clients (clients.privacy): spent budget and the accountant's inputs; a client
+# DP-SGD clients (clients.training.privacy): spent budget and the accountant's inputs; a client
 # whose next round would pass its budget replies with REFUSED = 1 and trains nothing.
 EPSILON = "epsilon"
 NOISE_MULTIPLIER = "noise-multiplier"
@@ -40,12 +40,12 @@ REFUSED = "refused"
 # 1 when the noise was seeded from the scenario (privacy.reproducible_noise_voids_guarantee:
 # no guarantee), 0 when it came from OS entropy: the run records which it used.
 SEEDED_NOISE = "seeded-noise"
-# privacy.report_dp_diagnostics (clients.dp_diagnostics): computed without noise, named
+# privacy.report_dp_diagnostics (clients.training.dp_diagnostics): computed without noise, named
 # so; the share of examples whose gradient was clipped, and mean ||noise|| / ||clipped sum||.
 UNNOISED_CLIPPED_FRACTION = "unnoised-clipped-fraction"
 UNNOISED_NOISE_TO_SIGNAL = "unnoised-noise-to-signal"
 
-# context.state of a client node: its privacy ledger (clients.privacy.PrivacyState).
+# context.state of a client node: its privacy ledger (clients.training.privacy.PrivacyState).
 PRIVACY_STATE = "privacy"
 
 # ConfigRecord "client" of a reply: who replied, on what. Not averaged.

@@ -2,7 +2,7 @@
 charge for a round whose reply never came.
 
 Pure (no Opacus): the server relays ledgers (strategies.round_policy.ledger_relay)
-without computing epsilon; clients.privacy.PrivacyState adds the accountant arithmetic
+without computing epsilon; clients.training.privacy.PrivacyState adds the accountant arithmetic
 on top of this record.
 """
 

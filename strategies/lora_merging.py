@@ -33,7 +33,7 @@ class LoraMerging(FedAvg):
     """FedAvg over what clients send (A, B, the head), then `merge` per adapted layer."""
 
     # Clients train A and B; the server also owns the adapted layers' base weights
-    # (clients.models.set_trainable and global_state read this name).
+    # (clients.models.factory.set_trainable and global_state read this name).
     trains = "lora-merged"
 
     def __init__(self, lora_scaling: float = 1.0, seed: int = 0, **kwargs) -> None:

@@ -1,5 +1,5 @@
 """OSFT in a federation: FedAvg over full weights whose updates clients keep orthogonal
-to the preserved subspaces (clients.osft, ALGORITHMS.md section 2, "In a federation").
+to the preserved subspaces (clients.training.osft, ALGORITHMS.md section 2, "In a federation").
 
 The projection is linear, so the weighted average of projected client updates is itself
 projected: plain FedAvg keeps every preserved singular triplet of the task start. The

@@ -1,7 +1,7 @@
 """The planned end of a private run: every client has refused to train.
 
 A DP client refuses a round that would take it past its target epsilon
-(clients.privacy), and stays refused; once all of them have, no round can train.
+(clients.training.privacy), and stays refused; once all of them have, no round can train.
 """
 
 from __future__ import annotations

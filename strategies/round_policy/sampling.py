@@ -11,7 +11,7 @@ round, as Flower's FedAvg; 'balanced', clients dealt from a shuffled deck of all
 them, reshuffled when it runs out (random reshuffling, as SGD's epochs shuffle examples),
 so after R rounds of k of n clients each has joined floor or ceil of R k / n rounds, never
 more than ceil(R k / n): exactly the participation a DP client sizes its noise for
-(clients.privacy.planned_rounds), so none refuses a round for lack of budget.
+(clients.training.privacy.planned_rounds), so none refuses a round for lack of budget.
 """
 
 from __future__ import annotations
