@@ -25,7 +25,7 @@ LAYERS: tuple[set[str], ...] = (
     {"clients.data"},
     {"clients.training"},
     {"clients.checks", "clients.app"},
-    {"server.runs"},
+    {"server.runs", "server.security"},
     {"server.tracking"},
     {"server.serverapp", "server.orchestration"},
     {"server.api"},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from pydantic import ValidationError
@@ -11,7 +12,8 @@ from scenarios.loader import format_error
 from server.api.settings import ServeSettings
 
 FLAGS = ("host", "port", "runs_dir", "concurrency", "token", "max_clients", "max_rounds",
-         "max_local_steps", "superlink", "tensorboard", "mlflow", "mlflow_uri")
+         "max_local_steps", "superlink", "superlink_ca", "ssl_certfile", "ssl_keyfile",
+         "tensorboard", "mlflow", "mlflow_uri")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -26,13 +28,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
         for error in exc.errors():
             print(f"serve: {format_error(error)}", file=sys.stderr)
         return 2
+    if settings.superlink_ca is not None:  # the run workers this server starts inherit it
+        from server.orchestration.launcher import SUPERLINK_CA_ENV
+
+        os.environ[SUPERLINK_CA_ENV] = str(settings.superlink_ca.resolve())
     where = (f"on the SuperLink at {settings.superlink}" if settings.superlink
              else "in local simulations")
-    print(f"orthofed serve: http://{settings.host}:{settings.port} (runs in "
+    scheme = "https" if settings.ssl_certfile else "http"
+    print(f"orthofed serve: {scheme}://{settings.host}:{settings.port} (runs in "
           f"{settings.runs_dir.resolve()}, {settings.concurrency} at once, "
           f"{'token required for changes' if settings.token else 'no token'}{caps(settings)}; "
           f"runs train {where})", file=sys.stderr)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info",
+                ssl_certfile=settings.ssl_certfile, ssl_keyfile=settings.ssl_keyfile)
     return 0
 
 

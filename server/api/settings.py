@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, FilePath, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from scenarios.tracking_spec import INSTALL_HINT
@@ -47,6 +47,14 @@ class ServeSettings(BaseSettings):
         "ORTHOFED_SUPERLINK=superlink:9200 in compose.yaml): posted runs train there, on "
         "its SuperNodes, instead of in a local simulation. Its ServerApp and SuperNodes "
         "must see runs_dir and the data at the same paths.")
+    superlink_ca: FilePath | None = Field(
+        None, description="The CA certificate the SuperLink's TLS is verified against "
+        "(ORTHOFED_SUPERLINK_CA; `orthofed credentials` makes one); None: the SuperLink "
+        "is insecure.")
+    ssl_certfile: FilePath | None = Field(
+        None, description="Serve HTTPS with this certificate (PEM); with ssl_keyfile.")
+    ssl_keyfile: FilePath | None = Field(
+        None, description="The private key of ssl_certfile (PEM).")
     tensorboard: bool = Field(
         False, description="Posted runs without a `tracking` section write TensorBoard event "
         "files in their run folder (scenario tracking.tensorboard).")
@@ -72,6 +80,14 @@ class ServeSettings(BaseSettings):
         from server.orchestration.launcher import superlink_address
 
         return None if value in (None, "") else superlink_address(str(value))
+
+    @model_validator(mode="after")
+    def _https_needs_both_files(self) -> ServeSettings:
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            given, missing = (("ssl_certfile", "ssl_keyfile") if self.ssl_keyfile is None
+                              else ("ssl_keyfile", "ssl_certfile"))
+            raise ValueError(f"{missing}: needed with {given} (HTTPS takes both), got none")
+        return self
 
     @model_validator(mode="after")
     def _tracking_libraries_are_installed(self) -> ServeSettings:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from server.orchestration.execution import (
     claim_for_resume,
     continue_run,
     execute,
+    existing_file,
     existing_run_store,
     load_checked,
     superlink_flag,
@@ -27,6 +29,11 @@ from server.orchestration.execution import (
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if getattr(args, "superlink_ca", None) is not None and args.command in ("run", "resume"):
+        from server.orchestration.launcher import SUPERLINK_CA_ENV
+
+        # The launcher reads it where it writes the run's Flower connection.
+        os.environ[SUPERLINK_CA_ENV] = str(args.superlink_ca.resolve())
     if args.command == "validate":
         return cmd_validate(args.file)
     if args.command == "report":
@@ -35,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_compare(args.run_ids, args.runs_dir, args.metric, args.out, args.json)
     if args.command == "resume":
         return cmd_resume(args.run_id, args.runs_dir, args.json, args.deployment, args.superlink)
+    if args.command == "credentials":
+        return cmd_credentials(args.folder, args.host, args.nodes)
     if args.command == "serve":
         from server.api.serve import cmd_serve
 
@@ -52,6 +61,15 @@ def parser() -> argparse.ArgumentParser:
     add_resume(commands)
     add_report_and_compare(commands)
     add_serve(commands)
+    credentials = commands.add_parser(
+        "credentials", help="make a secure federation's CA, TLS certificates (SuperLink, "
+        "REST API) and SuperNode authentication keys in a folder")
+    credentials.add_argument("folder", type=Path)
+    credentials.add_argument("--host", action="append", required=True, metavar="HOST",
+                             help="a host name or IP address the certificates are valid "
+                             "for (repeat; loopback is always added to the SuperLink's)")
+    credentials.add_argument("--nodes", type=int, default=1,
+                             help="how many SuperNode key pairs (node-0, node-0.pub, ...)")
     return parser
 
 
@@ -68,8 +86,12 @@ def add_run(commands) -> None:
     engine.add_argument("--deployment", action="store_true",
                         help="use Flower's deployment engine: a SuperLink and one SuperNode "
                         "per client on this host (resources.devices pins their GPUs)")
+    run.add_argument("--superlink-ca", type=existing_file, default=None, metavar="FILE",
+                     help="the CA certificate (PEM) to verify the SuperLink's TLS with (default: "
+                     "ORTHOFED_SUPERLINK_CA; none: an insecure SuperLink)")
     engine.add_argument("--superlink", type=superlink_flag, default=None, metavar="HOST:PORT",
-                        help="submit to the SuperLink of a running federation (insecure) "
+                        help="submit to the SuperLink of a running federation (over TLS with "
+                        "--superlink-ca, else insecure) "
                         "instead of starting Flower here; its ServerApp and SuperNodes must "
                         "see the runs dir and the data at the same paths")
 
@@ -86,6 +108,9 @@ def add_resume(commands) -> None:
     resumed_on = resume.add_mutually_exclusive_group()
     resumed_on.add_argument("--deployment", action="store_true",
                             help="continue on Flower's deployment engine (see run --deployment)")
+    resume.add_argument("--superlink-ca", type=existing_file, default=None, metavar="FILE",
+                        help="the CA certificate (PEM) to verify the SuperLink's TLS with (default: "
+                        "ORTHOFED_SUPERLINK_CA; none: an insecure SuperLink)")
     resumed_on.add_argument("--superlink", type=superlink_flag, default=None,
                             metavar="HOST:PORT", help="continue on the SuperLink of a running "
                             "federation (see run --superlink)")
@@ -126,6 +151,12 @@ def add_serve(commands) -> None:
     serve.add_argument("--max-local-steps", type=int, default=None,
                        help="most local steps per round a posted run may ask for "
                        "(default: no cap)")
+    serve.add_argument("--superlink-ca", default=None, metavar="FILE",
+                       help="the CA certificate (PEM) of that SuperLink's TLS")
+    serve.add_argument("--ssl-certfile", default=None, metavar="FILE",
+                       help="serve HTTPS with this certificate (PEM), with --ssl-keyfile")
+    serve.add_argument("--ssl-keyfile", default=None, metavar="FILE",
+                       help="the private key (PEM) of --ssl-certfile")
     serve.add_argument("--superlink", default=None, metavar="HOST:PORT",
                        help="send posted runs to this SuperLink's federation instead of local "
                        "simulations (default: ORTHOFED_SUPERLINK, else none)")
@@ -136,6 +167,23 @@ def add_serve(commands) -> None:
     serve.add_argument("--mlflow-uri", default=None, metavar="URI",
                        help="MLflow tracking URI of posted runs (default: "
                        "sqlite:///<runs-dir>/mlflow.db)")
+
+
+def cmd_credentials(folder: Path, hosts: list[str], nodes: int) -> int:
+    """Write server.security.credentials' files; exit 2 (naming the flag) for bad input
+    or a folder that already holds a CA (keys are never overwritten)."""
+    from server.security.credentials import make_credentials
+
+    if not 0 <= nodes <= 10_000:
+        print(f"credentials: --nodes: must be between 0 and 10000, got {nodes}", file=sys.stderr)
+        return EXIT_INVALID
+    if (folder / "ca.key").exists():
+        print(f"credentials: {folder}: already holds a CA (ca.key); give an empty folder",
+              file=sys.stderr)
+        return EXIT_INVALID
+    for path in make_credentials(folder, hosts, nodes):
+        print(path)
+    return 0
 
 
 def cmd_validate(file: Path) -> int:

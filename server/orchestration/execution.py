@@ -38,6 +38,14 @@ def superlink_flag(value: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def existing_file(value: str) -> Path:
+    """A flag's file: it must exist, else argparse's usage error naming the flag."""
+    path = Path(value)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"no such file: {value}")
+    return path
+
+
 def load_checked(file: Path, console: Console):
     """The scenario of `file`, or None after printing every problem (schema, then disk)."""
     from clients.checks import check_scenario

@@ -16,6 +16,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -31,6 +32,7 @@ from server.runs.status import TERMINAL, RunStatus
 from server.runs.store import MetricsStore
 
 CONNECTION = "orthofed"
+SUPERLINK_CA_ENV = "ORTHOFED_SUPERLINK_CA"
 STARTUP_TIMEOUT_S = 60.0
 # What `flwr run` prints once the SuperLink accepted the run (flwr 1.42, cli/run/run.py).
 STARTED_RUN = re.compile(r"Successfully started run (\d+)")
@@ -68,32 +70,46 @@ def flower_env(paths: RunFolder) -> dict[str, str]:
     return env
 
 
-def write_connection(paths: RunFolder, address: str) -> None:
-    """config.toml in the run's FLWR_HOME: one connection, to the run's SuperLink."""
+def superlink_ca() -> Path | None:
+    """The CA certificate a SuperLink's TLS is verified against (`--superlink-ca`, or
+    ORTHOFED_SUPERLINK_CA); None: the SuperLink is insecure (plain gRPC and HTTP)."""
+    value = os.environ.get(SUPERLINK_CA_ENV, "")
+    return Path(value).resolve() if value else None
+
+
+def write_connection(paths: RunFolder, address: str, ca: Path | None = None) -> None:
+    """config.toml in the run's FLWR_HOME: one connection, to the run's SuperLink, over
+    TLS verified against `ca` when given, else insecure."""
     paths.flwr_home.mkdir(parents=True, exist_ok=True)
+    security = f'root-certificates = "{ca}"\n' if ca else "insecure = true\n"
     (paths.flwr_home / "config.toml").write_text(
         f'[superlink]\ndefault = "{CONNECTION}"\n\n'
-        f'[superlink.{CONNECTION}]\naddress = "{address}"\ninsecure = true\n'
+        f'[superlink.{CONNECTION}]\naddress = "{address}"\n{security}'
     )
 
 
-def health_problem(address: str, timeout_s: float) -> str | None:
+def health_problem(address: str, timeout_s: float, ca: Path | None = None) -> str | None:
     """None when a SuperLink answers GET /health at `address` (1.42 serves it on the one
-    port of its Fleet, Control and runtime APIs), else what went wrong."""
+    port of its Fleet, Control and runtime APIs; over HTTPS verified against `ca` when
+    given), else what went wrong."""
+    scheme, verify = ("https", ssl.create_default_context(cafile=str(ca))) if ca else ("http", True)
     try:
-        if httpx.get(f"http://{address}/health", timeout=timeout_s).is_success:
+        if httpx.get(f"{scheme}://{address}/health", timeout=timeout_s,
+                     verify=verify).is_success:
             return None
         return "it answered GET /health with an error"
     except httpx.HTTPError as exc:
         return f"{type(exc).__name__}: {exc}"
 
 
-def check_superlink(address: str, timeout_s: float = 10.0) -> None:
-    """A RuntimeError that says so unless a SuperLink answers at `address`."""
-    problem = health_problem(address, timeout_s)
+def check_superlink(address: str, timeout_s: float = 10.0, ca: Path | None = None) -> None:
+    """A RuntimeError that says so unless a SuperLink answers at `address` (over TLS
+    verified against `ca` when given)."""
+    problem = health_problem(address, timeout_s, ca)
     if problem is not None:
-        raise RuntimeError(f"no SuperLink answers at {address} ({problem}); start the "
-                           "federation first (compose.yaml, or flower-superlink --insecure)")
+        how = f"over TLS verified against {ca}" if ca else "insecure (no --superlink-ca)"
+        raise RuntimeError(f"no SuperLink answers at {address}, {how} ({problem}); start "
+                           "the federation first (compose.yaml), or give the CA of its TLS")
 
 
 def stop_flower_run(paths: RunFolder) -> str:
@@ -277,8 +293,9 @@ def launch(scenario: Scenario, scenario_path: Path, run_id: str, runs_dir: Path,
     supernodes: list[subprocess.Popen] = []
     try:
         if superlink is not None:
-            check_superlink(superlink)
-            write_connection(paths, superlink)
+            ca = superlink_ca()
+            check_superlink(superlink, ca=ca)
+            write_connection(paths, superlink, ca)
         else:
             if not deployment:
                 check_simulation_engine()
