@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import os
 import signal
 import subprocess
 import sys
@@ -187,6 +188,18 @@ def start_supernode(port: int, pull_interval_s: float, flags: list[str]) -> subp
     return subprocess.Popen(command, preexec_fn=die_with_parent)
 
 
+def exit_with_supernode(node: subprocess.Popen, stopping: threading.Event) -> None:
+    """When the SuperNode exits on its own (refused by the SuperLink: an unregistered
+    key, exit 305), exit with its code: the task loop may be deep in Flower's retries
+    against the dead node's Runtime API, which never give up."""
+    code = node.wait()
+    # A signal's exit (code < 0) or a clean one is a stop this process is told of too
+    # (the launcher signals the whole family): only an error exit is the node's own.
+    if code > 0 and not stopping.wait(timeout=1.0):
+        log(ERROR, "[warm-node] the SuperNode exited with %s; so does this process", code)
+        os._exit(code or 1)
+
+
 def warm_imports() -> None:
     """Import what every ClientApp message needs while the SuperNode connects."""
     import torch  # noqa: F401
@@ -204,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    threading.Thread(target=exit_with_supernode, args=(node, stopping), daemon=True).start()
     worker = WarmClientApp(f"127.0.0.1:{ours.port}")
     acquirer = runtime_client(worker.address, RuntimeVersionHttpInterceptor(
         component_name="SuperExec"))
