@@ -7,8 +7,9 @@ Checked: a run posted to the REST API over HTTPS (with its token) trains on the 
 SuperNodes to the end over TLS, its event stream and the store hold every round, and its
 numbers equal the same scenario's on loopback; a SuperNode with an unregistered key is
 refused while the registered ones stay; a client without the CA, with a wrong CA, or
-speaking plaintext to the TLS port is refused; a wrong or missing API token is refused.
-Skipped, saying why, where network namespaces cannot be made.
+speaking plaintext to the TLS port is refused; a wrong or missing API token is refused;
+a host whose link is cut mid-run fails that round, is recorded, and rejoins when the
+link is back. Skipped, saying why, where network namespaces cannot be made.
 """
 
 from __future__ import annotations
@@ -240,3 +241,44 @@ def _https_problem(address: str, ca: Path | None) -> str | None:
         return None
     except httpx.HTTPError as exc:
         return f"{type(exc).__name__}: {exc}"
+
+
+def test_a_cut_link_fails_that_client_for_the_round_and_it_rejoins(federation, tmp_path) -> None:
+    """Host n2's link goes down mid-run: the round completes with n1's reply (min_replies
+    1) after the round timeout, the failure is recorded for partition 1; the link comes
+    back, n2's SuperNode is online again and partition 1 trains in later rounds."""
+    fed = federation
+    doc = yaml.safe_load(Path(small_scenario(tmp_path, rounds=6, name="cut")).read_text())
+    doc["federation"].update(min_replies=1, round_timeout=20.0, local_steps=5)
+    scenario = tmp_path / "cut.yaml"
+    scenario.write_text(yaml.safe_dump(doc))
+    runs_dir = fed.root / "runs-cut"
+    run = fed.hosts.start("link", [
+        sys.executable, "-m", "server.cli", "run", str(scenario), "--runs-dir", str(runs_dir),
+        "--superlink", fed.superlink, "--superlink-ca", str(fed.creds / "ca.crt"), "--json"],
+        (tmp_path / "cut-run.log").open("wb"), env=dict(os.environ, HF_HUB_OFFLINE="1"),
+        cwd=ROOT)
+    try:
+        store = wait_for(lambda: (runs_dir / "orthofed.sqlite").exists()
+                         and MetricsStore.in_dir(runs_dir), 120, "the run's store")
+        run_id = wait_for(lambda: (store.list_runs(limit=1) or [{}])[0].get("id"), 60, "the run")
+        wait_for(lambda: len(store.rounds(run_id)) >= 2, 300, "round 1 recorded")
+        fed.hosts.set_link("n2", up=False)
+        cut_after = len(store.rounds(run_id)) - 1  # the last round recorded before the cut
+        wait_for(lambda: store.failures(run_id), 120, "the cut client's failure recorded")
+        fed.hosts.set_link("n2", up=True)
+        assert run.wait(timeout=600) == 0, (tmp_path / "cut-run.log").read_text()[-3000:]
+    finally:
+        fed.hosts.set_link("n2", up=True)
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    assert store.get_run(run_id)["status"] == "completed"
+    failures = store.failures(run_id)
+    assert {f["partition_id"] for f in failures} == {1}, failures
+    failed_rounds = {f["round"] for f in failures}
+    assert min(failed_rounds) > cut_after
+    trained = {(r["round"], r["partition_id"]) for r in store.client_rounds(run_id)}
+    assert all((r, 0) in trained for r in range(1, 7))  # n1 trained every round
+    assert any(r > max(failed_rounds) and (r, 1) in trained for r in range(1, 7)), trained
+    wait_for(lambda: len(fed.online_nodes()) == 2, 120, "n2's SuperNode online again")
