@@ -10,6 +10,8 @@ holds, records which client failed.
 from __future__ import annotations
 
 import functools
+import socket
+import sys
 import traceback
 from logging import ERROR
 
@@ -121,7 +123,8 @@ def train_round(scenario: Scenario, partition_id: int, content: RecordDict,
     torch.manual_seed(seed)  # dropout
     generator = torch.Generator().manual_seed(seed)
     fed = scenario.federation
-    who = ConfigRecord({keys.PARTITION_ID: partition_id, keys.DEVICE: str(device)})
+    who = ConfigRecord({keys.PARTITION_ID: partition_id, keys.DEVICE: str(device),
+                        keys.NODE: node_address()})
     optimizer = make_optimizer(model, fed.optimizer)
     dp: dict[str, float] = {}
     ledger_record: dict[str, ConfigRecord] = {}  # DP: the ledger goes back to the server
@@ -156,6 +159,17 @@ def train_round(scenario: Scenario, partition_id: int, content: RecordDict,
     arrays = ArrayRecord({k: v.cpu() for k, v in trainable_state(model).items()})
     return RecordDict({keys.ARRAYS: arrays, keys.METRICS: metrics, keys.CLIENT: who,
                        **ledger_record})
+
+
+def node_address() -> str:
+    """Where this client runs: in a simulation, its Ray node's IP (a Ray cluster spreads
+    the clients over several machines); elsewhere the host name."""
+    if "ray" in sys.modules:  # a simulation's actor; never imported for it here
+        import ray
+
+        if ray.is_initialized():
+            return ray.util.get_node_ip_address()
+    return socket.gethostname()
 
 
 def received_model(scenario: Scenario, content: RecordDict, task_id: int,

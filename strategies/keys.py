@@ -51,6 +51,7 @@ PRIVACY_STATE = "privacy"
 # ConfigRecord "client" of a reply: who replied, on what. Not averaged.
 PARTITION_ID = "partition-id"
 DEVICE = "device"
+NODE = "node"  # where the client ran: its Ray node's IP in a simulation, else the host name
 
 # Train metrics of a round, measured by strategies.recording from the messages: the
 # arrays' bytes of one client's train instruction and (mean) of one client's reply.

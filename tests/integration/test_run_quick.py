@@ -183,7 +183,7 @@ def test_dp_run_reports_epsilon_that_opacus_recomputes(tmp_path, runs_dir, strat
         # Nothing un-noised left the client (no loss, no local eval); fresh noise.
         for metrics in mine:
             assert set(metrics) == {"num-examples", "epsilon", "noise-multiplier",
-                                    "sample-rate", "dp-steps", "seeded-noise", "device"}
+                                    "sample-rate", "dp-steps", "seeded-noise", "device", "node"}
             assert metrics["seeded-noise"] == 0
     summary = last_json_line(done.stdout)
     assert summary["privacy"] == {"noise": "os-entropy", "excludes": []}

@@ -219,7 +219,7 @@ def test_a_client_without_the_ca_with_a_wrong_ca_or_in_plaintext_is_refused(
            "plaintext": ["--insecure"]}[case]
     node = fed.supernode("n1", "node-0", 0, f"bad-{case}", tls=tls)
     try:
-        time.sleep(20)
+        time.sleep(10)
         assert len(fed.online_nodes()) == 2  # still only the two good ones
     finally:
         node.kill()
