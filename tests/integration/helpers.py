@@ -111,3 +111,19 @@ def wait_gone(pid: int, timeout: float = 60) -> None:
             return
         assert time.monotonic() < deadline, f"run process {pid} still alive"
         time.sleep(0.3)
+
+
+def follow(client: httpx.Client | str, run_id: str, timeout: float = 300) -> list[tuple[str, dict]]:
+    """(event, data) of the run's event stream until it ends; `client` an httpx.Client
+    (e.g. HTTPS with its CA) or the API's base URL."""
+    if isinstance(client, str):
+        with httpx.Client(base_url=client) as plain:
+            return follow(plain, run_id, timeout)
+    events, event = [], None
+    with client.stream("GET", f"/runs/{run_id}/events", timeout=timeout) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("event: "):
+                event = line[len("event: "):]
+            elif line.startswith("data: ") and event:
+                events.append((event, json.loads(line[len("data: "):])))
+    return events

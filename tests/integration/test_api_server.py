@@ -5,7 +5,6 @@ HTTP finishes with every round once."""
 
 from __future__ import annotations
 
-import json
 import time
 
 import httpx
@@ -13,22 +12,10 @@ import pytest
 
 from server.runs.store import MetricsStore
 from tests.conftest import ROOT
-from tests.integration.helpers import serving, wait_gone
+from tests.integration.helpers import follow, serving, wait_gone
 
 pytestmark = pytest.mark.integration
 TOKEN = {"Authorization": "Bearer it-token"}
-
-
-def follow(base: str, run_id: str, timeout: float = 300) -> list[tuple[str, dict]]:
-    """(event, data) of the run's event stream until it ends."""
-    events, event = [], None
-    with httpx.stream("GET", f"{base}/runs/{run_id}/events", timeout=timeout) as stream:
-        for line in stream.iter_lines():
-            if line.startswith("event: "):
-                event = line[len("event: "):]
-            elif line.startswith("data: ") and event:
-                events.append((event, json.loads(line[len("data: "):])))
-    return events
 
 
 def test_cancel_then_resume_over_http_loses_and_repeats_no_round(tmp_path, runs_dir) -> None:

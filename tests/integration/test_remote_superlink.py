@@ -29,8 +29,8 @@ from server.orchestration.launcher import (
 from server.runs.layout import RunFolder
 from server.runs.store import MetricsStore
 from tests.conftest import ROOT
-from tests.integration.helpers import serving, wait_gone
-from tests.integration.test_api_server import TOKEN, follow
+from tests.integration.helpers import follow, serving, wait_gone
+from tests.integration.test_api_server import TOKEN
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("remote_superlink")]
 

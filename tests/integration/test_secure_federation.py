@@ -30,7 +30,7 @@ from server.orchestration.launcher import health_problem
 from server.runs.store import MetricsStore
 from server.security.credentials import make_ca, make_credentials
 from tests.conftest import ROOT
-from tests.integration.helpers import last_json_line, run_orthofed
+from tests.integration.helpers import follow, last_json_line, run_orthofed
 from tests.integration.netns import Hosts, namespaces_problem
 from tests.integration.test_deployment import small_scenario
 
@@ -126,17 +126,6 @@ def https_client(fed: Federation, ca: Path | None = None) -> httpx.Client:
                         verify=verify, timeout=60)
 
 
-def follow(client: httpx.Client, run_id: str) -> list[tuple[str, dict]]:
-    events, event = [], None
-    with client.stream("GET", f"/runs/{run_id}/events", timeout=600) as stream:
-        for line in stream.iter_lines():
-            if line.startswith("event: "):
-                event = line[len("event: "):]
-            elif line.startswith("data: ") and event:
-                events.append((event, json.loads(line[len("data: "):])))
-    return events
-
-
 def test_a_run_posted_over_https_trains_over_tls_as_on_loopback(federation, tmp_path) -> None:
     fed = federation
     runs_dir = fed.root / "runs"
@@ -159,7 +148,7 @@ def test_a_run_posted_over_https_trains_over_tls_as_on_loopback(federation, tmp_
             posted = client.post("/runs", content=body, headers=auth)
             assert posted.status_code == 202, posted.text[:500]
             run_id = posted.json()["id"]
-            return refused, run_id, follow(client, run_id)
+            return refused, run_id, follow(client, run_id, timeout=600)
 
     refused, run_id, events = fed.hosts.call("n1", post_and_follow)
     assert refused == [401, 401]
