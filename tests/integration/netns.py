@@ -30,7 +30,10 @@ def namespaces_problem() -> str | None:
     if os.geteuid() != 0:
         return "network namespaces need root (ip netns); this user is not"
     probe = f"ofprobe{os.getpid()}"
-    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    try:
+        made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    except FileNotFoundError:
+        return "the ip command (iproute2) is not installed"
     if made.returncode != 0:
         return f"ip netns add is not allowed here: {made.stderr.strip()}"
     subprocess.run(["ip", "netns", "del", probe], capture_output=True)
