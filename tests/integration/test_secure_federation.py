@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import ssl
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -24,15 +25,17 @@ from pathlib import Path
 
 import httpx
 import pytest
+import torch
 import yaml
 
 from server.orchestration.launcher import health_problem
 from server.runs.store import MetricsStore
 from server.security.credentials import make_ca, make_credentials
 from tests.conftest import ROOT
-from tests.integration.helpers import follow, last_json_line, run_orthofed
+from tests.integration.helpers import follow, kill_tree_now, last_json_line, run_orthofed
 from tests.integration.netns import Hosts, namespaces_problem
 from tests.integration.test_deployment import small_scenario
+from tests.integration.test_streams import without_timings
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("secure-federation")]
 PORT, API_PORT, TOKEN = 9200, 8443, "secure-token"
@@ -46,6 +49,27 @@ class Federation:
     superlink: str  # HOST:PORT on the link host's address
     cli_env: dict[str, str]  # FLWR_HOME with a TLS connection named "fed"
     started: int = 0  # SuperNodes started: each gets its own Runtime API port
+    superlink_process: subprocess.Popen | None = None
+
+    def start_superlink(self) -> subprocess.Popen:
+        """The SuperLink on the link host: TLS on every API, SuperNode authentication,
+        its state in a SQLite file (a restart after SIGKILL finds its nodes and runs)."""
+        creds = self.creds
+        env = dict(os.environ, FLWR_HOME=str(self.root / "link-home"), HF_HUB_OFFLINE="1",
+                   FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1")
+        return self.hosts.start("link", [
+            "flower-superlink", "--ssl-ca-certfile", str(creds / "ca.crt"),
+            "--ssl-certfile", str(creds / "superlink.crt"),
+            "--ssl-keyfile", str(creds / "superlink.key"), "--enable-supernode-auth",
+            "--isolation", "subprocess", "--host", "0.0.0.0", "--port", str(PORT),
+            "--database", str(self.root / "superlink.db"),
+            "--disable-runtime-dependency-installation"],
+            (self.root / "superlink.log").open("ab"), env=env, cwd=self.root)
+
+    def wait_superlink(self) -> None:
+        wait_for(lambda: self.hosts.call("n1", health_problem, self.superlink, 1.0,
+                                         self.creds / "ca.crt") is None, 90,
+                 "the SuperLink over TLS")
 
     def flwr(self, *args: str, timeout: float = 60):
         return self.hosts.run("link", ["flwr", *args], timeout=timeout, env=self.cli_env,
@@ -98,17 +122,8 @@ def federation(tmp_path_factory):
     fed = Federation(hosts, root, creds, superlink, dict(os.environ, FLWR_HOME=str(cli_home)))
     hosts.up()
     try:
-        link_env = dict(os.environ, FLWR_HOME=str(root / "link-home"), HF_HUB_OFFLINE="1",
-                        FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1")
-        hosts.start("link", [
-            "flower-superlink", "--ssl-ca-certfile", str(creds / "ca.crt"),
-            "--ssl-certfile", str(creds / "superlink.crt"),
-            "--ssl-keyfile", str(creds / "superlink.key"), "--enable-supernode-auth",
-            "--isolation", "subprocess", "--host", "0.0.0.0", "--port", str(PORT),
-            "--disable-runtime-dependency-installation"],
-            (root / "superlink.log").open("wb"), env=link_env, cwd=root)
-        wait_for(lambda: hosts.call("n1", health_problem, superlink, 1.0,
-                                    creds / "ca.crt") is None, 90, "the SuperLink over TLS")
+        fed.superlink_process = fed.start_superlink()
+        fed.wait_superlink()
         for key in ("node-0.pub", "node-1.pub"):  # node-2 stays unregistered
             done = fed.flwr("supernode", "register", str(creds / key), "fed")
             assert done.returncode == 0, done.stdout[-1500:] + done.stderr[-1500:]
@@ -271,3 +286,55 @@ def test_a_cut_link_fails_that_client_for_the_round_and_it_rejoins(federation, t
     assert all((r, 0) in trained for r in range(1, 7))  # n1 trained every round
     assert any(r > max(failed_rounds) and (r, 1) in trained for r in range(1, 7)), trained
     wait_for(lambda: len(fed.online_nodes()) == 2, 120, "n2's SuperNode online again")
+
+
+def test_a_superlink_sigkilled_mid_run_restarts_on_its_database_and_resume_equals(
+        federation, tmp_path) -> None:
+    """The SuperLink (with its ServerApp) SIGKILLed after round 1's checkpoint, restarted
+    on its SQLite file: the registered SuperNodes come back online, and `orthofed
+    resume` over TLS finishes the run with the rounds and the final model of an
+    uninterrupted run, bit for bit; nothing recorded before the kill is lost."""
+    fed = federation
+    scenario = small_scenario(tmp_path, rounds=3, name="restart")
+    tls = ["--superlink", fed.superlink, "--superlink-ca", str(fed.creds / "ca.crt")]
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+
+    def orthofed(*args: str, timeout: float = 600):
+        return fed.hosts.run("link", [sys.executable, "-m", "server.cli", *args, *tls],
+                             timeout=timeout, env=env, cwd=ROOT)
+
+    reference_dir = tmp_path / "reference"
+    done = orthofed("run", scenario, "--runs-dir", str(reference_dir), "--json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    reference = last_json_line(done.stdout)
+    runs_dir = tmp_path / "victim"
+    victim = fed.hosts.start("link", [sys.executable, "-m", "server.cli", "run", scenario,
+                                      "--runs-dir", str(runs_dir), *tls],
+                             (tmp_path / "victim.log").open("wb"), env=env, cwd=ROOT)
+    try:
+        wait_for(lambda: list(runs_dir.glob("*/checkpoints/round-000001-task-0000.pt")),
+                 300, "round 1's checkpoint", poll=0.05)
+        kill_tree_now(fed.superlink_process.pid)  # the SuperLink, its SuperExec, the ServerApp
+        assert victim.wait(timeout=300) != 0  # its flwr run lost the SuperLink
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+            victim.wait()
+    store = MetricsStore.in_dir(runs_dir)
+    (run,) = store.list_runs()
+    kept = store.rounds(run["id"])
+    assert len(kept) >= 2  # rounds 0 and 1 were recorded before the kill
+    fed.superlink_process = fed.start_superlink()
+    fed.wait_superlink()
+    wait_for(lambda: len(fed.online_nodes()) == 2, 180, "the SuperNodes back online")
+    done = orthofed("resume", run["id"], "--runs-dir", str(runs_dir), "--json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    resumed = last_json_line(done.stdout)
+    assert resumed["status"] == "completed"
+    assert [r["round"] for r in resumed["rounds"]] == [0, 1, 2, 3]
+    assert without_timings(resumed["rounds"]) == without_timings(reference["rounds"])
+    assert without_timings(resumed["rounds"][:len(kept)]) == without_timings(kept)
+    final = torch.load(runs_dir / run["id"] / "global-final.pt")
+    expected = torch.load(reference_dir / reference["run_id"] / "global-final.pt")
+    assert final.keys() == expected.keys()
+    assert all(torch.equal(final[k], expected[k]) for k in expected)
