@@ -94,6 +94,29 @@ def provenance() -> dict[str, Any]:
             "cpus": os.cpu_count()}
 
 
+def significant(value: Any, digits: int = 5) -> Any:
+    """`value` with every float rounded to `digits` significant digits (a results file is
+    read by people and tables to 2 decimals; full floats tripled its size)."""
+    if isinstance(value, float):
+        return float(f"{value:.{digits}g}")
+    if isinstance(value, list):
+        return [significant(item, digits) for item in value]
+    if isinstance(value, dict):
+        return {key: significant(item, digits) for key, item in value.items()}
+    return value
+
+
+def results_json(history: list, summary: dict[str, Any], runs: dict[str, Any]) -> str:
+    """The results file's text: compact JSON, floats to 5 significant digits, one run per
+    line (a resumed benchmark's diff shows the runs it added)."""
+    def compact(value: Any) -> str:
+        return json.dumps(significant(value), separators=(",", ":"))
+
+    lines = ",\n".join(f"{json.dumps(key)}:{compact(record)}" for key, record in runs.items())
+    return (f'{{"history":{compact(history)},\n"summary":{compact(summary)},\n'
+            f'"runs":{{\n{lines}\n}}}}\n')
+
+
 class ResultsFile:
     """bench/results/<name>.json (+ .md): the provenance and a record per run, keyed by
     what the run was (e.g. 'non-private/fedsvd/seed0'), saved after every run."""
@@ -159,8 +182,7 @@ class ResultsFile:
     def write(self, summary: dict[str, Any], markdown: str) -> None:
         """Both files, as they stand (after every run)."""
         RESULTS.mkdir(parents=True, exist_ok=True)
-        payload = {"history": self.history, "summary": summary, "runs": self.runs}
-        self.json_path.write_text(json.dumps(payload, indent=1) + "\n")
+        self.json_path.write_text(results_json(self.history, summary, self.runs))
         self.md_path.write_text(markdown)
 
     def header(self, title: str) -> str:
