@@ -1,6 +1,8 @@
-"""compose.yaml parses, pins one GPU per SuperNode, and every command and flag in it is
-accepted by the installed Flower 1.42 executables and by orthofed (docker itself does
-not run here)."""
+"""compose.yaml parses, pins one GPU per SuperNode, is secure by default (TLS everywhere,
+SuperNode authentication, credentials made and keys registered before any SuperNode
+starts), and every command and flag in it is accepted by the installed Flower 1.42
+executables and by orthofed (docker itself does not run here; the commands run together
+on loopback in tests/integration/test_compose_stack.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from tests.conftest import ROOT
 
 COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())
 SERVICES = COMPOSE["services"]
+CREDENTIALS = "/credentials"
 
 
 def flower_parser(executable: str):
@@ -29,7 +32,8 @@ def flower_parser(executable: str):
 
 
 def test_services_and_gpu_pinning() -> None:
-    assert set(SERVICES) == {"superlink", "api", *(f"supernode-{i}" for i in range(4))}
+    assert set(SERVICES) == {"credentials", "superlink", "register", "api",
+                             *(f"supernode-{i}" for i in range(4))}
     seen = set()
     for i in range(4):
         node = SERVICES[f"supernode-{i}"]
@@ -38,7 +42,8 @@ def test_services_and_gpu_pinning() -> None:
         (device,) = node["deploy"]["resources"]["reservations"]["devices"]
         assert device["capabilities"] == ["gpu"] and device["device_ids"] == [str(i)]
         seen.add(device["device_ids"][0])
-        assert node["depends_on"] == ["superlink"] and "runs:/runs" in node["volumes"]
+        assert node["depends_on"] == {"register": {"condition": "service_completed_successfully"}}
+        assert "runs:/runs" in node["volumes"] and "./credentials:/credentials:ro" in node["volumes"]
     assert seen == {"0", "1", "2", "3"}
     assert "runs" in COMPOSE["volumes"] and "runs:/runs" in SERVICES["api"]["volumes"]
 
@@ -55,7 +60,9 @@ def test_supernodes_are_warm_and_flower_accepts_what_they_pass_on() -> None:
         assert ours.port == 9094
         parsed = flower_parser("flower-supernode").parse_args(
             [*rest, "--isolation", "process", "--port", str(ours.port)])
-        assert parsed.insecure and parsed.superlink == "superlink:9200"
+        assert not parsed.insecure and parsed.superlink == "superlink:9200"
+        assert parsed.root_certificates == f"{CREDENTIALS}/ca.crt"
+        assert parsed.auth_supernode_private_key == f"{CREDENTIALS}/node-{i}"
 
 
 @pytest.mark.parametrize("service", ["superlink"])
@@ -66,16 +73,47 @@ def test_flower_accepts_every_flag(service: str) -> None:
     for flag in (a for a in args if a.startswith("--")):
         assert flag in help_text, f"{service}: {executable} has no {flag}"
     parsed = flower_parser(executable).parse_args(args)  # exits on a bad flag or value
-    assert parsed.insecure and parsed.isolation == "subprocess"
+    assert not parsed.insecure and parsed.isolation == "subprocess"
+    assert parsed.enable_supernode_auth  # only registered keys join
+    assert (parsed.ssl_ca_certfile, parsed.ssl_certfile, parsed.ssl_keyfile) == tuple(
+        f"{CREDENTIALS}/{name}" for name in ("ca.crt", "superlink.crt", "superlink.key"))
+    # Registered keys live in Flower's state: on a file in the runs volume, they survive
+    # a restart of the container.
+    assert parsed.database.startswith("/runs/")
+    assert SERVICES[service]["depends_on"] == {
+        "credentials": {"condition": "service_completed_successfully"}}
 
 
-def test_orthofed_serve_accepts_its_flags() -> None:
-    executable, *args = SERVICES["api"]["command"]
-    assert executable == "orthofed" and args[0] == "serve"
-    help_text = subprocess.run([sys.executable, "-m", "server.cli", "serve", "--help"],
+@pytest.mark.parametrize("service", ["credentials", "register", "api"])
+def test_orthofed_accepts_every_flag(service: str) -> None:
+    executable, command, *args = SERVICES[service]["command"]
+    assert executable == "orthofed"
+    help_text = subprocess.run([sys.executable, "-m", "server.cli", command, "--help"],
                                cwd=ROOT, capture_output=True, text=True, check=True).stdout
     for flag in (a for a in args if a.startswith("--")):
-        assert flag in help_text
+        assert flag in help_text, f"{service}: orthofed {command} has no {flag}"
+
+
+def test_credentials_are_made_for_the_services_and_every_node_is_registered() -> None:
+    from server.security.credentials import credential_files
+
+    made = SERVICES["credentials"]["command"]
+    assert made[2] == CREDENTIALS and "--keep-existing" in made
+    assert SERVICES["credentials"]["volumes"] == [f"./credentials:{CREDENTIALS}"]
+    hosts = {made[i + 1] for i, arg in enumerate(made) if arg == "--host"}
+    assert {"superlink", "api", "localhost"} <= hosts
+    nodes = int(made[made.index("--nodes") + 1])
+    assert nodes == 4
+    registered = SERVICES["register"]["command"]
+    keys = [a for a in registered if a.endswith(".pub")]
+    assert keys == [f"{CREDENTIALS}/{name}" for name in credential_files(nodes)
+                    if name.endswith(".pub")]
+    assert registered[registered.index("--superlink") + 1] == "superlink:9200"
+    assert registered[registered.index("--superlink-ca") + 1] == f"{CREDENTIALS}/ca.crt"
+    serve = SERVICES["api"]["command"]
+    assert serve[serve.index("--ssl-certfile") + 1] == f"{CREDENTIALS}/api.crt"
+    assert serve[serve.index("--ssl-keyfile") + 1] == f"{CREDENTIALS}/api.key"
+    assert SERVICES["api"]["environment"]["ORTHOFED_SUPERLINK_CA"] == f"{CREDENTIALS}/ca.crt"
 
 
 def test_the_image_installs_the_pinned_stack() -> None:

@@ -43,7 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "resume":
         return cmd_resume(args.run_id, args.runs_dir, args.json, args.deployment, args.superlink)
     if args.command == "credentials":
-        return cmd_credentials(args.folder, args.host, args.nodes)
+        return cmd_credentials(args.folder, args.host, args.nodes, args.keep_existing)
+    if args.command == "register":
+        return cmd_register(args.keys, args.superlink, args.superlink_ca, args.wait_s)
     if args.command == "serve":
         from server.api.serve import cmd_serve
 
@@ -70,6 +72,10 @@ def parser() -> argparse.ArgumentParser:
                              "for (repeat; loopback is always added to the SuperLink's)")
     credentials.add_argument("--nodes", type=int, default=1,
                              help="how many SuperNode key pairs (node-0, node-0.pub, ...)")
+    credentials.add_argument("--keep-existing", action="store_true",
+                             help="a folder that already holds the whole set is kept as it "
+                             "is (exit 0; compose runs this on every start)")
+    add_register(commands)
     return parser
 
 
@@ -169,20 +175,59 @@ def add_serve(commands) -> None:
                        "sqlite:///<runs-dir>/mlflow.db)")
 
 
-def cmd_credentials(folder: Path, hosts: list[str], nodes: int) -> int:
+def cmd_credentials(folder: Path, hosts: list[str], nodes: int, keep_existing: bool) -> int:
     """Write server.security.credentials' files; exit 2 (naming the flag) for bad input
-    or a folder that already holds a CA (keys are never overwritten)."""
-    from server.security.credentials import make_credentials
+    or a folder that already holds a CA (keys are never overwritten). With
+    `keep_existing`, a folder holding the whole set for `nodes` is left as it is."""
+    from server.security.credentials import credential_files, make_credentials
 
     if not 0 <= nodes <= 10_000:
         print(f"credentials: --nodes: must be between 0 and 10000, got {nodes}", file=sys.stderr)
         return EXIT_INVALID
     if (folder / "ca.key").exists():
-        print(f"credentials: {folder}: already holds a CA (ca.key); give an empty folder",
-              file=sys.stderr)
+        missing = [name for name in credential_files(nodes) if not (folder / name).exists()]
+        if keep_existing and not missing:
+            print(f"credentials: {folder}: kept (it holds the CA and {nodes} node keys)")
+            return 0
+        why = (f"lacks {', '.join(missing)} for --nodes {nodes}" if keep_existing and missing
+               else "already holds a CA (ca.key); give an empty folder")
+        print(f"credentials: {folder}: {why}", file=sys.stderr)
         return EXIT_INVALID
     for path in make_credentials(folder, hosts, nodes):
         print(path)
+    return 0
+
+
+def add_register(commands) -> None:
+    """`orthofed register KEY ...`: SuperNode public keys, registered (safe to repeat)."""
+    register = commands.add_parser(
+        "register", help="register SuperNodes' public keys with a SuperLink that runs "
+        "--enable-supernode-auth (a key it already holds is fine: safe to repeat)")
+    register.add_argument("keys", nargs="+", type=existing_file, metavar="KEY.pub")
+    register.add_argument("--superlink", type=superlink_flag, required=True, metavar="HOST:PORT")
+    register.add_argument("--superlink-ca", type=existing_file, default=None, metavar="FILE",
+                          help="the CA certificate (PEM) to verify the SuperLink's TLS with "
+                          "(default: ORTHOFED_SUPERLINK_CA; none: an insecure SuperLink)")
+    register.add_argument("--wait-s", type=float, default=120.0, metavar="S",
+                          help="how long to wait for the SuperLink to answer (default: 120)")
+
+
+def cmd_register(keys: list[Path], superlink: str, ca: Path | None, wait_s: float) -> int:
+    """Register each key; exit 1 naming the key Flower refused (or the SuperLink that did
+    not answer), 2 for a bad --wait-s."""
+    from server.orchestration.launcher import superlink_ca
+    from server.orchestration.registration import register_keys
+
+    if not 0 < wait_s <= 86_400:
+        print(f"register: --wait-s: must be in (0, 86400] seconds, got {wait_s}", file=sys.stderr)
+        return EXIT_INVALID
+    try:
+        outcomes = register_keys(keys, superlink, ca or superlink_ca(), wait_s)
+    except RuntimeError as exc:
+        print(f"register: {exc}", file=sys.stderr)
+        return 1
+    for key, outcome in outcomes.items():
+        print(f"{key}: {outcome}")
     return 0
 
 

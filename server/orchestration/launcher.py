@@ -80,9 +80,15 @@ def superlink_ca() -> Path | None:
 def write_connection(paths: RunFolder, address: str, ca: Path | None = None) -> None:
     """config.toml in the run's FLWR_HOME: one connection, to the run's SuperLink, over
     TLS verified against `ca` when given, else insecure."""
-    paths.flwr_home.mkdir(parents=True, exist_ok=True)
+    write_flwr_config(paths.flwr_home, address, ca)
+
+
+def write_flwr_config(flwr_home: Path, address: str, ca: Path | None = None) -> None:
+    """`flwr_home`/config.toml with one connection (named CONNECTION, the default) to
+    `address`, over TLS verified against `ca` when given, else insecure."""
+    flwr_home.mkdir(parents=True, exist_ok=True)
     security = f'root-certificates = "{ca}"\n' if ca else "insecure = true\n"
-    (paths.flwr_home / "config.toml").write_text(
+    (flwr_home / "config.toml").write_text(
         f'[superlink]\ndefault = "{CONNECTION}"\n\n'
         f'[superlink.{CONNECTION}]\naddress = "{address}"\n{security}'
     )

@@ -108,6 +108,12 @@ def make_node_keys(folder: Path, index: int) -> tuple[Path, Path]:
     return private, public
 
 
+def credential_files(nodes: int) -> list[str]:
+    """The names make_credentials writes for `nodes` SuperNodes."""
+    fixed = ["ca.crt", "ca.key", "superlink.crt", "superlink.key", "api.crt", "api.key"]
+    return fixed + [name for i in range(nodes) for name in (f"node-{i}", f"node-{i}.pub")]
+
+
 def make_credentials(folder: Path, hosts: list[str], nodes: int) -> list[Path]:
     """Everything above in `folder` (created); the files written."""
     folder.mkdir(parents=True, exist_ok=True)

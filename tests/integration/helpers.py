@@ -64,6 +64,18 @@ def kill_tree_now(pid: int) -> None:
     kill_all(family)
 
 
+def wait_for(condition, timeout: float, what: str, poll: float = 0.5):
+    """condition()'s first truthy value, polled; a failed assertion naming `what` after
+    `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"not within {timeout:.0f} s: {what}"
+        time.sleep(poll)
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
 

@@ -32,7 +32,13 @@ from server.orchestration.launcher import health_problem
 from server.runs.store import MetricsStore
 from server.security.credentials import make_ca, make_credentials
 from tests.conftest import ROOT
-from tests.integration.helpers import follow, kill_tree_now, last_json_line, run_orthofed
+from tests.integration.helpers import (
+    follow,
+    kill_tree_now,
+    last_json_line,
+    run_orthofed,
+    wait_for,
+)
 from tests.integration.netns import Hosts, namespaces_problem
 from tests.integration.test_deployment import small_scenario
 from tests.integration.test_streams import without_timings
@@ -92,16 +98,6 @@ class Federation:
             "--port", str(9100 + self.started), *tls, "--auth-supernode-private-key", str(self.creds / key),
             "--node-config", f"partition-id={partition} num-partitions=2"],
             (self.root / f"{log_name}.log").open("wb"), env=env, cwd=self.root)
-
-
-def wait_for(condition, timeout: float, what: str, poll: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"not within {timeout:.0f} s: {what}"
-        time.sleep(poll)
 
 
 @pytest.fixture(scope="module")

@@ -63,3 +63,38 @@ def test_a_folder_with_a_ca_is_never_overwritten(tmp_path, capsys) -> None:
     assert main(["credentials", str(tmp_path), "--host", "a"]) == 2
     assert (tmp_path / "ca.key").read_bytes() == before
     assert "already holds a CA" in capsys.readouterr().err
+
+
+def test_keep_existing_keeps_a_whole_set_and_names_what_a_partial_one_lacks(tmp_path, capsys) -> None:
+    args = ["credentials", str(tmp_path), "--host", "a", "--nodes", "2", "--keep-existing"]
+    assert main(args) == 0
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert main(args) == 0 and "kept" in capsys.readouterr().out
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    # More nodes than the folder holds: refused, naming the missing keys, nothing made.
+    assert main([*args[:4], "--nodes", "3", "--keep-existing"]) == 2
+    assert "lacks node-2, node-2.pub for --nodes 3" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_register_refuses_bad_input_naming_the_flag(tmp_path, capsys) -> None:
+    key = tmp_path / "node-0.pub"
+    key.write_text("not used")
+    with pytest.raises(SystemExit) as missing:
+        main(["register", str(tmp_path / "absent.pub"), "--superlink", "127.0.0.1:9"])
+    assert missing.value.code == 2 and "KEY.pub: no such file" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["register", str(key), "--superlink", "nowhere"])
+    assert "--superlink: expected HOST:PORT" in capsys.readouterr().err
+    assert main(["register", str(key), "--superlink", "127.0.0.1:9", "--wait-s", "0"]) == 2
+    assert "--wait-s: must be in (0, 86400] seconds, got 0.0" in capsys.readouterr().err
+
+
+def test_register_says_which_superlink_did_not_answer(tmp_path, capsys) -> None:
+    from server.orchestration.launcher import free_port
+
+    key = tmp_path / "node-0.pub"
+    key.write_text("not used")
+    address = f"127.0.0.1:{free_port()}"
+    assert main(["register", str(key), "--superlink", address, "--wait-s", "1"]) == 1
+    assert f"no SuperLink answered at {address} within 1 s" in capsys.readouterr().err
