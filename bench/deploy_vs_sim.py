@@ -1,6 +1,8 @@
 """The same scenario on Flower's simulation engine and on its deployment engine, with
-warm SuperNodes (clients.node.warm_node: one ClientApp process per node serves the run) and
-with Flower's own per-message `flwr-clientapp` processes (ORTHOFED_COLD_CLIENTS=1),
+warm SuperNodes (clients.node.warm_node: one ClientApp process per node serves the run),
+the same with each message's arrays sent one object each instead of packed
+(ORTHOFED_PACK_ARRAYS=0), and with Flower's own per-message `flwr-clientapp` processes
+(ORTHOFED_COLD_CLIENTS=1),
 run one after another in one invocation.
 
 Prints each run's per-round times (from the rounds' recorded timestamps), the median
@@ -32,6 +34,8 @@ from server.runs.store import MetricsStore  # noqa: E402
 
 ARRANGEMENTS = {"simulation": ([], {}),
                 "deployment, warm nodes": (["--deployment"], {}),
+                "deployment, warm nodes, arrays unpacked": (["--deployment"],
+                                                            {"ORTHOFED_PACK_ARRAYS": "0"}),
                 "deployment, Flower's per-message processes": (["--deployment"],
                                                                {"ORTHOFED_COLD_CLIENTS": "1"})}
 

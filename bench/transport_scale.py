@@ -12,7 +12,7 @@ simulation, the megabytes per second that extra time amounts to for the round's 
 same number of hops (ServerApp -> SuperLink -> SuperNode -> ClientApp, and back).
 
 The scenario is scenarios/smollm2-osft-cl.yaml cut to what moves the bytes: one task,
-2 clients (both every round), 1 local step of batch 1, max_length 32, 8 evaluation rows,
+2 clients (both every round), 1 local step of batch 1, 8 evaluation rows,
 so the compute per round is small next to the messages.
 
 Usage: python bench/transport_scale.py [--rounds 3] [--clients 2]
@@ -44,12 +44,15 @@ from strategies import keys  # noqa: E402
 # deployment engine (warm nodes run the ClientApp in a process of their own).
 HOPS = 3
 CHUNK = 8 << 20
+ARRANGEMENTS = (("simulation", [], {}),
+                ("deployment, warm nodes", ["--deployment"], {}),
+                ("deployment, warm nodes, arrays unpacked", ["--deployment"],
+                 {"ORTHOFED_PACK_ARRAYS": "0"}))
 
 
 def scenario_document(rounds: int, clients: int) -> dict:
     document = yaml.safe_load((ROOT / "scenarios" / "smollm2-osft-cl.yaml").read_text())
     document["name"] = "transport-scale"
-    document["model"]["max_length"] = 32
     document["data"]["server_eval_max"] = 8
     document["stream"]["tasks"] = document["stream"]["tasks"][:1]
     for task in document["stream"]["tasks"]:  # paths relative to the scenarios folder
@@ -104,27 +107,26 @@ def main() -> None:
         scenario.write_text(yaml.safe_dump(scenario_document(args.rounds, args.clients)))
         print(f"SmolLM2-135M OSFT, {args.clients} clients, {args.rounds} rounds, "
               f"{os.cpu_count()} CPUs")
-        for name, flags in (("simulation", []), ("deployment, warm nodes", ["--deployment"])):
-            runs_dir = Path(tmp) / name.split(",")[0]
-            seconds, wall = round_seconds(scenario, runs_dir, flags, {})
+        for index, (name, flags, env) in enumerate(ARRANGEMENTS):
+            runs_dir = Path(tmp) / f"runs-{index}"
+            seconds, wall = round_seconds(scenario, runs_dir, flags, env)
             later[name] = median(seconds[1:]) if len(seconds) > 1 else seconds[0]
             down, up = round_bytes(runs_dir)
-            print(f"{name:>24}: rounds " + " ".join(f"{s:6.1f}" for s in seconds)
+            print(f"{name:>40}: rounds " + " ".join(f"{s:6.1f}" for s in seconds)
                   + f" s; wall {wall:6.1f} s; per client {down / 1e6:6.1f} MB down, "
                   f"{up / 1e6:6.1f} MB up", flush=True)
     moved = args.clients * (down + up)
-    extra = later["deployment, warm nodes"] - later["simulation"]
     copy = loopback_copy_seconds(int(moved))
-    print(f"\nlater rounds, median: simulation {later['simulation']:.1f} s, deployment "
-          f"{later['deployment, warm nodes']:.1f} s "
-          f"({later['deployment, warm nodes'] / later['simulation']:.2f}x)")
-    print(f"bytes per round (all clients, both ways): {moved / 1e6:.0f} MB")
-    print(f"deployment's extra time per round: {extra:.1f} s = {moved / 1e6 / extra:.0f} MB/s "
-          f"of message (x{HOPS} hops: {HOPS * moved / 1e6 / extra:.0f} MB/s moved)")
-    print(f"plain loopback TCP copy of those bytes: {copy:.2f} s ({moved / 1e6 / copy:.0f} MB/s); "
-          f"over {HOPS} hops {HOPS * copy:.2f} s, {extra / (HOPS * copy):.0f}x less than "
-          "Flower's transport takes")
-
+    base = later["simulation"]
+    print(f"\nbytes per round (all clients, both ways): {moved / 1e6:.0f} MB; a plain loopback "
+          f"TCP copy of them: {copy:.2f} s ({moved / 1e6 / copy:.0f} MB/s), over {HOPS} hops "
+          f"{HOPS * copy:.2f} s")
+    print("later rounds, median, and deployment's extra time over simulation:")
+    for name, seconds in later.items():
+        extra = seconds - base
+        rate = (f"= {moved / 1e6 / extra:5.0f} MB/s of message, {extra / (HOPS * copy):4.0f}x "
+                "the plain copy's time" if extra > 0 else "")
+        print(f"{name:>40}: {seconds:6.1f} s ({seconds / base:4.2f}x)  extra {extra:5.1f} s {rate}")
 
 if __name__ == "__main__":
     main()

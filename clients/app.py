@@ -51,6 +51,7 @@ from clients.training.loop import evaluate, make_optimizer, round_seed, train_st
 from scenarios.loader import load_scenario, resolve_scenario_path
 from scenarios.schema import Scenario
 from strategies import keys
+from strategies.packed_arrays import is_packed, pack, unpack
 from strategies.registry import trained_set
 
 app = ClientApp()
@@ -62,8 +63,11 @@ def train(msg: Message, context: Context) -> Message:
     partition_id = int(context.node_config["partition-id"])
     try:
         scenario = scenario_of(context)
-        content = train_round(scenario, partition_id, msg.content, context.state)
-        return Message(content=content, reply_to=msg)
+        # A packed message (the deployment engine) gets a packed reply.
+        packed = is_packed(msg.content)
+        content = train_round(scenario, partition_id,
+                              unpack(msg.content) if packed else msg.content, context.state)
+        return Message(content=pack(content) if packed else content, reply_to=msg)
     except Exception as exc:  # noqa: BLE001 - every failure becomes a recorded error reply
         log(ERROR, "partition %d failed:\n%s", partition_id, traceback.format_exc())
         # The server knows which partition this node holds: the reason says only what.

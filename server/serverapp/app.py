@@ -13,6 +13,7 @@ preserved bases at each task start (server.serverapp.osft_plan). After every rou
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from pathlib import Path
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
+from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 from flwr.supercore import log
 
 from clients.data.tasks import label_counts, server_sample, server_test_set
@@ -69,6 +71,7 @@ from strategies.round_policy.quorum import Quorum
 from strategies.round_policy.sampling import ClientSampler, ShuffledDeck
 
 app = ServerApp()
+PACK_ENV = "ORTHOFED_PACK_ARRAYS"
 NODE_WAIT_S = 60.0  # simulation registers nodes at once; deployment SuperNodes may be slower
 
 
@@ -163,8 +166,11 @@ def run_context(grid: Grid, scenario: Scenario, store: MetricsStore, run_id: str
     per task for a stream) from the scenario's seed."""
     fed = scenario.federation
     nodes = wait_for_nodes(grid, fed.num_clients, NODE_WAIT_S)
+    # Off the simulation engine, messages travel object by object: pack their arrays
+    # (ORTHOFED_PACK_ARRAYS=0 sends them as they are, for comparison).
+    pack = not isinstance(grid, InMemoryGrid) and os.environ.get(PACK_ENV, "1") != "0"
     grid = PartitionOrderedGrid(grid, discover_partitions(grid, nodes, fed.round_timeout),
-                                min(fed.round_timeout, NODE_WAIT_S))
+                                min(fed.round_timeout, NODE_WAIT_S), pack=pack)
     torch.manual_seed(scenario.seed)
     counts = label_counts(scenario)
     device = pick_device()

@@ -16,6 +16,7 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from strategies import keys
+from strategies.packed_arrays import pack, unpack
 
 
 # Seconds between pulls for replies. Flower's deployment grid (flwr/superlink/grid/
@@ -78,15 +79,17 @@ def discover_partitions(grid: Grid, node_ids: list[int], timeout_s: float) -> di
 class PartitionOrderedGrid:
     """A Grid whose `get_node_ids` lists nodes by partition id; all else delegated.
 
-    Replies are pulled every REPLY_PULL_INTERVAL_S (send_and_receive). A SuperNode that
+    Replies are pulled every REPLY_PULL_INTERVAL_S (send_and_receive). With `pack`
+    (the deployment engine), arrays travel packed (strategies.packed_arrays). A SuperNode that
     restarts comes back with a new node id: an unknown live node is
     asked its partition, and takes that partition's place (the old id is dropped, so a
     dead node is not sampled again).
     """
 
     def __init__(self, grid: Grid, node_by_partition: dict[int, int],
-                 timeout_s: float = 60.0) -> None:
+                 timeout_s: float = 60.0, pack: bool = False) -> None:
         self._grid = grid
+        self._pack = pack
         self._by_partition = dict(node_by_partition)
         self._timeout_s = timeout_s
 
@@ -106,7 +109,19 @@ class PartitionOrderedGrid:
 
     def send_and_receive(self, messages: Iterable[Message], *,
                          timeout: float | None = None) -> list[Message]:
-        return send_and_receive(self._grid, messages, timeout)
+        """Grid.send_and_receive; with `pack`, each message's arrays travel packed into
+        one Array per record (strategies.packed_arrays) and replies are unpacked, so the
+        strategy sends and receives what it would unpacked."""
+        if not self._pack:
+            return send_and_receive(self._grid, messages, timeout)
+        messages = list(messages)
+        for message in messages:
+            message.content = pack(message.content)
+        replies = send_and_receive(self._grid, messages, timeout)
+        for reply in replies:
+            if reply.has_content():
+                reply.content = unpack(reply.content)
+        return replies
 
     def __getattr__(self, name: str):
         return getattr(self._grid, name)
