@@ -20,6 +20,7 @@ from server.orchestration.launcher import CONNECTION, health_problem, write_flwr
 # What flwr 1.42 answers (its JSON "error-message") for a key the SuperLink already has.
 ALREADY_REGISTERED = "Public key already in use"
 POLL_S = 1.0
+REGISTER_TIMEOUT_S = 120.0
 ANSI_COLOUR = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -37,10 +38,15 @@ def wait_for_superlink(address: str, ca: Path | None, wait_s: float) -> None:
 def register_key(key: Path, flwr_home: Path) -> str:
     """Register one public key over the connection in `flwr_home`: "registered (node N)"
     or "already registered"; a RuntimeError with Flower's message otherwise."""
-    done = subprocess.run(["flwr", "supernode", "register", str(key), CONNECTION,
-                           "--format", "json"], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "FLWR_HOME": str(flwr_home),
-                               "FLWR_DISABLE_UPDATE_CHECK": "1"})
+    try:
+        done = subprocess.run(["flwr", "supernode", "register", str(key), CONNECTION,
+                               "--format", "json"], capture_output=True, text=True,
+                              timeout=REGISTER_TIMEOUT_S,
+                              env={**os.environ, "FLWR_HOME": str(flwr_home),
+                                   "FLWR_DISABLE_UPDATE_CHECK": "1"})
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"{key}: flwr supernode register did not answer within "
+                           f"{REGISTER_TIMEOUT_S:g} s") from None
     try:
         answer = json.loads(done.stdout)
     except json.JSONDecodeError:
@@ -51,7 +57,8 @@ def register_key(key: Path, flwr_home: Path) -> str:
     message = str(answer.get("error-message", "")).strip()
     if ALREADY_REGISTERED in message:
         return "already registered"
-    raise RuntimeError(f"{key}: the SuperLink refused it: {message.splitlines()[-1:]}")
+    last_line = message.splitlines()[-1] if message else "no reason given"
+    raise RuntimeError(f"{key}: the SuperLink refused it: {last_line}")
 
 
 def register_keys(keys: list[Path], address: str, ca: Path | None,
