@@ -160,17 +160,20 @@ def run_scenario(grid: Grid, scenario: Scenario, store: MetricsStore, run_id: st
         torch.save(final, RunFolder(run_dir).global_final)
 
 
+def packs_arrays(grid: Grid) -> bool:
+    """Whether messages on `grid` travel with their arrays packed: off the simulation
+    engine (whose InMemoryGrid moves no objects), unless ORTHOFED_PACK_ARRAYS=0."""
+    return not isinstance(grid, InMemoryGrid) and os.environ.get(PACK_ENV, "1") != "0"
+
+
 def run_context(grid: Grid, scenario: Scenario, store: MetricsStore, run_id: str,
                 run_dir: Path) -> RunContext:
     """Wait for the clients, order them by partition, and build the global model (a head
     per task for a stream) from the scenario's seed."""
     fed = scenario.federation
     nodes = wait_for_nodes(grid, fed.num_clients, NODE_WAIT_S)
-    # Off the simulation engine, messages travel object by object: pack their arrays
-    # (ORTHOFED_PACK_ARRAYS=0 sends them as they are, for comparison).
-    pack = not isinstance(grid, InMemoryGrid) and os.environ.get(PACK_ENV, "1") != "0"
     grid = PartitionOrderedGrid(grid, discover_partitions(grid, nodes, fed.round_timeout),
-                                min(fed.round_timeout, NODE_WAIT_S), pack=pack)
+                                min(fed.round_timeout, NODE_WAIT_S), pack=packs_arrays(grid))
     torch.manual_seed(scenario.seed)
     counts = label_counts(scenario)
     device = pick_device()

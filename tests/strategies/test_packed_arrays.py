@@ -104,3 +104,17 @@ def test_the_grid_packs_what_it_sends_and_unpacks_the_replies(packing: bool) -> 
         assert not is_packed(reply.content) and len(reply.content["arrays"]) == 6
         assert all(np.array_equal(a.numpy(), np.full(3, float(index)))
                    for a in reply.content["arrays"].values())
+
+
+def test_only_the_deployment_engine_packs(monkeypatch) -> None:
+    """Simulation's InMemoryGrid never packs; any other grid (the deployment engine's)
+    packs unless ORTHOFED_PACK_ARRAYS=0."""
+    from flwr.superlink.grid.inmemory_grid import InMemoryGrid
+
+    from server.serverapp.app import PACK_ENV, packs_arrays
+
+    simulation, deployment = InMemoryGrid.__new__(InMemoryGrid), EchoGrid()
+    monkeypatch.delenv(PACK_ENV, raising=False)
+    assert not packs_arrays(simulation) and packs_arrays(deployment)
+    monkeypatch.setenv(PACK_ENV, "0")
+    assert not packs_arrays(simulation) and not packs_arrays(deployment)
