@@ -41,9 +41,10 @@ from strategies import keys  # noqa: E402
 
 METHODS = {"osft": "OSFT", "seqft": "sequential full FT", "seqlora": "sequential LoRA",
            "fedsvd": "FedSVD-LoRA per task", "fedsvd-osft": "orthogonal FedSVD",
-           "osft-dp": "OSFT under DP (epsilon 6)"}
+           "osft-dp": "OSFT under DP (epsilon 6)",
+           "fedsvd-osft-dp": "orthogonal FedSVD under DP (epsilon 6)"}
 DEFAULT_METHODS = ("osft", "seqft", "seqlora", "fedsvd", "fedsvd-osft")
-# osft-dp: the OSFT file under DP-SGD (each client's noise sized for its whole stream)
+# <method>-dp: that method's file under DP-SGD (each client's noise sized for its whole stream)
 PRIVACY = {"target_epsilon": 6.0, "delta": 1.0e-5, "max_grad_norm": 1.0, "accountant": "prv"}
 METRICS = ("aa", "bwt", "fwt", "forgetting")
 PAIRED = ("osft", "fedsvd-osft")  # methods whose paired differences to the others are shown
@@ -55,17 +56,18 @@ SUITES = {"minilm": "{}-cl-4task", "smollm2": "smollm2-{}-cl"}  # scenario file 
 def document_for(suite: str, method: str, seed: int, rounds: int | None,
                  steps: int | None, order: str | None = None) -> dict:
     """The suite's scenario of the method (fedsvd: the LoRA one with strategy fedsvd;
-    osft-dp: the OSFT one under DP) with the seed, and the stream's named order, rounds
-    per task and local steps when given; paths absolute."""
-    source = SUITES[suite].format({"fedsvd": "seqlora", "osft-dp": "osft"}.get(method, method))
-    if suite != "minilm" and method == "fedsvd-osft":
+    <method>-dp: that method's one under DP) with the seed, and the stream's named order,
+    rounds per task and local steps when given; paths absolute."""
+    base = method.removesuffix("-dp")
+    source = SUITES[suite].format({"fedsvd": "seqlora"}.get(base, base))
+    if suite != "minilm" and base == "fedsvd-osft":
         raise SystemExit("fedsvd-osft ships a scenario for the minilm suite only")
     document = load_scenario(ROOT / "scenarios" / f"{source}.yaml").model_dump(mode="json")
     document["seed"] = seed
     if method == "fedsvd":
         document.update(name=SUITES[suite].format("fedsvd"),
                         strategy={"name": "fedsvd", "svd_period": 1})
-    if method == "osft-dp":
+    if method.endswith("-dp"):
         document.update(name=document["name"] + "-dp", privacy=PRIVACY)
     if order is not None:
         stream = document["stream"]
@@ -126,15 +128,17 @@ def summarise(runs: dict[str, dict]) -> dict[str, Any]:
 
 
 def markdown(results: ResultsFile, summary: dict[str, Any], suite: str) -> str:
-    title = {"minilm": "a 4-task stream (MiniLM)", "smollm2": "a 3-task stream (SmolLM2-135M)"}
-    lines = [results.header(f"OSFT vs its baselines on {title[suite]}"),
+    methods = [m for m in METHODS if m in summary]
+    # The stream's own length (4 or 3 by default, 7 for --order long-7).
+    tasks = len(summary[methods[0]]["names"]) if methods else {"minilm": 4, "smollm2": 3}[suite]
+    model = {"minilm": "MiniLM", "smollm2": "SmolLM2-135M"}[suite]
+    lines = [results.header(f"OSFT vs its baselines on a {tasks}-task stream ({model})"),
              "Accuracy in %, mean ± sd over seeds (95 % t-interval half width in brackets). "
              "AA: mean final accuracy over tasks; BWT: mean (final - just after training) over "
              "all tasks but the last; FWT: " + ("through linear probes" if suite == "minilm" else
              "on the accuracy matrix (zero-shot before each task)") + "; forgetting: mean over "
              "all tasks but the last of (best earlier - final).", "",
              "| method | seeds | AA | BWT | FWT | forgetting | min/run |", "|---|---|---|---|---|---|---|"]
-    methods = [m for m in METHODS if m in summary]
     for method in methods:
         row = summary[method]
         cells = " | ".join(f"{mean_sd(row[m])} [{pct(row[m], 'ci95')}]" for m in METRICS)
