@@ -39,13 +39,13 @@ from scenarios.loader import load_scenario  # noqa: E402
 from seeded import ResultsFile, mean_sd, pct, spread  # noqa: E402
 from strategies import keys  # noqa: E402
 
-METHODS = {"osft": "OSFT", "seqft": "sequential full FT", "seqlora": "sequential LoRA",
-           "fedsvd": "FedSVD-LoRA per task", "fedsvd-osft": "orthogonal FedSVD",
-           "osft-dp": "OSFT under DP (epsilon 6)",
-           "fedsvd-osft-dp": "orthogonal FedSVD under DP (epsilon 6)"}
-DEFAULT_METHODS = ("osft", "seqft", "seqlora", "fedsvd", "fedsvd-osft")
 # <method>-dp: that method's file under DP-SGD (each client's noise sized for its whole stream)
 PRIVACY = {"target_epsilon": 6.0, "delta": 1.0e-5, "max_grad_norm": 1.0, "accountant": "prv"}
+NON_PRIVATE = {"osft": "OSFT", "seqft": "sequential full FT", "seqlora": "sequential LoRA",
+               "fedsvd": "FedSVD-LoRA per task", "fedsvd-osft": "orthogonal FedSVD"}
+METHODS = {**NON_PRIVATE, **{f"{m}-dp": f"{label} under DP (epsilon {PRIVACY['target_epsilon']:g})"
+                             for m, label in NON_PRIVATE.items()}}
+DEFAULT_METHODS = tuple(NON_PRIVATE)
 METRICS = ("aa", "bwt", "fwt", "forgetting")
 PAIRED = ("osft", "fedsvd-osft")  # methods whose paired differences to the others are shown
 
@@ -64,7 +64,7 @@ def document_for(suite: str, method: str, seed: int, rounds: int | None,
         raise SystemExit("fedsvd-osft ships a scenario for the minilm suite only")
     document = load_scenario(ROOT / "scenarios" / f"{source}.yaml").model_dump(mode="json")
     document["seed"] = seed
-    if method == "fedsvd":
+    if base == "fedsvd":
         document.update(name=SUITES[suite].format("fedsvd"),
                         strategy={"name": "fedsvd", "svd_period": 1})
     if method.endswith("-dp"):
@@ -129,10 +129,10 @@ def summarise(runs: dict[str, dict]) -> dict[str, Any]:
 
 def markdown(results: ResultsFile, summary: dict[str, Any], suite: str) -> str:
     methods = [m for m in METHODS if m in summary]
-    # The stream's own length (4 or 3 by default, 7 for --order long-7).
-    tasks = len(summary[methods[0]]["names"]) if methods else {"minilm": 4, "smollm2": 3}[suite]
+    # The stream's own length, read off its runs (4 by default, 7 for --order long-7).
+    stream = f"a {len(summary[methods[0]]['names'])}-task stream" if methods else "a stream"
     model = {"minilm": "MiniLM", "smollm2": "SmolLM2-135M"}[suite]
-    lines = [results.header(f"OSFT vs its baselines on a {tasks}-task stream ({model})"),
+    lines = [results.header(f"OSFT vs its baselines on {stream} ({model})"),
              "Accuracy in %, mean ± sd over seeds (95 % t-interval half width in brackets). "
              "AA: mean final accuracy over tasks; BWT: mean (final - just after training) over "
              "all tasks but the last; FWT: " + ("through linear probes" if suite == "minilm" else

@@ -13,10 +13,12 @@ from bench import cl_stream  # noqa: E402
 
 
 def test_a_dp_method_is_its_base_method_under_the_benchmarks_privacy_plan() -> None:
-    for method, strategy in (("osft-dp", "osft"), ("fedsvd-osft-dp", "fedsvd-osft")):
-        private = cl_stream.document_for("minilm", method, 1, None, None, "long-7")
-        plain = cl_stream.document_for("minilm", method.removesuffix("-dp"), 1, None, None,
-                                       "long-7")
+    strategies = {"osft": "osft", "seqft": "fedavg", "seqlora": "fedavg-lora", "fedsvd": "fedsvd",
+                  "fedsvd-osft": "fedsvd-osft"}
+    assert set(cl_stream.METHODS) == {*strategies, *(f"{m}-dp" for m in strategies)}
+    for base, strategy in strategies.items():
+        private = cl_stream.document_for("minilm", f"{base}-dp", 1, None, None, "long-7")
+        plain = cl_stream.document_for("minilm", base, 1, None, None, "long-7")
         assert private["privacy"] == cl_stream.PRIVACY and plain["privacy"] is None
         assert private["strategy"] == plain["strategy"] and plain["strategy"]["name"] == strategy
         assert private["name"] == plain["name"].replace("-cl-", "-cl-dp-")
