@@ -15,6 +15,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from server.cli.sweep import add_sweep
 from server.orchestration.execution import (
     EXIT_INVALID,
     claim_for_resume,
@@ -46,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_credentials(args.folder, args.host, args.nodes, args.keep_existing)
     if args.command == "register":
         return cmd_register(args.keys, args.superlink, args.superlink_ca, args.wait_s)
+    if args.command == "sweep":
+        from server.cli.sweep import cmd_sweep
+
+        return cmd_sweep(args)
     if args.command == "serve":
         from server.api.serve import cmd_serve
 
@@ -63,6 +68,7 @@ def parser() -> argparse.ArgumentParser:
     add_resume(commands)
     add_report_and_compare(commands)
     add_serve(commands)
+    add_sweep(commands)
     credentials = commands.add_parser(
         "credentials", help="make a secure federation's CA, TLS certificates (SuperLink, "
         "REST API) and SuperNode authentication keys in a folder")
