@@ -115,9 +115,19 @@ class DataSpec(Spec):
         0.1, ge=0, lt=1, description="Share of each client's partition held out for its local eval "
         "(0: evaluate on the training rows)."
     )
+    validation_fraction: float = Field(
+        0.0, ge=0, lt=1, description="Share of each task's training rows held out as a "
+        "validation split (seeded from `seed`, stratified by label, the same whatever "
+        "federation.num_clients) before the rows are split over clients: no client trains or "
+        "locally evaluates on them; the server evaluates the global model on them every round "
+        "(`val-acc`, `val-loss`, capped like the test split by server_eval_max), so "
+        "hyper-parameters can be tuned without reading the test split. With partitioning "
+        "'presplit' the share is carved out of each client's file (stratified within it), so "
+        "every class in a file needs 2 rows or more. 0: no validation split."
+    )
     server_eval_max: int | None = Field(
         None, ge=1, description="Evaluate the global model on at most this many test examples "
-        "(a seeded subset); None uses the whole test split."
+        "(a seeded subset), and as many validation examples; None uses the whole splits."
     )
     instruction: str | None = Field(
         None, min_length=1, max_length=2000, description="Causal LMs: the task's instruction, "

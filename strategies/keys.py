@@ -61,3 +61,7 @@ BYTES_UP = "bytes-up-per-client"
 # Metrics of the server-side evaluation of the global model.
 EVAL_ACC = "eval-acc"
 EVAL_LOSS = "eval-loss"
+# The same on the validation split (data.validation_fraction > 0): rows carved out of the
+# training data that no client sees, for tuning without reading the test split.
+VAL_ACC = "val-acc"
+VAL_LOSS = "val-loss"

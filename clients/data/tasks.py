@@ -2,12 +2,15 @@
 
 Examples are normalised to {"text", "text_pair", "label"} with integer labels, whatever
 the source format. Partitioning goes through flwr-datasets' partitioners, so a Dirichlet
-split here is the one Flower users know. Tokenized tensors are cached per process:
-a simulated client (a Ray actor) tokenizes its partition once, not every round.
+split here is the one Flower users know. A validation split (data.validation_fraction)
+is carved out of the training rows before they are partitioned, so no client sees it.
+Tokenized tensors are cached per process: a simulated client (a Ray actor) tokenizes its
+partition once, not every round.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import random
@@ -39,16 +42,30 @@ disable_progress_bars()  # datasets' bars would fill every client's log each tim
 @dataclass(frozen=True)
 class TaskData:
     """One task's examples. Pre-split sources keep their per-client files unread in
-    `train_files`: each client reads only its own file."""
+    `train_files`: each client reads only its own file (and carves its validation rows
+    out of it, `partition`). `validation`: the rows data.validation_fraction carved out
+    of `train` (none for pre-split sources: `validation_rows` reads them)."""
 
     train: list[dict]
     test: list[dict]
     label_names: tuple[str, ...]
     train_files: tuple[Path, ...] = ()
+    validation: list[dict] = dataclasses.field(default_factory=list)
 
 
 def load_task(spec: DataSpec, seed: int) -> TaskData:
-    """Read the dataset of `spec` and normalise its examples."""
+    """Read the dataset of `spec`, normalise its examples and carve the validation split
+    out of the training rows, before anything partitions them, so no client gets one."""
+    task = _load_source(spec, seed)
+    if not spec.validation_fraction or task.train_files:
+        return task
+    train, validation = carve_validation(task.train, spec.validation_fraction, seed,
+                                         "the training rows")
+    return dataclasses.replace(task, train=train, validation=validation)
+
+
+def _load_source(spec: DataSpec, seed: int) -> TaskData:
+    """The task's rows as its source holds them, normalised."""
     source = spec.source
     if isinstance(source, GeneratedSource):
         train = make_examples(source.num_labels, source.train_size, seed, source.label_noise,
@@ -143,21 +160,71 @@ def stratified_split(rows: list[dict], test_fraction: float, seed: int, label_fi
     return train, test
 
 
+VALIDATION_SEED_OFFSET = 7_919  # the validation split's own stream, apart from `seed`'s
+
+
+def validation_seed(seed: int) -> int:
+    """The seed of the validation split, derived from the scenario's seed alone (not the
+    client count): the same rows are held out whatever the federation. Offset so that it
+    draws apart from the test split a one-file CL-benchmark task cuts with `seed`."""
+    return seed + VALIDATION_SEED_OFFSET
+
+
+def carve_validation(rows: list[dict], fraction: float, seed: int,
+                     where: str) -> tuple[list[dict], list[dict]]:
+    """(kept, validation) of normalised `rows` ({"label": int, ...}): `fraction` of each
+    label held out (`stratified_split`, seeded by `validation_seed`). A share too small
+    or a class too rare to stratify is refused naming the field to change."""
+    try:
+        kept, held = stratified_split(rows, fraction, validation_seed(seed), "label")
+    except ValueError as exc:
+        raise ValueError(
+            f"data.validation_fraction {fraction}: cannot hold out a share of every label of "
+            f"{where} ({len(rows)} rows): {exc}; change data.validation_fraction (0: no "
+            "validation split)") from None
+    # stratified_split hands labels back as text; normalised rows hold integers
+    kept, held = ([{**row, "label": int(row["label"])} for row in part] for part in (kept, held))
+    return kept, held
+
+
+def validation_rows(spec: DataSpec, seed: int) -> list[dict]:
+    """The task's validation split: carved out of the training rows by `load_task`, or,
+    for pre-split files, out of each client's file (read here: only the server asks)."""
+    task = cached_task(spec, seed)
+    if not spec.validation_fraction or not task.train_files:
+        return task.validation
+    return [row for path in task.train_files
+            for row in _carved_file(path, task, spec, seed)[1]]
+
+
+def _carved_file(path: Path, task: TaskData, spec: DataSpec,
+                 seed: int) -> tuple[list[dict], list[dict]]:
+    """(the client's training rows, its validation rows) of one pre-split file."""
+    rows = [_normalise(r, spec, task.label_names) for r in _read_jsonl(path)]
+    if not spec.validation_fraction:
+        return rows, []
+    return carve_validation(rows, spec.validation_fraction, seed, f"the file {path}")
+
+
 def partition(task: TaskData, spec: DataSpec, num_clients: int, partition_id: int,
               seed: int) -> list[dict]:
-    """The training examples of client `partition_id` (flwr-datasets partitioners)."""
+    """The training examples of client `partition_id` (flwr-datasets partitioners), the
+    validation split left out."""
     if spec.partitioning.kind == "presplit":
-        path = task.train_files[partition_id]
-        return [_normalise(r, spec, task.label_names) for r in _read_jsonl(path)]
+        return _carved_file(task.train_files[partition_id], task, spec, seed)[0]
     return partitioner_for(spec, num_clients, seed).load_partition(partition_id).to_list()
 
 
-@functools.lru_cache(maxsize=4)
 def partitioner_for(spec: DataSpec, num_clients: int, seed: int):
     """The flwr-datasets partitioner over the task's training rows (`cached_task`, the
-    same rows `load_task` gives), built once per process: a simulated client process
-    serves many partitions, and rebuilding the dataset for each would cost O(rows) per
-    client per round."""
+    same rows `load_task` gives), built once per process (and again after a file of the
+    source changed): a simulated client process serves many partitions, and rebuilding
+    the dataset for each would cost O(rows) per client per round."""
+    return _partitioner_for(spec, num_clients, seed, source_stamp(spec.source))
+
+
+@functools.lru_cache(maxsize=4)
+def _partitioner_for(spec: DataSpec, num_clients: int, seed: int, stamp: tuple):
     return build_partitioner(cached_task(spec, seed).train, spec.partitioning, num_clients,
                              seed)
 
@@ -265,10 +332,36 @@ def prompt_format(scenario: Scenario, task_id: int) -> PromptFormat:
                         cached_task(plan.data, scenario.seed).label_names)
 
 
-@functools.lru_cache(maxsize=16)
 def cached_task(spec: DataSpec, seed: int) -> TaskData:
-    """`load_task`, read from disk once per process."""
+    """`load_task`, read from disk once per process, and again after a file of the
+    source changed (`source_stamp`): a long-lived process (the API's) validates files
+    that are edited between requests."""
+    return _cached_task(spec, seed, source_stamp(spec.source))
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_task(spec: DataSpec, seed: int, stamp: tuple) -> TaskData:
     return load_task(spec, seed)
+
+
+def source_stamp(source) -> tuple:
+    """What identifies the files a source reads as they are now: each file's path,
+    mtime and size (None for one that is absent); () for sources without files."""
+    if isinstance(source, ClBenchmarkSource):
+        files = [source.path / f"{name}.json" for name in ("labels", "train", "test")]
+    elif isinstance(source, JsonlSource):
+        files = [*source.train, source.test]
+    else:
+        return ()
+
+    def stamp(path: Path) -> tuple:
+        try:
+            stat = Path(path).stat()
+        except OSError:
+            return (str(path), None, None)
+        return (str(path), stat.st_mtime_ns, stat.st_size)
+
+    return tuple(stamp(path) for path in files)
 
 
 def label_counts(scenario: Scenario) -> tuple[int, ...]:
@@ -282,11 +375,26 @@ def server_test_set(scenario: Scenario, task_id: int = 0) -> TensorDataset:
     """The test split of task `task_id` the server evaluates the global model on (a
     seeded subset if data.server_eval_max caps it)."""
     spec = task_plan(scenario, task_id).data
-    test = cached_task(spec, scenario.seed).test
-    cap = spec.server_eval_max
-    if cap is not None and cap < len(test):
-        test = random.Random(scenario.seed).sample(test, cap)
-    return by_length(tokenized(test, scenario, task_id, "score"))
+    return server_eval_set(scenario, task_id, cached_task(spec, scenario.seed).test)
+
+
+@functools.lru_cache(maxsize=16)
+def server_validation_set(scenario: Scenario, task_id: int = 0) -> TensorDataset | None:
+    """The validation split of task `task_id` (data.validation_fraction), capped like the
+    test split; None when the scenario holds none out."""
+    spec = task_plan(scenario, task_id).data
+    if not spec.validation_fraction:
+        return None
+    return server_eval_set(scenario, task_id, validation_rows(spec, scenario.seed))
+
+
+def server_eval_set(scenario: Scenario, task_id: int, rows: list[dict]) -> TensorDataset:
+    """`rows` as the server evaluates them: a seeded subset of data.server_eval_max rows
+    when that caps them, tokenized for scoring, ordered by length."""
+    cap = task_plan(scenario, task_id).data.server_eval_max
+    if cap is not None and cap < len(rows):
+        rows = random.Random(scenario.seed).sample(rows, cap)
+    return by_length(tokenized(rows, scenario, task_id, "score"))
 
 
 def by_length(data: TensorDataset) -> TensorDataset:

@@ -25,8 +25,14 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 from flwr.supercore import log
+from torch.utils.data import TensorDataset
 
-from clients.data.tasks import label_counts, server_sample, server_test_set
+from clients.data.tasks import (
+    label_counts,
+    server_sample,
+    server_test_set,
+    server_validation_set,
+)
 from clients.models.heads import HEADS, activate_task, task_heads
 from clients.node.supernode_polling import retry_object_pulls_sooner
 from clients.models.factory import (
@@ -322,18 +328,18 @@ def run_task(run: RunContext, task_id: int, round_offset: int, extra: dict[str, 
     train_config = ConfigRecord({keys.TASK_ID: task_id,
                                  keys.FROZEN_FINGERPRINT: frozen_fingerprint(model, sent)})
     test_set = server_test_set(scenario, task_id)
+    validation_set = server_validation_set(scenario, task_id)  # None: no validation split
 
     def evaluate_global(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        """Accuracy of the global model on the task's test split; the round's eval, then
-        the round's checkpoint. Round 0 of a later (or resumed) task is an earlier round:
-        already evaluated."""
+        """Accuracy of the global model on the task's test (and validation) split; the
+        round's eval, then the round's checkpoint. Round 0 of a later (or resumed) task is
+        an earlier round: already evaluated."""
         if server_round == 0 and (task_id > 0 or rounds_done > 0):
             return None
         started = time.perf_counter()
         load_trainable(model, arrays.to_torch_state_dict())
-        result = evaluate(model, test_set, run.device)
-        metrics = {keys.EVAL_ACC: result.accuracy, keys.EVAL_LOSS: result.loss,
-                   "eval-seconds": time.perf_counter() - started}
+        metrics = global_metrics(model, test_set, validation_set, run.device)
+        metrics["eval-seconds"] = time.perf_counter() - started
         best_effort(store.record_round, run_id, strategy.global_round(server_round),
                     strategy.task, eval=metrics)
         if server_round > 0:
@@ -352,6 +358,20 @@ def run_task(run: RunContext, task_id: int, round_offset: int, extra: dict[str, 
     finally:
         if strategy.latest_arrays is not None:
             load_trainable(model, strategy.latest_arrays.to_torch_state_dict())
+
+
+def global_metrics(model: torch.nn.Module, test_set: TensorDataset,
+                   validation_set: TensorDataset | None,
+                   device: torch.device) -> dict[str, float]:
+    """The global model's accuracy and loss on the test split (eval-acc, eval-loss) and,
+    when the scenario holds one out, on the validation split (val-acc, val-loss): the
+    split a sweep tunes on, so its choice never reads the test split."""
+    result = evaluate(model, test_set, device)
+    metrics = {keys.EVAL_ACC: result.accuracy, keys.EVAL_LOSS: result.loss}
+    if validation_set is not None:
+        result = evaluate(model, validation_set, device)
+        metrics.update({keys.VAL_ACC: result.accuracy, keys.VAL_LOSS: result.loss})
+    return metrics
 
 
 def record_task_evals(model: torch.nn.Module, scenario: Scenario, store: MetricsStore,

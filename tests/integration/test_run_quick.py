@@ -45,8 +45,9 @@ def test_quick_scenario_runs_end_to_end(runs_dir) -> None:
     assert (runs_dir / summary["run_id"] / "flwr-home" / "config.toml").is_file()
 
 
-def _presplit_scenario(tmp_path, bad_partitions: set[int]) -> str:
-    """Two clients, one file each; a bad file has rows without the text field."""
+def _presplit_scenario(tmp_path, bad_partitions: set[int], **data) -> str:
+    """Two clients, one file each; a bad file has rows without the text field. `data`:
+    more data.* settings."""
     rows = make_examples(3, 240, seed=1)
     for i in range(2):
         part = rows[i * 120:(i + 1) * 120]
@@ -57,7 +58,8 @@ def _presplit_scenario(tmp_path, bad_partitions: set[int]) -> str:
     doc = yaml.safe_load((ROOT / "scenarios" / "quick.yaml").read_text())
     doc["name"] = "faulty"
     doc["data"] = {"source": {"kind": "jsonl", "train": ["p0.jsonl", "p1.jsonl"],
-                              "test": "test.jsonl"}, "partitioning": {"kind": "presplit"}}
+                              "test": "test.jsonl"}, "partitioning": {"kind": "presplit"},
+                   **data}
     doc["federation"].update(num_clients=2, clients_per_round=2, rounds=2, local_steps=3)
     path = tmp_path / "faulty.yaml"
     path.write_text(yaml.safe_dump(doc))
@@ -76,6 +78,19 @@ def test_a_failing_client_is_recorded_and_the_others_go_on(tmp_path, runs_dir) -
     assert "no field 'sentence'" in bad["reasons"][0]
     assert summary["clients"]["0"]["rounds"] == [1, 2]
     assert "client 1 failed: ValueError" in done.stderr  # shown to the user, by partition
+
+
+def test_a_validation_split_is_evaluated_every_round(tmp_path, runs_dir) -> None:
+    """data.validation_fraction: each round's eval (round 0, the initial model, too) has
+    val-acc and val-loss beside the test split's eval-acc and eval-loss."""
+    done = run_orthofed("run", _presplit_scenario(tmp_path, set(), validation_fraction=0.2),
+                        "--runs-dir", str(runs_dir), "--json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    rounds = last_json_line(done.stdout)["rounds"]
+    assert [r["round"] for r in rounds] == [0, 1, 2]
+    for r in rounds:
+        assert {"eval-acc", "eval-loss", "val-acc", "val-loss"} <= set(r["eval"]), r
+        assert 0 <= r["eval"]["val-acc"] <= 1 and r["eval"]["val-loss"] > 0
 
 
 def test_a_round_where_every_client_fails_fails_the_run(tmp_path, runs_dir) -> None:
