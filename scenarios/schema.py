@@ -78,6 +78,24 @@ class LoraSpec(Spec):
         "projections, `query` and `value` in a BERT-style encoder, `q_proj` and `v_proj` "
         "in a LLaMA-style decoder.",
     )
+    init: Literal["default", "orthonormal"] = Field(
+        "default",
+        description="How A starts; B starts at zero either way, so the adapted model starts as "
+        "the base model. 'default': PEFT's draw, A0 Kaiming-uniform (entries "
+        "U(+-1/sqrt(d_in)), singular values near 1/sqrt(3) ~ 0.58 when r << d_in). "
+        "'orthonormal': the same draw A0 (same seed), its rows replaced by an orthonormal "
+        "basis of their span (A = Q^T for the thin QR A0^T = Q R, "
+        "clients.models.lora_init): the same r-dimensional input subspace, ||A||_2 = 1. What "
+        "it is for: from round 2 on FedSVD is exactly FFA-LoRA with such an A (its SVD only "
+        "rotates an orthonormal basis of rowspace(A0), which SGD and per-sample clipping do "
+        "not see; ALGORITHMS.md section 1), so ffa-lora with 'orthonormal' has FedSVD's "
+        "update rule from round 1 without its per-round SVD, and compares with FedSVD at one "
+        "learning rate without PEFT's A0 shrinking its steps by c^2 ~ 1/3. PEFT "
+        "has no option for an orthonormal basis of its own A0's row space ('olora' and 'pissa' "
+        "take A from the base weight's QR or SVD, another subspace, and change the base "
+        "weight; 'orthogonal' gives A of rank r/2 and a non-zero B). Any LoRA method but "
+        "fedsvd-osft and flora, which draw A themselves.",
+    )
 
 
 class ModelSpec(Spec):
@@ -137,6 +155,9 @@ class ModelSpec(Spec):
 # Strategies that never change the bottom layers (model.cached_layers is safe): LoRA on
 # the top layers only. fedsvd-osft is left out: its task starts take SVDs of every target.
 CACHE_SAFE_STRATEGIES = ("fedavg-lora", "ffa-lora", "fedsvd", "flora", "fedex-lora")
+# Strategies that set LoRA's A themselves, overriding model.lora.init: fedsvd-osft at
+# every task start (in the complement of the preserved subspace), flora every round.
+A_DRAWING_STRATEGIES = ("fedsvd-osft", "flora")
 
 
 # ---- federation, privacy, resources ------------------------------------------------
@@ -312,6 +333,18 @@ class Scenario(Spec):
                 "frozen, which only the LoRA strategies do ("
                 + ", ".join(CACHE_SAFE_STRATEGIES) + f"); strategy.name is "
                 f"{self.strategy.name!r}: set model.cached_layers to 0")
+        return self
+
+    @model_validator(mode="after")
+    def _lora_init_not_overridden(self) -> Scenario:
+        if self.model.lora.init != "default" and self.strategy.name in A_DRAWING_STRATEGIES:
+            raise ValueError(
+                f"model.lora.init {self.model.lora.init!r} conflicts with strategy.name "
+                f"{self.strategy.name!r}, which draws LoRA's A itself ("
+                + ("at every task start, orthonormal in the complement of the preserved "
+                   "subspace" if self.strategy.name == "fedsvd-osft" else
+                   "every round, PEFT's Kaiming-uniform") + "): set model.lora.init to "
+                "'default' or pick another strategy")
         return self
 
     @model_validator(mode="after")

@@ -34,6 +34,7 @@ from clients.models.decoders import (
     is_decoder_config,
 )
 from clients.models.heads import HEADS, activate_task, install_task_heads
+from clients.models.lora_init import apply_lora_init
 from scenarios.schema import (
     BERT_LINEAR_LAYERS,
     LLAMA_LINEAR_LAYERS,
@@ -204,14 +205,17 @@ def attach_mean_pooling(model: nn.Module) -> None:
 
 
 def add_lora(model: nn.Module, spec: LoraSpec, targets: tuple[str, ...]) -> nn.Module:
-    """Wrap `model` with PEFT LoRA adapters on `targets` (A kaiming, B zero)."""
+    """Wrap `model` with PEFT LoRA adapters on `targets`: B zero, A PEFT's kaiming-uniform
+    draw, or an orthonormal basis of its rows (model.lora.init, clients.models.lora_init)."""
     # Imported here: PEFT takes ~4 s to import, which `orthofed validate` and `run`
     # would otherwise pay before anything starts (they only list module names).
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
                         target_modules=list(targets), bias="none")
-    return get_peft_model(model, config)
+    model = get_peft_model(model, config)
+    apply_lora_init(model, spec.init)  # from PEFT's A0: the same draw under the same seed
+    return model
 
 
 def set_trainable(model: nn.Module, trains: str, train_head: bool) -> None:
