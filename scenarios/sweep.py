@@ -23,6 +23,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from scenarios.loader import ScenarioError, format_error, load_scenario, read_document
+from scenarios.schema import Scenario
 from scenarios.sweep_spec import SweepSpec, TuneAxis, cell_labels
 
 
@@ -32,7 +33,7 @@ class Study:
 
     cell: str                       # the cell's labels joined by '.', 'all' without a grid
     method: str
-    document: dict[str, Any]        # base + cell + method, validated, paths absolute
+    document: dict[str, Any]        # base + cell + method, validated (compact), paths absolute
     axes: dict[str, TuneAxis] = field(default_factory=dict)  # the tuned axes that apply here
 
     @property
@@ -86,10 +87,15 @@ def expand(spec: SweepSpec, folder: Path) -> Sweep:
             except ScenarioError as exc:
                 errors += [f"{where}: {line}" for line in exc.errors]
                 continue
-            axes = {p: a for p, a in spec.tune.items() if section_present(document, p)}
+            full = Scenario.model_validate(document).model_dump(mode="json")
+            axes = {p: a for p, a in spec.tune.items() if section_present(full, p)}
             study = Study(cell, method, document, axes)
             studies.append(study)
             errors += setting_errors(study, spec, folder, where)
+            if axes and not full["data"]["validation_fraction"]:
+                errors.append(f"{where}: data.validation_fraction: tuning reads "
+                              f"{spec.selection.metric}, which needs a validation split: "
+                              "set it above 0 (e.g. 0.1), got 0")
     if errors:
         raise ScenarioError(errors)
     return Sweep(spec, folder, tuple(studies))
@@ -105,7 +111,14 @@ def base_document(spec: SweepSpec, folder: Path) -> dict[str, Any]:
             scenario = load_scenario(file)
         except ScenarioError as exc:
             raise ScenarioError([f"base ({file.name}): {line}" for line in exc.errors]) from None
-    return scenario.model_dump(mode="json")
+    return compact(scenario)
+
+
+def compact(scenario: Scenario) -> dict[str, Any]:
+    """A scenario as a mapping of what differs from the defaults: an override then
+    replaces exactly what it names (`strategy.name: ffa-lora` on a FedSVD base carries
+    no FedSVD-only field at its default along)."""
+    return scenario.model_dump(mode="json", exclude_defaults=True)
 
 
 def cells(spec: SweepSpec) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -149,7 +162,7 @@ def validated(overrides: dict[str, Any], document: dict[str, Any], folder: Path)
     updated = copy.deepcopy(document)
     for path, value in overrides.items():
         set_path(updated, path, copy.deepcopy(value))
-    return load_scenario(updated, base=folder).model_dump(mode="json")
+    return compact(load_scenario(updated, base=folder))
 
 
 def set_path(document: dict[str, Any], path: str, value: Any) -> None:
@@ -176,6 +189,9 @@ def section_present(document: dict[str, Any], path: str) -> bool:
 
 
 def digest(document: dict[str, Any]) -> str:
-    """What a run is, as a hash: the validated scenario without its name and description."""
-    content = {k: v for k, v in document.items() if k not in ("name", "description")}
+    """What a run is, as a hash: the validated scenario without its name and
+    description, and without fields at their defaults (a field added to the schema
+    later, at a default that keeps today's behaviour, leaves every digest as it was)."""
+    content = Scenario.model_validate(document).model_dump(
+        mode="json", exclude_defaults=True, exclude={"name", "description"})
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:20]
