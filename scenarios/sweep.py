@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from scenarios.loader import ScenarioError, format_error, load_scenario, read_document
 from scenarios.schema import Scenario
-from scenarios.sweep_spec import SweepSpec, TuneAxis, cell_labels
+from scenarios.sweep_spec import SearchSpec, SweepSpec, TuneAxis, cell_labels
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,23 @@ class Study:
         names = list(self.axes)
         return [dict(zip(names, values, strict=True)) for values in
                 itertools.product(*(self.axes[n].grid_points() for n in names))]
+
+    def search_kind(self, search: SearchSpec) -> str:
+        """The search this study runs: random or TPE over categorical axes whose whole
+        grid fits in `trials` is that grid (every setting once, none drawn twice)."""
+        if (search.kind != "grid" and all(a.values is not None for a in self.axes.values())
+                and len(self.grid()) <= search.trials):
+            return "grid"
+        return search.kind
+
+    def planned_runs(self, spec: SweepSpec) -> int:
+        """Runs planned: its settings times the tuning seeds, then the report seeds
+        (random and TPE: `trials` settings; pruning may stop some early)."""
+        settings = 0
+        if self.axes:
+            kind = self.search_kind(spec.search)
+            settings = len(self.grid()) if kind == "grid" else spec.search.trials
+        return settings * len(spec.seeds.tune) + len(spec.seeds.report)
 
     def corners(self) -> list[dict[str, Any]]:
         """The settings checked before random or TPE search: every axis at each end."""
@@ -134,7 +151,7 @@ def cells(spec: SweepSpec) -> Iterator[tuple[str, dict[str, Any]]]:
 
 def setting_errors(study: Study, spec: SweepSpec, folder: Path, where: str) -> list[str]:
     """Every problem of the study's settings that will run (its first tuning seed)."""
-    settings = study.grid() if spec.search.kind == "grid" else study.corners()
+    settings = study.grid() if study.search_kind(spec.search) == "grid" else study.corners()
     errors: list[str] = []
     for setting in settings:
         try:

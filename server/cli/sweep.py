@@ -74,7 +74,8 @@ def checked_sweep(file: Path):
         return None
     errors = []
     for study in sweep.studies:
-        first = (study.grid() or [{}])[0] if sweep.spec.search.kind == "grid" else study.corners()[0]
+        first = (study.grid() if study.search_kind(sweep.spec.search) == "grid"
+                 else study.corners())[0]
         document = scenario_document(study, first, sweep.spec.seeds.tune[0], sweep.spec.name,
                                      sweep.folder)
         errors += [f"cell {study.cell}, method {study.method}: {line}"

@@ -16,12 +16,7 @@ if TYPE_CHECKING:
 
 
 def planned_runs(study: Study, spec: SweepSpec) -> int:
-    """Runs a study plans: its settings times the tuning seeds, then the report seeds
-    (random and TPE: `trials` settings; pruning may end some early)."""
-    settings = 0
-    if study.axes:
-        settings = len(study.grid()) if spec.search.kind == "grid" else spec.search.trials
-    return settings * len(spec.seeds.tune) + len(spec.seeds.report)
+    return study.planned_runs(spec)
 
 
 class SweepProgress:

@@ -75,6 +75,7 @@ class StudyRun:
             direction="maximize" if spec.selection.mode == "max" else "minimize",
             sampler=sampler_for(spec.search), pruner=pruner_for(spec.search))
         self.phase = "tune" if study.axes else "report"
+        self.kind = study.search_kind(spec.search)
         self.trials: dict[int, TrialRun] = {}
         self.pending: list[RunJob] = []
         self.report_left: int | None = None
@@ -82,7 +83,7 @@ class StudyRun:
         self.best: tuple[dict[str, Any], float | None] | None = None
         if study.axes:
             self.recover_stale_trials()
-            if spec.search.kind == "grid":
+            if self.kind == "grid":
                 self.enqueue_grid()
 
     # ---- Optuna's side ------------------------------------------------------------
@@ -102,7 +103,7 @@ class StudyRun:
                 self.optuna.enqueue_trial(setting)
 
     def can_ask(self) -> bool:
-        if self.spec.search.kind == "grid":
+        if self.kind == "grid":
             return bool(self.optuna.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
         finished = self.optuna.get_trials(deepcopy=False, states=(TrialState.COMPLETE,
                                                                    TrialState.PRUNED))
@@ -112,7 +113,7 @@ class StudyRun:
         trial = self.optuna.ask()
         setting = {}
         for name, axis in self.study.axes.items():
-            if axis.values is not None or self.spec.search.kind == "grid":
+            if axis.values is not None or self.kind == "grid":
                 setting[name] = trial.suggest_categorical(name, list(axis.grid_points()))
             else:
                 setting[name] = trial.suggest_float(name, axis.low, axis.high, log=axis.log)

@@ -137,3 +137,17 @@ def test_random_search_checks_the_ranges_ends(tmp_path: Path) -> None:
                       tune={"model.lora.rank": {"low": 0, "high": 4}})
     errors = errors_of(path)
     assert any("model.lora.rank=0" in e for e in errors), errors
+
+
+def test_sampling_a_grid_no_larger_than_the_trials_is_that_grid(tmp_path: Path) -> None:
+    tune = {"federation.optimizer.lr": {"values": [0.1, 0.3, 1.0]}}
+    roomy = load_sweep(sweep_file(tmp_path, tune=tune, search={"kind": "tpe", "trials": 5}))
+    study = roomy.studies[0]
+    assert study.search_kind(roomy.spec.search) == "grid"
+    assert study.planned_runs(roomy.spec) == 3 * 2 + 2
+    tight = load_sweep(sweep_file(tmp_path, tune=tune, search={"kind": "tpe", "trials": 2}))
+    assert tight.studies[0].search_kind(tight.spec.search) == "tpe"
+    assert tight.studies[0].planned_runs(tight.spec) == 2 * 2 + 2
+    ranged = {"federation.optimizer.lr": {"low": 0.1, "high": 1.0, "num": 2}}
+    sampled = load_sweep(sweep_file(tmp_path, tune=ranged, search={"kind": "random", "trials": 9}))
+    assert sampled.studies[0].search_kind(sampled.spec.search) == "random"
