@@ -1,6 +1,7 @@
 """The shipped SST-2 scenarios follow the FedSVD reference code, and differ from each
 other only where they say (issue 15): the method files in `strategy` alone (so
-bench/fedsvd_sst2.py's comparison is paired), the private files in their clipping."""
+bench/sweeps/fedsvd_sst2_cpu.yaml's comparison is paired), the private files in their
+clipping."""
 
 from __future__ import annotations
 
