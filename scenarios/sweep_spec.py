@@ -88,7 +88,7 @@ class SearchSpec(Spec):
     @model_validator(mode="after")
     def _trials_for_sampling(self) -> SearchSpec:
         if self.kind != "grid" and self.trials is None:
-            raise ValueError(f"search.trials: required for search {self.kind!r}")
+            raise ValueError(f"trials: required for search {self.kind!r} (settings to try)")
         return self
 
 
@@ -98,7 +98,7 @@ class SeedsSpec(Spec):
 
     tune: Items[Annotated[int, Field(ge=0, le=2**32 - 1)]] = Field(
         (0, 1), min_length=1, description="Seeds each tuned setting runs with; its score is "
-        "the mean over them.")
+        "the mean over them (unused when nothing is tuned).")
     report: Items[Annotated[int, Field(ge=0, le=2**32 - 1)]] = Field(
         (100, 101, 102, 103, 104), min_length=1, description="Fresh seeds the chosen setting "
         "runs with for the report (5 or more for a paper's interval).")
@@ -108,9 +108,6 @@ class SeedsSpec(Spec):
         for name, seeds in (("tune", self.tune), ("report", self.report)):
             if len(set(seeds)) != len(seeds):
                 raise ValueError(f"seeds.{name}: each seed once, got {list(seeds)}")
-        if set(self.tune) & set(self.report):
-            raise ValueError(f"seeds.report must be fresh (none in seeds.tune), got "
-                             f"{sorted(set(self.tune) & set(self.report))} in both")
         return self
 
 
@@ -177,6 +174,10 @@ class SweepSpec(Spec):
         if self.reference is not None and self.reference not in self.methods:
             raise ValueError(f"reference: {self.reference!r} is not one of the methods "
                              f"{sorted(self.methods)}")
+        shared = set(self.seeds.tune) & set(self.seeds.report)
+        if self.tune and shared:  # without tuning, nothing is chosen on any seed
+            raise ValueError(f"seeds: seeds.report must be fresh (none in seeds.tune) when "
+                             f"settings are tuned, got {sorted(shared)} in both")
         for path, values in self.grid.items():
             if not values:
                 raise ValueError(f"grid.{path}: needs at least one value")

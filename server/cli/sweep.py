@@ -96,8 +96,8 @@ def run_sweep_file(file: Path, runs_dir: Path, workers: int, superlink: str | No
     console = Console(stderr=True)
     if plan_only:
         for study in sweep.studies:
-            axes = ", ".join(study.axes) or "nothing tuned"
-            print(f"{study.key}: tunes {axes}; runs planned: {planned_runs(study, sweep.spec)}")
+            tunes = f"tunes {', '.join(study.axes)}" if study.axes else "nothing tuned"
+            print(f"{study.key}: {tunes}; runs planned: {planned_runs(study, sweep.spec)}")
         return 0
     code = SweepRunner(sweep, runs_dir, workers, file.resolve(), superlink, console).run()
     if code != 130:

@@ -36,7 +36,7 @@ def without(doc: dict, *paths: str) -> dict:
 def test_every_sst2_scenario_has_the_reference_settings(name: str) -> None:
     doc = document(name)
     assert doc["model"]["lora"] == {"rank": 8, "alpha": 8.0, "dropout": 0.05,
-                                    "target_modules": ["query", "value"]}
+                                    "target_modules": ["query", "value"], "init": "default"}
     fed = doc["federation"]
     assert (fed["num_clients"], fed["clients_per_round"], fed["local_steps"]) == (6, 3, 10)
     assert fed["optimizer"]["name"] == "sgd" and fed["optimizer"]["lr"] == 0.5

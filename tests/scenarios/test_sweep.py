@@ -90,14 +90,21 @@ def test_every_bad_setting_is_named_by_cell_method_and_path(tmp_path: Path) -> N
 
 def test_the_sweeps_own_fields_are_refused_by_path(tmp_path: Path) -> None:
     path = sweep_file(tmp_path, reference="nope", selection={"metric": "eval-acc"},
-                      seeds={"tune": [0, 1], "report": [1, 2]},
                       tune={"federation.optimizer.lr": {"low": 0.0, "high": 1.0, "log": True}},
                       search={"kind": "tpe"})
     errors = errors_of(path)
     assert any(e.startswith("selection.metric:") and "validation" in e for e in errors), errors
-    assert any(e.startswith("seeds:") and "fresh" in e for e in errors), errors
     assert any(e.startswith("tune.federation.optimizer.lr:") and "low > 0" in e for e in errors)
-    assert any(e.startswith("search:") and "trials" in e for e in errors), errors
+    assert "search: trials: required for search 'tpe' (settings to try)" in errors, errors
+    errors = errors_of(sweep_file(tmp_path, reference="nope"))
+    assert errors == ["reference: 'nope' is not one of the methods ['fedsvd', 'ffa-lora']"]
+
+
+def test_report_seeds_are_fresh_when_settings_are_tuned(tmp_path: Path) -> None:
+    seeds = {"tune": [0, 1], "report": [1, 2]}
+    errors = errors_of(sweep_file(tmp_path, seeds=seeds))
+    assert len(errors) == 1 and errors[0].startswith("seeds: seeds.report must be fresh"), errors
+    assert load_sweep(sweep_file(tmp_path, seeds=seeds, tune={})).studies
 
 
 def test_tuning_without_a_validation_split_is_refused(tmp_path: Path) -> None:
