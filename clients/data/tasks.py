@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from datasets import ClassLabel, Dataset, disable_progress_bars
-from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner
 from torch.utils.data import TensorDataset
 
 from clients.data.prompts import PromptFormat, instruction_for, scoring_set, training_set
@@ -36,7 +34,14 @@ from scenarios.schema import (
 )
 from scenarios.stream import task_plan, task_plans
 
-disable_progress_bars()  # datasets' bars would fill every client's log each time it casts
+
+def hf_datasets():
+    """The `datasets` module, imported on first use: it and flwr-datasets (which imports
+    seaborn) take seconds to import, and validating a scenario rarely needs them."""
+    import datasets
+
+    datasets.disable_progress_bars()  # its bars would fill every client's log at each cast
+    return datasets
 
 
 @dataclass(frozen=True)
@@ -72,8 +77,7 @@ def _load_source(spec: DataSpec, seed: int) -> TaskData:
                               source.first_topic)
         test = make_examples(source.num_labels, source.test_size, seed + 1,
                              first_topic=source.first_topic)
-        names = tuple(TOPIC_NAMES[(source.first_topic + c) % len(TOPIC_NAMES)]
-                      for c in range(source.num_labels))
+        names = generated_label_names(source)
         return TaskData([_normalise(e, spec, names) for e in train],
                         [_normalise(e, spec, names) for e in test], names)
     if isinstance(source, ClBenchmarkSource):
@@ -103,7 +107,7 @@ def _normalise(row: dict, spec: DataSpec, label_names: tuple[str, ...]) -> dict:
 
 
 def _load_cl_benchmark(source: ClBenchmarkSource, spec: DataSpec, seed: int) -> TaskData:
-    names = tuple(json.loads((source.path / "labels.json").read_text()))
+    names = cl_label_names(source)
     files = {split: source.path / f"{split}.json" for split in ("train", "test")}
     rows = {k: json.loads(p.read_text()) for k, p in files.items() if p.is_file()}
     # The benchmark ships some tasks with one split only (dbpedia: test, yelp: train);
@@ -133,9 +137,7 @@ def _load_jsonl(source: JsonlSource, spec: DataSpec) -> TaskData:
 
 
 def _load_hub(source: HubSource, spec: DataSpec) -> TaskData:
-    from datasets import load_dataset  # only here: needs the hub
-
-    splits = load_dataset(source.name, source.subset)
+    splits = hf_datasets().load_dataset(source.name, source.subset)  # needs the hub
     train, test = splits[source.train_split], splits[source.test_split]
     feature = train.features[spec.label_field]
     names = tuple(getattr(feature, "names", None) or sorted({str(x) for x in train[spec.label_field]}))
@@ -150,8 +152,10 @@ def stratified_split(rows: list[dict], test_fraction: float, seed: int, label_fi
     contiguous slice of them (a partitioner, a capped eval set) gets every label. Rows
     come back as they went in (their labels as text)."""
     names = sorted({str(row[label_field]) for row in rows})
-    data = Dataset.from_list([{**row, label_field: str(row[label_field])} for row in rows])
-    data = data.cast_column(label_field, ClassLabel(names=names))
+    datasets = hf_datasets()
+    data = datasets.Dataset.from_list([{**row, label_field: str(row[label_field])}
+                                       for row in rows])
+    data = data.cast_column(label_field, datasets.ClassLabel(names=names))
     split = data.train_test_split(test_size=test_fraction, stratify_by_column=label_field,
                                   seed=seed)
     text = split["train"].features[label_field].int2str
@@ -232,6 +236,8 @@ def _partitioner_for(spec: DataSpec, num_clients: int, seed: int, stamp: tuple):
 def build_partitioner(rows: list[dict], parts: IidPartitioning | DirichletPartitioning,
                       num_clients: int, seed: int):
     """A flwr-datasets partitioner over `rows` ({"label": int, ...}), seeded."""
+    from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner
+
     if isinstance(parts, IidPartitioning):
         # IidPartitioner cuts contiguous shards without shuffling: rows in label order
         # would give each client a few labels. A seeded shuffle first makes it IID
@@ -247,7 +253,7 @@ def build_partitioner(rows: list[dict], parts: IidPartitioning | DirichletPartit
         )
     else:
         raise TypeError(f"unknown partitioning {parts.kind!r}")
-    partitioner.dataset = Dataset.from_list(rows)
+    partitioner.dataset = hf_datasets().Dataset.from_list(rows)
     return partitioner
 
 
@@ -329,7 +335,36 @@ def prompt_format(scenario: Scenario, task_id: int) -> PromptFormat:
     source = plan.data.source
     name = source.path.name if isinstance(source, ClBenchmarkSource) else plan.name
     return PromptFormat(instruction_for(name, plan.data.instruction),
-                        cached_task(plan.data, scenario.seed).label_names)
+                        label_names(plan.data, scenario.seed))
+
+
+def label_names(spec: DataSpec, seed: int) -> tuple[str, ...]:
+    """The task's label texts, in label order (`cached_task(spec, seed).label_names`).
+    A generated task's topics and a CL-benchmark folder's labels.json name them without
+    reading a row: the prompt check of a sweep's every seed asks for them, and only the
+    rows' split depends on the seed. Other sources read them off the loaded task."""
+    source = spec.source
+    if isinstance(source, GeneratedSource):
+        return generated_label_names(source)
+    if isinstance(source, ClBenchmarkSource):
+        return cl_label_names(source)
+    return cached_task(spec, seed).label_names
+
+
+def generated_label_names(source: GeneratedSource) -> tuple[str, ...]:
+    return tuple(TOPIC_NAMES[(source.first_topic + c) % len(TOPIC_NAMES)]
+                 for c in range(source.num_labels))
+
+
+def cl_label_names(source: ClBenchmarkSource) -> tuple[str, ...]:
+    """labels.json of a CL-benchmark folder, read once per process (and again after it
+    changed: `source_stamp`)."""
+    return _labels_json(source.path / "labels.json", source_stamp(source))
+
+
+@functools.lru_cache(maxsize=64)
+def _labels_json(path: Path, stamp: tuple) -> tuple[str, ...]:
+    return tuple(json.loads(path.read_text()))
 
 
 def cached_task(spec: DataSpec, seed: int) -> TaskData:
