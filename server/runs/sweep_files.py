@@ -54,6 +54,7 @@ def markdown(results: dict[str, Any], provenance: dict[str, Any], plots: list[st
         seeds = max((len(v) for v in row["seeds"].values()), default=0)
         lines.append(f"| {row['cell']} | {row['method']} | {setting_text(row['setting'])} | "
                      f"{fmt(row['selection'])} | " + " | ".join(cells) + f" | {seeds} |")
+    lines += noise_lines(table["rows"])
     lines += ["", f"Paired by seed against **{table['reference']}** (method − reference; "
               "p: paired t-test, Holm: adjusted across the table per metric):", "",
               "| cell | method | metric | difference | 95 % interval | p | p (Holm) |",
@@ -66,6 +67,24 @@ def markdown(results: dict[str, Any], provenance: dict[str, Any], plots: list[st
                      f"{pvalue(d.get('p_holm'))} |")
     lines += ["", *tuning_lines(results), "", *[f"![{p}]({p})" for p in plots], ""]
     return "\n".join(lines)
+
+
+def noise_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The private rows' DP noise against the FedSVD reference's (sigma C / B 0.008-0.012)."""
+    private = [r for r in rows if r.get("noise")]
+    if not private:
+        return []
+    lines = ["", "DP noise of the reported runs: sigma (noise multiplier), C, expected batch B, "
+             "and sigma C / B, the noise's sd per coordinate of the mean clipped gradient "
+             "(the FedSVD reference: 0.008-0.012):", "",
+             "| cell | method | sigma | C | B | sigma C / B | max epsilon |", "|---|---|---|---|---|---|---|"]
+    for r in private:
+        n = r["noise"]
+        eps = "-" if n["max_epsilon"] is None else f"{n['max_epsilon']:.2f}"
+        lines.append(f"| {r['cell']} | {r['method']} | {n['sigma_min']:.3f}-{n['sigma_max']:.3f} | "
+                     f"{n['clip']:g} | {n['batch']} | {n['noise_per_coordinate_min']:.4f}-"
+                     f"{n['noise_per_coordinate_max']:.4f} | {eps} |")
+    return lines
 
 
 def spread_text(s: dict[str, Any] | None) -> str:

@@ -16,6 +16,7 @@ from server.runs.summary import build_summary
 from server.runs.sweep_report import (
     choose,
     metric_curve,
+    noise_level,
     report_table,
     run_score,
     setting_key,
@@ -52,6 +53,8 @@ def scored_records(store: SweepStore, sweep_id: str, spec: SweepSpec,
         else:
             record["values"] = {m: run_score(summary, m, spec.report.last_rounds)
                                 for m in spec.report.metrics}
+            run = store.runs.get_run(record["run_id"])
+            record["noise"] = noise_level(summary, run["scenario"]) if run else None
     return records
 
 
@@ -74,17 +77,32 @@ def study_results(records: list[dict[str, Any]], spec: SweepSpec) -> list[dict[s
         setting = (reported[0]["setting"] if reported else
                    chosen["setting"] if chosen else None)
         values: dict[str, dict[int, float]] = defaultdict(dict)
+        noises = []
         for r in reported:
             if setting is not None and setting_key(r["setting"]) == setting_key(setting):
+                noises += [r["noise"]] if r.get("noise") else []
                 for metric, value in r["values"].items():
                     if value is not None:
                         values[metric][r["seed"]] = value
         out.append({"study": study, "cell": cell, "method": method, "setting": setting,
                     "selection": None if chosen is None else chosen["mean"],
                     "tuned": list(tuned.values()), "values": dict(values),
+                    "noise": merged_noise(noises),
                     "runs": [{k: r[k] for k in ("phase", "setting", "seed", "run_id", "status")}
                              for r in rows]})
     return out
+
+
+def merged_noise(noises: list[dict[str, float]]) -> dict[str, float] | None:
+    """The noise levels of a study's report runs, as one range (None: not private)."""
+    if not noises:
+        return None
+    low = ("sigma_min", "noise_per_coordinate_min")
+    high = ("sigma_max", "noise_per_coordinate_max", "max_epsilon")
+    merged = {**noises[0]}
+    merged.update({k: min(n[k] for n in noises) for k in low})
+    merged.update({k: max((n[k] for n in noises if n[k] is not None), default=None) for k in high})
+    return merged
 
 
 def sweep_results(store: SweepStore, sweep_id: str) -> dict[str, Any] | None:

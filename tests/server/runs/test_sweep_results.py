@@ -13,7 +13,7 @@ from scipy import stats
 
 from server.runs.status import RunStatus
 from server.runs.sweep_files import write_report
-from server.runs.sweep_report import run_score, setting_scores
+from server.runs.sweep_report import noise_level, run_score, setting_scores
 from server.runs.sweep_results import sweep_results
 from server.runs.sweep_store import SweepStore
 
@@ -118,3 +118,15 @@ def test_a_failed_report_run_is_left_out_not_counted(store) -> None:
 
 def test_an_unknown_sweep_is_none(store) -> None:
     assert sweep_results(store, "nope") is None
+
+
+def test_noise_level_is_sigma_c_over_b_of_the_clients() -> None:
+    summary = {"clients": {"0": {"last": {"noise-multiplier": 0.5}, "epsilon": 5.1},
+                           "1": {"last": {"noise-multiplier": 0.7}, "epsilon": 5.9},
+                           "2": {"rounds": [], "failures": 1}}}
+    scenario = {"privacy": {"max_grad_norm": 2.0}, "federation": {"batch_size": 64}}
+    level = noise_level(summary, scenario)
+    assert level["noise_per_coordinate_min"] == pytest.approx(0.5 * 2.0 / 64)
+    assert level["noise_per_coordinate_max"] == pytest.approx(0.7 * 2.0 / 64)
+    assert level["max_epsilon"] == 5.9
+    assert noise_level(summary, {"privacy": None, "federation": {"batch_size": 64}}) is None
