@@ -56,12 +56,15 @@ class SweepRunner:
         studies = [StudyRun(study, self.spec, storage) for study in self.sweep.studies]
         signal.signal(signal.SIGTERM, _interrupt)
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        try:
-            with SweepProgress(self.spec.name, studies, self.console) as progress, \
-                    ThreadPoolExecutor(self.workers, thread_name_prefix="sweep-run") as pool:
+        interrupted = False
+        with SweepProgress(self.spec.name, studies, self.console) as progress, \
+                ThreadPoolExecutor(self.workers, thread_name_prefix="sweep-run") as pool:
+            try:
                 self.schedule(studies, pool, progress)
-        except KeyboardInterrupt:
-            self.cancel_all()
+            except KeyboardInterrupt:  # before the pool's exit, which waits for its runs
+                interrupted = True
+                self.cancel_all()
+        if interrupted:
             self.store.set_sweep_status(self.spec.name, RunStatus.CANCELLED,
                                         "interrupted; `orthofed sweep FILE` resumes it")
             self.console.print(f"sweep {self.spec.name}: cancelled; run it again to resume")

@@ -145,3 +145,37 @@ def validation_means(runs_dir: Path, study: str) -> dict[str, float]:
         per_setting[setting].append(sum(values) / len(values))
     assert len(per_setting) == 2 and all(len(v) == 2 for v in per_setting.values()), per_setting
     return {setting: sum(values) / 2 for setting, values in per_setting.items()}
+
+
+def test_sigterm_cancels_the_sweep_and_its_runs(tmp_path: Path, runs_dir: Path) -> None:
+    """`kill` of the sweep alone (its runs get no signal from a terminal) stops its runs
+    at once, records them and the sweep as cancelled, and exits 130."""
+    sweep_file = tmp_path / "toy.yaml"
+    sweep_file.write_text(yaml.safe_dump({**SWEEP, "name": "stopped"}, sort_keys=False))
+    argv = [sys.executable, "-m", "server.cli", "sweep", str(sweep_file), "--runs-dir",
+            str(runs_dir), "--workers", "2"]
+    sweep = subprocess.Popen(argv, cwd=ROOT, env=dict(os.environ, HF_HUB_OFFLINE="1"),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)  # no terminal's SIGINT reaches its runs
+    try:
+        def running_runs() -> list[tuple]:
+            try:
+                return store_rows(runs_dir, "SELECT run_id FROM sweep_runs WHERE status = "
+                                  "'running' AND run_id IS NOT NULL")
+            except sqlite3.OperationalError:
+                return []
+
+        wait_for(lambda: len(running_runs()) >= 1 or sweep.poll() is not None, timeout=300,
+                 what="a run of the sweep started")
+        family = [p.pid for p in psutil.Process(sweep.pid).children(recursive=True)]
+        sweep.send_signal(signal.SIGTERM)
+        assert sweep.wait(timeout=120) == 130
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+    assert gone_within(family, timeout=60) == []
+    statuses = store_rows(runs_dir, "SELECT status FROM sweeps WHERE id = 'stopped'")
+    assert statuses == [("cancelled",)]
+    runs = store_rows(runs_dir, "SELECT s.status, r.status FROM sweep_runs s JOIN runs r ON "
+                      "r.id = s.run_id")
+    assert runs and all(pair == ("cancelled", "cancelled") for pair in runs), runs
