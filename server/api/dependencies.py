@@ -1,5 +1,6 @@
-"""What the routes are given (FastAPI dependencies): the settings, the store and the queue
-that create_app put on `app.state`, the token check, and the run a path names.
+"""What the routes are given (FastAPI dependencies): the settings, the store, the queue
+and the sweep processes that create_app put on `app.state`, the token check, and the
+run a path names.
 
 Shared query parameters and error responses live here too, so every router declares
 them the same way and the OpenAPI schema says the same thing for each.
@@ -16,6 +17,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from server.api.models import Problem
 from server.api.queue import RunQueue
 from server.api.settings import ServeSettings
+from server.api.sweep_processes import SweepProcesses
 from server.runs.store import MetricsStore
 
 RUN_ID = r"^[A-Za-z0-9._-]{1,200}$"
@@ -45,9 +47,14 @@ def get_queue(request: Request) -> RunQueue:
     return request.app.state.queue
 
 
+def get_sweeps(request: Request) -> SweepProcesses:
+    return request.app.state.sweeps
+
+
 SettingsDep = Annotated[ServeSettings, Depends(get_settings)]
 StoreDep = Annotated[MetricsStore, Depends(get_store)]
 QueueDep = Annotated[RunQueue, Depends(get_queue)]
+SweepsDep = Annotated[SweepProcesses, Depends(get_sweeps)]
 
 
 def require_token(

@@ -109,3 +109,37 @@ class Problem(BaseModel):
     query parameter, FastAPI's own validation records."""
 
     detail: str | list[str] | list[dict[str, Any]]
+
+
+class SweepInfo(BaseModel):
+    id: str = Field(description="The sweep's name.")
+    status: Status
+    message: str | None = Field(None, description="Why it failed or stopped, for humans.")
+    created: float = Field(description="Unix time the sweep was first started.")
+    updated: float = Field(description="Unix time its status last changed.")
+
+
+class SweepList(BaseModel):
+    sweeps: list[SweepInfo] = Field(description="Newest first.")
+
+
+class SweepDetail(BaseModel):
+    """server.runs.sweep_results: what has finished so far."""
+
+    id: str
+    status: Status
+    message: str | None = None
+    file: str | None = Field(None, description="Its sweep file (relative to the runs folder "
+                             "when it lies there, else its name).")
+    spec: dict[str, Any] = Field(description="The sweep file as validated.")
+    studies: list[dict[str, Any]] = Field(
+        description="Per grid cell and method: its tuned settings with their validation "
+        "scores, the chosen setting, its report values {metric: {seed: value}}, and its "
+        "runs (phase, setting, seed, run_id, status).")
+    table: dict[str, Any] = Field(
+        description="The report: per study the chosen setting's metrics over the report "
+        "seeds (spread: mean, sd, 95 % t-interval), and each method minus the reference "
+        "method paired by seed (p-values Holm-corrected per metric).")
+    curves: dict[str, dict[str, list[tuple[int, float | None]]]] = Field(
+        default_factory=dict, description="Per study and report seed: [round, value] of the "
+        "first report metric.")

@@ -13,7 +13,7 @@ from server.api.settings import ServeSettings
 
 FLAGS = ("host", "port", "runs_dir", "concurrency", "token", "max_clients", "max_rounds",
          "max_local_steps", "superlink", "superlink_ca", "ssl_certfile", "ssl_keyfile",
-         "tensorboard", "mlflow", "mlflow_uri")
+         "tensorboard", "mlflow", "mlflow_uri", "sweep_workers")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

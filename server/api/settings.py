@@ -65,6 +65,9 @@ class ServeSettings(BaseSettings):
         None, min_length=1, description="The MLflow tracking URI of posted runs (a server, "
         "or sqlite:///path.db); None: sqlite:///<runs_dir>/mlflow.db. A posted scenario may "
         "name a tracking server (http, https) of its own, never a local store.")
+    sweep_workers: int = Field(
+        1, ge=1, le=256, description="Runs at once of each posted sweep (POST /sweeps: "
+        "`orthofed sweep FILE --workers N`); a sweep's runs do not count against concurrency.")
     max_local_steps: int | None = Field(
         None, ge=1, description="Most local steps per client per round (federation."
         "local_steps) one posted run may ask for; None: no cap.")

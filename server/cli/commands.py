@@ -163,6 +163,8 @@ def add_serve(commands) -> None:
     serve.add_argument("--max-local-steps", type=int, default=None,
                        help="most local steps per round a posted run may ask for "
                        "(default: no cap)")
+    serve.add_argument("--sweep-workers", type=int, default=None,
+                       help="runs at once of each posted sweep (default 1)")
     serve.add_argument("--superlink-ca", default=None, metavar="FILE",
                        help="the CA certificate (PEM) of that SuperLink's TLS")
     serve.add_argument("--ssl-certfile", default=None, metavar="FILE",

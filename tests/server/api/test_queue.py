@@ -33,7 +33,8 @@ def test_a_restarted_server_fails_runs_whose_process_vanished(settings, store) -
 
 def test_the_queue_starts_its_runs_with_the_worker(settings, store, monkeypatch) -> None:
     """`python -m server.api.worker run|resume ID --runs-dir D`, not the user's CLI; a
-    program server.runs.resume counts as the run's own."""
+    program server.runs.resume counts as the run's own. A run `orthofed run` created
+    (a sweep's, a terminal's: pending until its ServerApp starts) is left to it."""
     from server.api.queue import RunQueue
     from server.runs.resume import runs_our_program
 
@@ -46,7 +47,9 @@ def test_the_queue_starts_its_runs_with_the_worker(settings, store, monkeypatch)
             started.append(command)
 
     monkeypatch.setattr("server.api.queue.subprocess.Popen", Started)
-    store.create_run("new-1", "s", {"name": "s"}, "/scenarios/s.yaml")
+    posted = settings.runs_dir.resolve() / "new-1" / "scenario.yaml"  # as POST /runs writes
+    store.create_run("new-1", "s", {"name": "s"}, str(posted))
+    store.create_run("cli-1", "s", {"name": "s"}, "/scenarios/s.yaml")  # orthofed run's own
     store.create_run("again-1", "s", {"name": "s"})
     store.set_status("again-1", "running")  # it started once: it resumes
     store.set_status("again-1", "failed", "killed")
