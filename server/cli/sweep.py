@@ -99,10 +99,8 @@ def run_sweep_file(file: Path, runs_dir: Path, workers: int, superlink: str | No
             tunes = f"tunes {', '.join(study.axes)}" if study.axes else "nothing tuned"
             print(f"{study.key}: {tunes}; runs planned: {planned_runs(study, sweep.spec)}")
         return 0
-    code = SweepRunner(sweep, runs_dir, workers, file.resolve(), superlink, console).run()
-    if code != 130:
-        write_and_print(sweep.spec.name, runs_dir, console)
-    return code
+    runner = SweepRunner(sweep, runs_dir, workers, file.resolve(), superlink, console)
+    return runner.run(report=lambda: write_and_print(sweep.spec.name, runs_dir, console))
 
 
 def cmd_sweep_report(name: str, runs_dir: Path) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
@@ -47,9 +48,11 @@ class SweepRunner:
         self.running: dict[Future, RunJob] = {}
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
-    def run(self) -> int:
-        """Run the sweep to its end; 0 when every study reported, 1 when one failed,
-        130 when interrupted (its runs are cancelled and resume later)."""
+    def run(self, report: Callable[[], None] | None = None) -> int:
+        """Run the sweep to its end, then `report()` (its files are written before the
+        sweep is marked finished, so a reader that waits for the status finds them);
+        0 when every study reported, 1 when one failed, 130 when interrupted (its runs
+        are cancelled and resume later)."""
         self.store.start_sweep(self.spec.name, self.spec.model_dump(mode="json"),
                                str(self.file) if self.file else None, os.getpid())
         storage = optuna_storage(self.runs_dir)
@@ -69,6 +72,8 @@ class SweepRunner:
                                         "interrupted; `orthofed sweep FILE` resumes it")
             self.console.print(f"sweep {self.spec.name}: cancelled; run it again to resume")
             return EXIT_INTERRUPTED
+        if report is not None:
+            report()
         failed = [s.study.key for s in studies if s.phase == "failed"]
         status = RunStatus.FAILED if failed else RunStatus.COMPLETED
         message = f"studies without a result: {', '.join(failed)}" if failed else None
