@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.markdown import Markdown
 
 from server.orchestration.execution import EXIT_INVALID, superlink_flag
 
@@ -117,6 +116,8 @@ def cmd_sweep_report(name: str, runs_dir: Path) -> int:
 
 
 def write_and_print(name: str, runs_dir: Path, console: Console) -> None:
+    from rich.markdown import Markdown
+
     from server.runs.sweep_files import write_report
     from server.runs.sweep_results import sweep_results
     from server.runs.sweep_store import SweepStore
