@@ -228,9 +228,10 @@ def privacy_ledger(node_state: RecordDict, scenario: Scenario, partition_id: int
                    sent: ConfigRecord | None = None) -> PrivacyState:
     """The node's ledger from context.state; else the one the server sent back (this
     client's own last report: its process lost its state, a restarted SuperNode or a
-    resumed run); else a new one, sigma sized for the client's whole planned
-    participation over every task of the stream (clients.training.privacy), at the largest of its
-    tasks' sampling rates (epsilon grows with q: the plan stays an upper bound)."""
+    resumed run); else a new one, with the scenario's privacy.noise_multiplier when it
+    fixes one, or sigma sized for the client's whole planned participation over every
+    task of the stream (clients.training.privacy), at the largest of its tasks' sampling
+    rates (epsilon grows with q: the plan stays an upper bound)."""
     for record in (node_state.get(keys.PRIVACY_STATE), sent):
         if record is None:
             continue
@@ -239,6 +240,8 @@ def privacy_ledger(node_state: RecordDict, scenario: Scenario, partition_id: int
             raise RuntimeError(f"the privacy ledger given to partition {partition_id} is "
                                f"partition {ledger.partition_id}'s")
         return ledger
+    if scenario.privacy.noise_multiplier is not None:  # fixed: nothing to plan
+        return PrivacyState(partition_id, scenario.privacy.noise_multiplier)
     q = planned_sample_rate(train_sizes(scenario, partition_id), scenario.federation.batch_size)
     return PrivacyState(partition_id, noise_for_budget(scenario.privacy, q,
                                                        planned_steps(scenario)))

@@ -72,9 +72,12 @@ def check_privacy_budget(scenario: Scenario) -> list[str]:
     Epsilon never grows as the sampling rate falls (Poisson subsampling only amplifies
     privacy), so a target that rate 1 reaches is reached by every client's plan: the
     clients' own rates, which need the data read and partitioned, are worked out only
-    when it is not (a target within RATE_ONE_SLACK of rate 1's floor included)."""
+    when it is not (a target within RATE_ONE_SLACK of rate 1's floor included).
+
+    A scenario that fixes privacy.noise_multiplier has no target: any sigma > 0 can be
+    trained with, and no client refuses a round, so there is nothing to check."""
     spec = scenario.privacy
-    if spec is None:
+    if spec is None or spec.target_epsilon is None:
         return []
     from clients.training.privacy import planned_sample_rate, planned_steps
 

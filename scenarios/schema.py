@@ -218,10 +218,22 @@ class FederationSpec(Spec):
 
 
 class PrivacySpec(Spec):
-    """Per-sample DP-SGD (Opacus) for whatever the method trains, with one privacy budget
-    per client for its whole participation in the scenario."""
+    """Per-sample DP-SGD (Opacus) for whatever the method trains. The noise is planned one
+    of two ways: a privacy budget per client for its whole participation in the scenario
+    (target_epsilon), or a noise multiplier fixed by the scenario (noise_multiplier)."""
 
-    target_epsilon: float = Field(..., gt=0, le=1e6, description="Each client's total budget.")
+    target_epsilon: float | None = Field(
+        None, gt=0, le=1e6, description="Each client's total budget: each sizes its noise "
+        "multiplier once for its whole planned participation and refuses a round that would "
+        "take it past this. Exactly one of target_epsilon and noise_multiplier is given."
+    )
+    noise_multiplier: float | None = Field(
+        None, gt=0, le=100, description="The Gaussian noise's standard deviation relative to "
+        "the clip norm, sigma; fixed for every client and round, no epsilon target (compare "
+        "methods at equal noise). Epsilon is still accounted per client with the scenario's "
+        "accountant and reported every round; there is no budget to pass, so no client "
+        "refuses a round. Exactly one of target_epsilon and noise_multiplier is given."
+    )
     delta: float = Field(1e-5, gt=0, lt=1, description="The delta of (epsilon, delta)-DP.")
     max_grad_norm: float = Field(1.0, gt=0, description="Per-sample gradient clipping norm C.")
     accountant: Literal["rdp", "prv"] = Field(
@@ -258,6 +270,20 @@ class PrivacySpec(Spec):
         "scenario (the server) can then regenerate and subtract the noise: the (epsilon, "
         "delta) guarantee does NOT hold. Off: fresh OS entropy per client per round."
     )
+
+    @model_validator(mode="after")
+    def _one_noise_plan(self) -> PrivacySpec:
+        if self.target_epsilon is not None and self.noise_multiplier is not None:
+            raise ValueError(
+                f"give target_epsilon or noise_multiplier, not both (got target_epsilon "
+                f"{self.target_epsilon:g} and noise_multiplier {self.noise_multiplier:g}): "
+                "remove one (a sweep axis over one of them: set the other to null)")
+        if self.target_epsilon is None and self.noise_multiplier is None:
+            raise ValueError(
+                "give target_epsilon or noise_multiplier, not neither: target_epsilon, each "
+                "client's total budget (sigma sized for it), or noise_multiplier, a fixed "
+                "sigma (epsilon accounted and reported)")
+        return self
 
 
 class ResourcesSpec(Spec):

@@ -10,7 +10,13 @@ participation,
 trains every round with that sigma, and keeps its accountant history, a list of
 (noise_multiplier, sample_rate, steps), across the rounds it actually joins. Its spent
 epsilon is always recomputed from that history; a round that would take it past the
-target is refused. No Flower here: the ClientApp stores `PrivacyState` in context.state.
+target is refused.
+
+A scenario may instead fix sigma itself (privacy.noise_multiplier: researchers compare
+methods at equal noise and read off the epsilon each spent). Every client then trains
+every round with that sigma; its history and epsilon are kept and reported exactly as
+above, but there is no target to pass, so it never refuses a round. No Flower here: the
+ClientApp stores `PrivacyState` in context.state.
 """
 
 from __future__ import annotations
@@ -68,7 +74,11 @@ def epsilon_of(history: list[Step], delta: float, accountant: str) -> float:
 
 
 def noise_for_budget(spec: PrivacySpec, q: float, total_steps: int) -> float:
-    """The sigma that spends exactly (at most) the target epsilon over `total_steps`."""
+    """The sigma that spends exactly (at most) the target epsilon over `total_steps`
+    (privacy.target_epsilon; a scenario with a fixed noise_multiplier has none to size)."""
+    if spec.target_epsilon is None:
+        raise ValueError("noise_for_budget: privacy.target_epsilon is not set (the scenario "
+                         f"fixes privacy.noise_multiplier {spec.noise_multiplier:g} instead)")
     return float(get_noise_multiplier(target_epsilon=spec.target_epsilon, target_delta=spec.delta,
                                       sample_rate=q, steps=total_steps,
                                       accountant=spec.accountant))
@@ -100,5 +110,9 @@ class PrivacyState(PrivacyLedger):
                           spec.accountant)
 
     def can_train(self, spec: PrivacySpec, q: float, steps: int) -> bool:
+        """Whether `steps` more steps at rate q stay within the target epsilon; always
+        with a fixed noise multiplier (no target: epsilon is only reported)."""
+        if spec.target_epsilon is None:
+            return True
         # A relative slack absorbs get_noise_multiplier's own tolerance (0.01 in epsilon).
         return self.epsilon_after(spec, q, steps) <= spec.target_epsilon * (1 + 1e-9)

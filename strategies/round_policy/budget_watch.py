@@ -2,6 +2,8 @@
 
 A DP client refuses a round that would take it past its target epsilon
 (clients.training.privacy), and stays refused; once all of them have, no round can train.
+A scenario that fixes privacy.noise_multiplier has no target epsilon: its clients never
+refuse, so its run never ends this way.
 """
 
 from __future__ import annotations

@@ -167,3 +167,21 @@ def test_no_sampling_rate_needs_more_epsilon_than_rate_one(quick_document, accou
         for q in (0.001, 0.0123, 0.1, 0.333, 0.9):
             floor = smallest_reachable_epsilon(spec, q, steps)
             assert floor <= rate_one + abs(rate_one) * RATE_ONE_SLACK, (delta, steps, q)
+
+
+def test_a_fixed_noise_multiplier_has_no_budget_to_refuse(quick_document, write_scenario) -> None:
+    """privacy.noise_multiplier: no target epsilon, so no plan to refuse, however much
+    epsilon the sigma will spend (a small sigma over 200 rounds): the check passes without
+    Opacus or the data. The same plan with a target below its floor is refused."""
+    from clients.checks import check_privacy_budget
+
+    quick_document["federation"]["rounds"] = 200
+    quick_document["privacy"] = {"noise_multiplier": 0.05}
+    path = write_scenario(quick_document)
+    assert check_privacy_budget(load_scenario(path)) == []
+    assert imported_after("from clients.checks import check_scenario\n"
+                          "from scenarios.loader import load_scenario\n"
+                          f"assert check_scenario(load_scenario({str(path)!r})) == []") == []
+    quick_document["privacy"] = {"target_epsilon": 1e-300}
+    (line,) = check_privacy_budget(load_scenario(write_scenario(quick_document)))
+    assert line.startswith("privacy.target_epsilon: must be at least")

@@ -170,17 +170,26 @@ def assert_a_rotates_under_fedsvd(run_dir) -> None:
 # its server step, FedSVD's parent, is tested with hand-built replies), A and B, A and B
 # merged into the base weights on the server (fedex-lora; flora's server step is tested
 # with hand-built replies), every weight.
-@pytest.mark.parametrize("strategy", ["fedsvd", "fedavg-lora", "fedex-lora", "fedavg"])
-def test_dp_run_reports_epsilon_that_opacus_recomputes(tmp_path, runs_dir, strategy) -> None:
+# ... and a noise multiplier fixed by the scenario instead of a target epsilon.
+TARGET = {"target_epsilon": 8.0, "delta": 1e-5, "max_grad_norm": 1.0}
+FIXED_SIGMA = {"noise_multiplier": 0.6, "delta": 1e-5, "max_grad_norm": 1.0}
+
+
+@pytest.mark.parametrize("strategy, privacy", [
+    *(pytest.param(s, TARGET, id=s) for s in ("fedsvd", "fedavg-lora", "fedex-lora", "fedavg")),
+    pytest.param("fedsvd", FIXED_SIGMA, id="fedsvd-fixed-sigma")])
+def test_dp_run_reports_epsilon_that_opacus_recomputes(tmp_path, runs_dir, strategy,
+                                                       privacy) -> None:
     """DP-SGD through Flower with each trained set: each client's epsilon grows round by
     round (its ledger survives in context.state) and equals Opacus's accountant over its
-    own history. Under FedSVD, A rotates (orthonormal rows)."""
+    own history. Under FedSVD, A rotates (orthonormal rows). With a fixed sigma every
+    client trains every round at exactly that sigma, no target, no refusal."""
     from clients.training.privacy import epsilon_of
 
     doc = yaml.safe_load((ROOT / "scenarios" / "quick.yaml").read_text())
     doc["strategy"] = {"name": strategy}
     doc["federation"].update(rounds=2, local_steps=5)
-    doc["privacy"] = {"target_epsilon": 8.0, "delta": 1e-5, "max_grad_norm": 1.0}
+    doc["privacy"] = privacy
     path = tmp_path / "dp.yaml"
     path.write_text(yaml.safe_dump(doc))
     done = run_orthofed("run", str(path), "--runs-dir", str(runs_dir), "--json")
@@ -192,7 +201,9 @@ def test_dp_run_reports_epsilon_that_opacus_recomputes(tmp_path, runs_dir, strat
         mine = [r["metrics"] for r in rows if r["partition_id"] == partition]
         history = [(m["noise-multiplier"], m["sample-rate"], int(m["dp-steps"])) for m in mine]
         spent = [m["epsilon"] for m in mine]
-        assert spent[0] < spent[1] <= 8.0
+        assert spent[0] < spent[1] <= privacy.get("target_epsilon", float("inf"))
+        if "noise_multiplier" in privacy:
+            assert {m["noise-multiplier"] for m in mine} == {privacy["noise_multiplier"]}
         assert spent[1] == pytest.approx(epsilon_of(history, 1e-5, "rdp"), rel=1e-9)
         assert spent[0] == pytest.approx(epsilon_of(history[:1], 1e-5, "rdp"), rel=1e-9)
         # Nothing un-noised left the client (no loss, no local eval); fresh noise.

@@ -231,3 +231,37 @@ def test_a_named_models_kind_cannot_be_contradicted(quick_document, write_scenar
     with pytest.raises(ScenarioError) as caught:
         load_scenario(write_scenario(quick_document))
     assert caught.value.errors[0].startswith(f"model: kind: {name!r} is a")
+
+
+@pytest.mark.parametrize("privacy, expected", [
+    ({"target_epsilon": 6.0, "noise_multiplier": 0.6},
+     "privacy: give target_epsilon or noise_multiplier, not both (got target_epsilon 6 and "
+     "noise_multiplier 0.6)"),
+    ({}, "privacy: give target_epsilon or noise_multiplier, not neither"),
+    ({"delta": 1e-5, "max_grad_norm": 2.0},
+     "privacy: give target_epsilon or noise_multiplier, not neither"),
+    ({"noise_multiplier": 0}, "privacy.noise_multiplier: must be > 0, got 0"),
+    ({"noise_multiplier": -0.3}, "privacy.noise_multiplier: must be > 0, got -0.3"),
+    ({"noise_multiplier": 101}, "privacy.noise_multiplier: must be <= 100, got 101"),
+    ({"noise_multiplier": "high"}, "privacy.noise_multiplier: must be a valid number"),
+    ({"noise_multiplier": None, "target_epsilon": None},
+     "privacy: give target_epsilon or noise_multiplier, not neither"),
+], ids=["both", "empty", "neither", "zero", "negative", "too-large", "text", "both-null"])
+def test_privacy_takes_exactly_one_noise_plan(quick_document, write_scenario, privacy,
+                                              expected) -> None:
+    """A budget (target_epsilon) or a fixed sigma (noise_multiplier): exactly one, each
+    refusal naming both fields or the bad one by its path, and nothing else refused."""
+    quick_document["privacy"] = privacy
+    with pytest.raises(ScenarioError) as caught:
+        load_scenario(write_scenario(quick_document))
+    (error,) = caught.value.errors
+    assert error.startswith(expected), error
+
+
+@pytest.mark.parametrize("privacy", [{"target_epsilon": 6.0}, {"noise_multiplier": 0.3},
+                                     {"noise_multiplier": 1.5, "target_epsilon": None}])
+def test_either_noise_plan_alone_loads(quick_document, write_scenario, privacy) -> None:
+    quick_document["privacy"] = privacy
+    spec = load_scenario(write_scenario(quick_document)).privacy
+    assert (spec.target_epsilon, spec.noise_multiplier) == (
+        privacy.get("target_epsilon"), privacy.get("noise_multiplier"))

@@ -158,3 +158,22 @@ def test_sampling_a_grid_no_larger_than_the_trials_is_that_grid(tmp_path: Path) 
     ranged = {"federation.optimizer.lr": {"low": 0.1, "high": 1.0, "num": 2}}
     sampled = load_sweep(sweep_file(tmp_path, tune=ranged, search={"kind": "random", "trials": 9}))
     assert sampled.studies[0].search_kind(sampled.spec.search) == "random"
+
+
+def test_a_noise_multiplier_axis_without_an_epsilon_target(tmp_path: Path) -> None:
+    """Methods compared at equal noise: one cell per sigma, each scenario private with
+    that fixed sigma and no target; over a base with a target, the target must be nulled
+    in the same cells, else every cell is refused naming both fields."""
+    sigmas = [0.3, 0.6, 1.0, 1.5]
+    sweep = load_sweep(sweep_file(tmp_path, grid={"privacy.noise_multiplier": sigmas}))
+    cells = {s.key: s.document["privacy"] for s in sweep.studies if s.method == "fedsvd"}
+    assert cells == {f"{s}/fedsvd": {"noise_multiplier": s} for s in sigmas}
+    targeted = {**copy.deepcopy(BASE), "privacy": {"target_epsilon": 6.0}}
+    errors = errors_of(sweep_file(tmp_path, base=targeted,
+                                  grid={"privacy.noise_multiplier": sigmas}))
+    assert len(errors) == 8 and all(
+        "privacy: give target_epsilon or noise_multiplier, not both" in e for e in errors)
+    sweep = load_sweep(sweep_file(tmp_path, base=targeted, grid={
+        "privacy.noise_multiplier": sigmas, "privacy.target_epsilon": [None]}))
+    assert [s.document["privacy"] for s in sweep.studies if s.method == "fedsvd"] == [
+        {"noise_multiplier": s} for s in sigmas]

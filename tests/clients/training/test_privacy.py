@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from flwr.app import RecordDict
 from opacus.accountants import PRVAccountant, RDPAccountant
 from torch.utils.data import TensorDataset
 
@@ -241,3 +242,107 @@ def test_a_client_planned_for_50_rounds_trains_all_50_within_budget() -> None:
         ledger.history = [(ledger.noise_multiplier, q, rounds * steps)]
     assert rounds == 50 and ledger.epsilon(spec) <= spec.target_epsilon
     assert ledger.epsilon(spec) == pytest.approx(epsilon_of(ledger.history, 1e-5, "rdp"))
+
+
+# ---- a noise multiplier fixed by the scenario (privacy.noise_multiplier) ----------------
+
+def test_a_fixed_noise_multiplier_never_refuses_and_a_target_does() -> None:
+    """No target epsilon, no budget to pass: the same ledger, far past any sensible
+    epsilon, may train under a fixed sigma and is refused under a target."""
+    ledger = PrivacyState(0, 0.5, [(0.5, 0.5, 2000)])
+    fixed = PrivacySpec(noise_multiplier=0.5)
+    assert ledger.epsilon(fixed) > 100
+    assert ledger.can_train(fixed, 0.5, 10)
+    assert not ledger.can_train(PrivacySpec(target_epsilon=100.0), 0.5, 10)
+    with pytest.raises(ValueError, match="noise_multiplier 0.5"):
+        noise_for_budget(fixed, 0.5, 10)  # nothing to size
+
+
+def one_round(scenario, node_state, start: dict, server_round: int, sent=None):
+    """Partition 0's reply to one train message carrying the global tensors `start`
+    (and, if given, the ledger record the server sends back)."""
+    from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+
+    from clients.app import train_round
+    from strategies import keys
+
+    content = RecordDict({keys.ARRAYS: ArrayRecord(start), keys.CONFIG: ConfigRecord(
+        {keys.SERVER_ROUND: server_round, keys.TASK_ID: 0})})
+    if sent is not None:
+        content[keys.PRIVACY_STATE] = ConfigRecord(sent)
+    return train_round(scenario, 0, content, node_state)
+
+
+def opacus_rate(num_examples: int, batch_size: int) -> float:
+    """The oracle's sampling rate: 1 / the length of Opacus's own Poisson loader."""
+    from opacus.data_loader import DPDataLoader
+
+    loader = torch.utils.data.DataLoader(TensorDataset(torch.zeros(num_examples, 1)),
+                                         batch_size=batch_size)
+    return 1 / len(DPDataLoader.from_data_loader(loader))
+
+
+@pytest.mark.parametrize("name, oracle", [("rdp", RDPAccountant), ("prv", PRVAccountant)])
+def test_a_client_trains_with_the_fixed_sigma_and_reports_opacus_epsilon(
+        quick_document, write_scenario, monkeypatch, name, oracle) -> None:
+    """privacy.noise_multiplier 0.7 through the ClientApp's round, twice: Opacus's
+    optimizer noises at exactly 0.7, the ledger records (0.7, q, steps so far), and each reply's
+    epsilon equals a fresh Opacus accountant stepped once per step at (0.7, q)."""
+    import opacus
+
+    import clients.training.dp_training as dp
+    from clients.app import cached_model
+    from clients.data.tasks import client_data
+    from clients.models.factory import global_state
+    from strategies import keys
+
+    sigmas = []
+
+    class Spy(opacus.PrivacyEngine):
+        def make_private(self, **kwargs):
+            made = super().make_private(**kwargs)
+            sigmas.append(made[1].noise_multiplier)  # (hooks, optimizer, ..., loader)
+            return made
+
+    monkeypatch.setattr(dp, "PrivacyEngine", Spy)
+    quick_document["federation"]["local_steps"] = 3
+    quick_document["privacy"] = {"noise_multiplier": 0.7, "accountant": name}
+    scenario = load_scenario(write_scenario(quick_document))
+    q = opacus_rate(len(client_data(scenario, 0).train), scenario.federation.batch_size)
+    start = {k: v.clone() for k, v in global_state(cached_model(scenario, "cpu")).items()}
+    node_state, acc = RecordDict(), oracle()
+    for server_round in (1, 2):
+        reply = one_round(scenario, node_state, start, server_round)
+        metrics = reply[keys.METRICS]
+        assert keys.REFUSED not in metrics and keys.ARRAYS in reply
+        for _ in range(3):
+            acc.step(noise_multiplier=0.7, sample_rate=q)
+        assert metrics[keys.NOISE_MULTIPLIER] == 0.7 and metrics[keys.SAMPLE_RATE] == q
+        assert metrics[keys.EPSILON] == pytest.approx(acc.get_epsilon(1e-5), rel=1e-9)
+        ledger = PrivacyState.from_record(dict(reply[keys.PRIVACY_STATE]))
+        assert ledger.history == [(0.7, q, 3 * server_round)]  # Opacus merges equal steps
+    assert sigmas == [0.7, 0.7]
+
+
+@pytest.mark.parametrize("privacy, refused", [({"noise_multiplier": 0.7}, False),
+                                              ({"target_epsilon": 50.0}, True)],
+                         ids=["fixed-sigma", "target"])
+def test_a_spent_client_trains_on_under_a_fixed_sigma(quick_document, write_scenario,
+                                                      privacy, refused) -> None:
+    """A ledger sent back at epsilon far past 50: under a fixed sigma the client trains and
+    reports the larger epsilon; under target_epsilon 50 it refuses the round."""
+    from clients.app import cached_model
+    from clients.models.factory import global_state
+    from strategies import keys
+
+    quick_document["federation"]["local_steps"] = 2
+    quick_document["privacy"] = privacy
+    scenario = load_scenario(write_scenario(quick_document))
+    start = {k: v.clone() for k, v in global_state(cached_model(scenario, "cpu")).items()}
+    spent = PrivacyState(0, 0.7, [(0.7, 0.5, 1000)])
+    assert spent.epsilon(scenario.privacy) > 50
+    reply = one_round(scenario, RecordDict(), start, 1, spent.to_record())
+    metrics = reply[keys.METRICS]
+    assert (metrics.get(keys.REFUSED) == 1) is refused and (keys.ARRAYS in reply) is not refused
+    if not refused:
+        assert metrics[keys.EPSILON] > spent.epsilon(scenario.privacy)
