@@ -71,9 +71,18 @@ class RunQueue:
                         f"its process (pid {run['pid']}) ended without finishing the run; "
                         f"see {RunFolder.of(self.runs_dir, run['id']).queue_log}"))
             waiting = [r for r in self.store.list_runs(limit=-1, statuses=(RunStatus.PENDING,),
-                                                       oldest_first=True) if r["pid"] is None]
+                                                       oldest_first=True) if self._handed(r)]
             for run in waiting[: max(self.concurrency - executing, 0)]:
                 self._launch(run)
+
+    def _handed(self, run: dict) -> bool:
+        """Whether a pending run is the queue's to start: posted (its scenario file is the
+        snapshot the submission wrote) or reopened over HTTP (it started before), and no
+        process holds it. A run `orthofed run` just created (a sweep's, a terminal's) is
+        pending too until its ServerApp starts: its own process executes it."""
+        snapshot = str(RunFolder.of(self.runs_dir, run["id"]).snapshot)
+        return run["pid"] is None and (run["started"] is not None
+                                       or run["scenario_path"] == snapshot)
 
     def _launch(self, run: dict) -> None:
         run_id = run["id"]

@@ -263,11 +263,8 @@ def cmd_run(file: Path, runs_dir: Path | None, as_json: bool, deployment: bool =
     runs_dir = (runs_dir or scenario.runs_dir).resolve()
     run_id = new_run_id(scenario.name)
     validated = scenario.model_dump(mode="json")
-    # Its pid from the start: an API serving the same runs folder leaves a pending run
-    # with a process to this process (a sweep's run, a terminal's), and marks it failed
-    # if this process dies before it finishes.
     MetricsStore.in_dir(runs_dir).create_run(run_id, scenario.name, validated,
-                                             str(file.resolve()), pid=os.getpid())
+                                             str(file.resolve()))
     # Flower's run config carries scalars only: what travels to the ServerApp and every
     # ClientApp is the path of this validated snapshot (data paths resolved), the same
     # file a resume reads; an edit of the user's file mid-run changes nothing.

@@ -129,16 +129,15 @@ class MetricsStore:
     # ---- writes ----------------------------------------------------------------------
 
     def create_run(self, run_id: str, name: str, scenario: dict[str, Any],
-                   scenario_path: str | None = None, pid: int | None = None) -> None:
+                   scenario_path: str | None = None) -> None:
         """A pending run of `scenario` (validated, as JSON), marked with what its epsilon
-        does not cover when it is private and opted into releases outside it. `pid`: the
-        process that executes it (`orthofed run`); None: the API's queue is to start it."""
+        does not cover when it is private and opted into releases outside it."""
         with self._connect() as db:
             db.execute(
                 "INSERT INTO runs (id, name, scenario, scenario_path, status, created, "
-                "privacy_note, pid) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "privacy_note) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (run_id, name, json.dumps(scenario), scenario_path, RunStatus.PENDING,
-                 time.time(), privacy_note(scenario), pid),
+                 time.time(), privacy_note(scenario)),
             )
 
     def set_status(self, run_id: str, status: RunStatus, message: str | None = None) -> None:

@@ -49,8 +49,7 @@ def test_the_queue_starts_its_runs_with_the_worker(settings, store, monkeypatch)
     monkeypatch.setattr("server.api.queue.subprocess.Popen", Started)
     posted = settings.runs_dir.resolve() / "new-1" / "scenario.yaml"  # as POST /runs writes
     store.create_run("new-1", "s", {"name": "s"}, str(posted))
-    # orthofed run's own, with its process from the start
-    store.create_run("cli-1", "s", {"name": "s"}, "/scenarios/s.yaml", pid=os.getpid())
+    store.create_run("cli-1", "s", {"name": "s"}, "/scenarios/s.yaml")  # orthofed run's own
     store.create_run("again-1", "s", {"name": "s"})
     store.set_status("again-1", "running")  # it started once: it resumes
     store.set_status("again-1", "failed", "killed")
