@@ -2,11 +2,14 @@
 
 A run gets its own FLWR_HOME and its own simulation SuperLink on free loopback ports
 (so runs never share Flower state and tests can run side by side), then `flwr run`
-submits the app with the scenario path and the run id as run-config scalars. Whatever
-this module starts it stops, with every descendant (flwr-simulation, Ray), on success,
-failure and Ctrl-C alike. Given the address of a SuperLink that already runs (a
-federation of SuperNodes, e.g. compose.yaml's), it starts nothing but `flwr run` against
-it, and asks that SuperLink to stop the run (`flwr stop`) when it is left unfinished.
+submits the app with the scenario path and the run id as run-config scalars (`flwr`
+starts beside the SuperLink and submits once it answers: their imports overlap).
+Whatever this module starts it kills, with every descendant (flwr-simulation, Ray), on
+success, failure and Ctrl-C alike, at once and without a grace period. With RAY_ADDRESS
+set (server.orchestration.warm_ray), the simulation joins that Ray instead of starting
+its own. Given the address of a SuperLink that already runs (a federation of
+SuperNodes, e.g. compose.yaml's), it starts nothing but `flwr run` against it, and asks
+that SuperLink to stop the run (`flwr stop`) when it is left unfinished.
 """
 
 from __future__ import annotations
@@ -14,8 +17,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -24,9 +25,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-import psutil
 
 from scenarios.schema import Scenario
+from server.orchestration.processes import (  # noqa: F401 - free_port, stop_tree: its API
+    bin_path_first,
+    console_script,
+    free_port,
+    kill_trees,
+    stop_tree,
+)
 from server.runs.layout import PROJECT_ROOT, RunFolder
 from server.runs.status import TERMINAL, RunStatus
 from server.runs.store import MetricsStore
@@ -34,6 +41,7 @@ from server.runs.store import MetricsStore
 CONNECTION = "orthofed"
 SUPERLINK_CA_ENV = "ORTHOFED_SUPERLINK_CA"
 STARTUP_TIMEOUT_S = 60.0
+PRELOAD_ENV = "ORTHOFED_RAY_PRELOAD"  # 0: simulated clients import at their first message
 # What `flwr run` prints once the SuperLink accepted the run (flwr 1.42, cli/run/run.py).
 STARTED_RUN = re.compile(r"Successfully started run (\d+)")
 
@@ -48,13 +56,6 @@ def superlink_address(value: str) -> str:
     return value.strip()
 
 
-def free_port() -> int:
-    """A TCP port that is free on loopback right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def flower_env(paths: RunFolder) -> dict[str, str]:
     """The environment of every Flower process of a run."""
     env = dict(os.environ)
@@ -66,7 +67,15 @@ def flower_env(paths: RunFolder) -> dict[str, str]:
         "FLWR_DISABLE_UPDATE_CHECK": "1",
         "HF_HUB_OFFLINE": "1",
         "PYTHONUNBUFFERED": "1",
+        # Flower's processes find flower-superexec and flwr-simulation on PATH.
+        "PATH": bin_path_first(env.get("PATH", "")),
     })
+    # Every Flower process posts telemetry events (and waits up to 4 s for the last one
+    # at exit); Ray's usage stats likewise. Off unless the user says otherwise.
+    env.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if env.get(PRELOAD_ENV, "1") != "0":  # simulated clients import while the server sets up
+        env.setdefault("RAY_RUNTIME_ENV_HOOK", "server.orchestration.ray_preload.runtime_env")
     return env
 
 
@@ -126,7 +135,8 @@ def stop_flower_run(paths: RunFolder) -> str:
     if not started:
         return "no Flower run had started"
     try:
-        done = subprocess.run(["flwr", "stop", started[-1], CONNECTION], env=flower_env(paths),
+        done = subprocess.run([console_script("flwr"), "stop", started[-1], CONNECTION],
+                              env=flower_env(paths),
                               capture_output=True, text=True, timeout=60, cwd=paths.path)
     except subprocess.TimeoutExpired:
         return f"flwr stop {started[-1]}: no answer within 60 s"
@@ -144,9 +154,16 @@ def check_simulation_engine() -> None:
 
 def start_superlink(paths: RunFolder, port: int, simulation: bool = True) -> subprocess.Popen:
     """A SuperLink on `port` (simulation engine, or deployment engine waiting for
-    SuperNodes), its state in the run folder."""
+    SuperNodes), its state in the run folder; returned once it answers."""
+    process = spawn_superlink(paths, port, simulation)
+    wait_for_superlink(process, paths, port)
+    return process
+
+
+def spawn_superlink(paths: RunFolder, port: int, simulation: bool = True) -> subprocess.Popen:
+    """`start_superlink` without the wait: the SuperLink is still starting."""
     command = [
-        "flower-superlink", "--insecure", *(["--simulation"] if simulation else []),
+        console_script("flower-superlink"), "--insecure", *(["--simulation"] if simulation else []),
         "--isolation", "subprocess", "--host", "127.0.0.1", "--port", str(port),
         "--control-api-address", f"127.0.0.1:{free_port()}",
         # No --database: Flower's in-memory state. A SQLite file commits every message
@@ -157,18 +174,23 @@ def start_superlink(paths: RunFolder, port: int, simulation: bool = True) -> sub
         "--disable-runtime-dependency-installation",
     ]
     with paths.superlink_log.open("ab") as log:
-        process = subprocess.Popen(command, env=flower_env(paths), stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True,
-                                   cwd=paths.path)
+        return subprocess.Popen(command, env=flower_env(paths), stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                cwd=paths.path)
+
+
+def wait_for_superlink(process: subprocess.Popen, paths: RunFolder, port: int) -> None:
+    """Return once the SuperLink `process` answers on `port`; a RuntimeError that points
+    to its log when it exits first or does not answer within STARTUP_TIMEOUT_S."""
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"flower-superlink exited with {process.returncode}; "
                                f"see {paths.superlink_log}")
         if health_problem(f"127.0.0.1:{port}", timeout_s=0.5) is None:
-            return process
-        time.sleep(0.2)
-    stop_tree(process)
+            return
+        time.sleep(0.05)
+    kill_trees([process])
     raise RuntimeError(f"flower-superlink did not answer within {STARTUP_TIMEOUT_S:.0f} s; "
                        f"see {paths.superlink_log}")
 
@@ -208,9 +230,11 @@ def start_supernodes(paths: RunFolder, superlink_port: int, scenario: Scenario,
 
 def submit(paths: RunFolder, scenario: Scenario, scenario_path: Path, run_id: str,
            runs_dir: Path, deployment: bool = False, resume: bool = False,
-           app_dir: Path = PROJECT_ROOT) -> subprocess.Popen:
+           app_dir: Path = PROJECT_ROOT, wait_for: str | None = None) -> subprocess.Popen:
     """`flwr run` of the Flower app in `app_dir` (this project; the fault tests' app
-    wraps its ClientApp) against the run's SuperLink, following its logs."""
+    wraps its ClientApp) against the run's SuperLink, following its logs. `wait_for`:
+    the address of that SuperLink, still starting; `flwr` imports meanwhile and submits
+    once it answers (server.orchestration.flwr_when_up)."""
     run_config = (f"scenario='{scenario_path}' run-id='{run_id}' runs-dir='{runs_dir}' "
                   f"resume={'true' if resume else 'false'}")
     federation_config = (
@@ -218,36 +242,15 @@ def submit(paths: RunFolder, scenario: Scenario, scenario_path: Path, run_id: st
         f"client-resources-num-cpus={scenario.resources.num_cpus} "
         f"client-resources-num-gpus={scenario.resources.num_gpus}"
     )
-    command = ["flwr", "run", str(app_dir), CONNECTION, "--stream",
+    flwr = ([sys.executable, "-m", "server.orchestration.flwr_when_up", wait_for,
+             str(STARTUP_TIMEOUT_S)] if wait_for else [console_script("flwr")])
+    command = [*flwr, "run", str(app_dir), CONNECTION, "--stream",
                "--run-config", run_config,
                *([] if deployment else ["--federation-config", federation_config])]
     with paths.flower_log.open("ab") as log:
         return subprocess.Popen(command, env=flower_env(paths), stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True,
                                 cwd=PROJECT_ROOT)
-
-
-def stop_tree(process: subprocess.Popen | None, grace_s: float = 10.0) -> None:
-    """Stop `process` and every descendant: SIGTERM, then SIGKILL after `grace_s`."""
-    if process is None:
-        return
-    try:
-        family = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        family = []
-    for proc in family:
-        try:
-            proc.send_signal(signal.SIGTERM)
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(family, timeout=grace_s)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=grace_s)
-    process.poll()
 
 
 def log_tail(path: Path, lines: int = 6) -> str:
@@ -270,10 +273,9 @@ def stop_flower(paths: RunFolder, store: MetricsStore, run_id: str, superlink: s
         # HTTP, a failure here), or its ServerApp would go on training.
         with (paths.runner_log).open("a") as log:
             log.write(stop_flower_run(paths) + "\n")
-    # Short grace: the ServerApp has already recorded everything that matters, and
-    # Ray's raylet otherwise lingers 5 s on SIGTERM.
-    for process in processes:
-        stop_tree(process, grace_s=1.0)
+    # No grace: the ServerApp has already recorded everything that matters (or the run
+    # is being cancelled), and a SIGTERM only makes Ray linger (processes.kill_trees).
+    kill_trees(processes)
     with (paths.runner_log).open("a") as log:
         log.write(f"stopped Flower processes in {time.monotonic() - stopping:.1f} s\n")
 
@@ -307,11 +309,17 @@ def launch(scenario: Scenario, scenario_path: Path, run_id: str, runs_dir: Path,
                 check_simulation_engine()
             port = free_port()
             write_connection(paths, f"127.0.0.1:{port}")
-            superlink_process = start_superlink(paths, port, simulation=not deployment)
+            superlink_process = spawn_superlink(paths, port, simulation=not deployment)
+            if not deployment:  # `flwr` starts beside the SuperLink, and waits for it
+                flwr = submit(paths, scenario, scenario_path.resolve(), run_id,
+                              runs_dir.resolve(), False, resume, app_dir,
+                              wait_for=f"127.0.0.1:{port}")
+            wait_for_superlink(superlink_process, paths, port)
             if deployment:
                 supernodes = start_supernodes(paths, port, scenario)
-        flwr = submit(paths, scenario, scenario_path.resolve(), run_id, runs_dir.resolve(),
-                      deployment or superlink is not None, resume, app_dir)
+        if flwr is None:
+            flwr = submit(paths, scenario, scenario_path.resolve(), run_id, runs_dir.resolve(),
+                          True, resume, app_dir)
         while flwr.poll() is None:
             on_tick()
             time.sleep(tick_s)

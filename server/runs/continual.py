@@ -96,7 +96,7 @@ def prompted(scenario: dict[str, Any]) -> bool:
     """Whether a run's model (its scenario as stored) is a causal LM answering in text;
     False when that cannot be told (no model section; a local model folder since
     removed)."""
-    from clients.models.factory import model_kind
+    from clients.models.architecture import model_kind  # no torch: the CLI's summary asks
     from scenarios.schema import ModelSpec
 
     if not isinstance(scenario.get("model"), dict):

@@ -174,18 +174,20 @@ def packs_arrays(grid: Grid) -> bool:
 
 def run_context(grid: Grid, scenario: Scenario, store: MetricsStore, run_id: str,
                 run_dir: Path) -> RunContext:
-    """Wait for the clients, order them by partition, and build the global model (a head
-    per task for a stream) from the scenario's seed."""
+    """Build the global model (a head per task for a stream) from the scenario's seed,
+    then wait for the clients and order them by partition. In that order: the model's
+    build overlaps the clients' start (Ray's, in a simulation, and their imports), which
+    the partition query waits for."""
     fed = scenario.federation
-    nodes = wait_for_nodes(grid, fed.num_clients, NODE_WAIT_S)
-    grid = PartitionOrderedGrid(grid, discover_partitions(grid, nodes, fed.round_timeout),
-                                min(fed.round_timeout, NODE_WAIT_S), pack=packs_arrays(grid))
     torch.manual_seed(scenario.seed)
     counts = label_counts(scenario)
     device = pick_device()
     model = build_model(scenario.model, counts[0], scenario.seed,
                         trained_set(scenario.strategy.name), device,
                         label_counts=counts if scenario.stream is not None else None)
+    nodes = wait_for_nodes(grid, fed.num_clients, NODE_WAIT_S)
+    grid = PartitionOrderedGrid(grid, discover_partitions(grid, nodes, fed.round_timeout),
+                                min(fed.round_timeout, NODE_WAIT_S), pack=packs_arrays(grid))
     return RunContext(grid, model, scenario, store, run_id, run_dir, device,
                       Checkpoints(run_dir, scenario.checkpoints.keep),
                       scenario_digest(scenario), ShuffledDeck(scenario.seed))
