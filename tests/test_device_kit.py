@@ -58,7 +58,7 @@ def test_prepare_carries_what_the_accelerator_lacks_within_48_mib(kit) -> None:
 def test_the_smoke_runs_every_check_from_the_installed_kit(kit, tmp_path) -> None:
     folder, _ = kit
     done = bash("run.sh", {"KIT_DIR": str(folder), "OUT": str(tmp_path), "ARGS": "--smoke"},
-                timeout=420)
+                timeout=480)
     assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
     results = json.loads((tmp_path / "device_checks_smoke.json").read_text())
     checks = results["checks"]

@@ -52,8 +52,10 @@ hang-seconds = {hang_seconds}
 
 
 def run_with_faults(tmp_path: Path, runs_dir: Path, faults: str, rounds: int,
-                    min_replies: int, round_timeout: float = 15.0) -> str:
-    """quick.yaml (3 clients, all sampled each round) through the faulty app; run id."""
+                    min_replies: int, round_timeout: float = 30.0) -> str:
+    """quick.yaml (3 clients, all sampled each round) through the faulty app; run id.
+    The round timeout leaves room for round 1's slowest healthy client: on CI's two
+    busy cores that round took over 15 s, and every client then counted as hung."""
     app = tmp_path / "app"
     app.mkdir()
     shutil.copy(FAULTY_APP / "faulty_client.py", app)

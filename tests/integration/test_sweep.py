@@ -1,6 +1,7 @@
 """A toy sweep end to end, as a user runs it: `orthofed sweep FILE --workers 2` over 2
-methods x 2 learning rates x 2 tuning seeds on a tiny model, SIGKILLed mid-way, run
-again to the end; then the report: every study chose the setting with the best mean
+methods x 2 learning rates x 2 tuning seeds on a tiny model, stopped with `kill` as
+its first run starts, run again and SIGKILLed mid-way, run a third time to the end; then
+the report: every study chose the setting with the best mean
 validation score (recomputed here from the store), its fresh report seeds ran once each,
 no completed scenario ran twice, and `orthofed sweep report NAME` prints the table."""
 
@@ -75,33 +76,70 @@ def gone_within(pids: list[int], timeout: float) -> list[int]:
     return [p.pid for p in alive if p.status() != psutil.STATUS_ZOMBIE]
 
 
-def test_a_killed_sweep_resumes_to_a_report_chosen_on_validation(tmp_path: Path, runs_dir: Path) -> None:
+def start_sweep(argv: list[str]) -> subprocess.Popen:
+    """`orthofed sweep` in its own session, as `cmd &` in a script: no terminal's signal
+    reaches its runs, only what the sweep itself (or the kernel, when it dies) sends."""
+    return subprocess.Popen(argv, cwd=ROOT, env=dict(os.environ, HF_HUB_OFFLINE="1"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+
+
+def stop_when(sweep: subprocess.Popen, ready, what: str, signum: int) -> list[int]:
+    """Once `ready()`, send `signum` to the sweep alone and wait for it to exit; the pids
+    of the processes it had started (its runs and their Flower processes)."""
+    try:
+        wait_for(lambda: ready() or sweep.poll() is not None, timeout=600, what=what)
+        assert sweep.poll() is None, sweep.stderr.read().decode()[-3000:]
+        family = [p.pid for p in psutil.Process(sweep.pid).children(recursive=True)]
+        sweep.send_signal(signum)
+        sweep.wait(timeout=120)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+        sweep.stderr.close()
+    return family
+
+
+def test_a_stopped_then_killed_sweep_resumes_to_a_report_chosen_on_validation(
+        tmp_path: Path, runs_dir: Path) -> None:
+    """`kill` (SIGTERM) of the sweep stops its runs at once, records them and the sweep
+    as cancelled, exits 130; run again, then SIGKILLed as by a crash (its runs get SIGTERM
+    from the kernel), nothing keeps running; run a third time, it resumes the cancelled
+    and cut runs and ends with the report."""
     sweep_file = tmp_path / "toy.yaml"
     sweep_file.write_text(yaml.safe_dump(SWEEP, sort_keys=False))
     argv = [sys.executable, "-m", "server.cli", "sweep", str(sweep_file), "--runs-dir",
             str(runs_dir), "--workers", "2"]
-    first = subprocess.Popen(argv, cwd=ROOT, env=dict(os.environ, HF_HUB_OFFLINE="1"),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        wait_for(lambda: completed_sweep_runs(runs_dir) >= 2 or first.poll() is not None,
-                 timeout=600, what="two runs of the sweep completed")
-        assert first.poll() is None, first.stderr.read().decode()[-3000:]
-        family = [p.pid for p in psutil.Process(first.pid).children(recursive=True)]
-        first.send_signal(signal.SIGKILL)  # as a crash: its runs get SIGTERM from the kernel
-        first.wait(timeout=30)
-    finally:
-        if first.poll() is None:
-            first.kill()
-        first.stderr.close()
+    first = start_sweep(argv)
+    family = stop_when(first, lambda: len(running_runs(runs_dir)) >= 1,
+                       "a run of the sweep started", signal.SIGTERM)
+    assert first.returncode == 130
+    assert gone_within(family, timeout=60) == [], "the stopped sweep's runs kept running"
+    assert store_rows(runs_dir, "SELECT status FROM sweeps WHERE id = 'toy'") == [("cancelled",)]
+    runs = store_rows(runs_dir, "SELECT s.status, r.status FROM sweep_runs s JOIN runs r ON "
+                      "r.id = s.run_id")
+    assert runs and all(pair == ("cancelled", "cancelled") for pair in runs), runs
+
+    second = start_sweep(argv)
+    family = stop_when(second, lambda: completed_sweep_runs(runs_dir) >= 2,
+                       "two runs of the sweep completed", signal.SIGKILL)
     assert gone_within(family, timeout=120) == [], "the killed sweep's runs kept running"
 
-    second = run_orthofed("sweep", str(sweep_file), "--runs-dir", str(runs_dir),
-                          "--workers", "2", timeout=1500)
-    assert second.returncode == 0, second.stderr[-4000:]
+    third = run_orthofed("sweep", str(sweep_file), "--runs-dir", str(runs_dir),
+                         "--workers", "2", timeout=1500)
+    assert third.returncode == 0, third.stderr[-4000:]
     check_the_report(runs_dir)
     shown = run_orthofed("sweep", "report", "toy", "--runs-dir", str(runs_dir))
     assert shown.returncode == 0, shown.stderr
     assert "Paired by seed against" in shown.stdout and "ffa-lora" in shown.stdout
+
+
+def running_runs(runs_dir: Path) -> list[tuple]:
+    try:
+        return store_rows(runs_dir, "SELECT run_id FROM sweep_runs WHERE status = 'running' "
+                          "AND run_id IS NOT NULL")
+    except sqlite3.OperationalError:  # the sweep tables are not made yet
+        return []
 
 
 def check_the_report(runs_dir: Path) -> None:
@@ -145,37 +183,3 @@ def validation_means(runs_dir: Path, study: str) -> dict[str, float]:
         per_setting[setting].append(sum(values) / len(values))
     assert len(per_setting) == 2 and all(len(v) == 2 for v in per_setting.values()), per_setting
     return {setting: sum(values) / 2 for setting, values in per_setting.items()}
-
-
-def test_sigterm_cancels_the_sweep_and_its_runs(tmp_path: Path, runs_dir: Path) -> None:
-    """`kill` of the sweep alone (its runs get no signal from a terminal) stops its runs
-    at once, records them and the sweep as cancelled, and exits 130."""
-    sweep_file = tmp_path / "toy.yaml"
-    sweep_file.write_text(yaml.safe_dump({**SWEEP, "name": "stopped"}, sort_keys=False))
-    argv = [sys.executable, "-m", "server.cli", "sweep", str(sweep_file), "--runs-dir",
-            str(runs_dir), "--workers", "2"]
-    sweep = subprocess.Popen(argv, cwd=ROOT, env=dict(os.environ, HF_HUB_OFFLINE="1"),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             start_new_session=True)  # no terminal's SIGINT reaches its runs
-    try:
-        def running_runs() -> list[tuple]:
-            try:
-                return store_rows(runs_dir, "SELECT run_id FROM sweep_runs WHERE status = "
-                                  "'running' AND run_id IS NOT NULL")
-            except sqlite3.OperationalError:
-                return []
-
-        wait_for(lambda: len(running_runs()) >= 1 or sweep.poll() is not None, timeout=300,
-                 what="a run of the sweep started")
-        family = [p.pid for p in psutil.Process(sweep.pid).children(recursive=True)]
-        sweep.send_signal(signal.SIGTERM)
-        assert sweep.wait(timeout=120) == 130
-    finally:
-        if sweep.poll() is None:
-            sweep.kill()
-    assert gone_within(family, timeout=60) == []
-    statuses = store_rows(runs_dir, "SELECT status FROM sweeps WHERE id = 'stopped'")
-    assert statuses == [("cancelled",)]
-    runs = store_rows(runs_dir, "SELECT s.status, r.status FROM sweep_runs s JOIN runs r ON "
-                      "r.id = s.run_id")
-    assert runs and all(pair == ("cancelled", "cancelled") for pair in runs), runs
