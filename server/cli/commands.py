@@ -17,6 +17,7 @@ from rich.console import Console
 
 from server.cli.sweep import add_sweep
 from server.orchestration.execution import (
+    EXIT_INTERRUPTED,
     EXIT_INVALID,
     claim_for_resume,
     continue_run,
@@ -26,6 +27,7 @@ from server.orchestration.execution import (
     load_checked,
     superlink_flag,
 )
+from server.runs.status import RunStatus
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -263,14 +265,18 @@ def cmd_run(file: Path, runs_dir: Path | None, as_json: bool, deployment: bool =
     runs_dir = (runs_dir or scenario.runs_dir).resolve()
     run_id = new_run_id(scenario.name)
     validated = scenario.model_dump(mode="json")
-    MetricsStore.in_dir(runs_dir).create_run(run_id, scenario.name, validated,
-                                             str(file.resolve()))
-    # Flower's run config carries scalars only: what travels to the ServerApp and every
-    # ClientApp is the path of this validated snapshot (data paths resolved), the same
-    # file a resume reads; an edit of the user's file mid-run changes nothing.
-    snapshot = RunFolder.of(runs_dir, run_id).write_snapshot(validated)
-    return execute(scenario, snapshot, run_id, runs_dir, as_json, deployment, resume=False,
-                   superlink=superlink)
+    store = MetricsStore.in_dir(runs_dir)
+    store.create_run(run_id, scenario.name, validated, str(file.resolve()))
+    try:
+        # Flower's run config carries scalars only: what travels to the ServerApp and
+        # every ClientApp is the path of this validated snapshot (data paths resolved),
+        # the same file a resume reads; an edit of the user's file mid-run changes nothing.
+        snapshot = RunFolder.of(runs_dir, run_id).write_snapshot(validated)
+        return execute(scenario, snapshot, run_id, runs_dir, as_json, deployment,
+                       resume=False, superlink=superlink)
+    except KeyboardInterrupt:  # Ctrl-C before `execute` took the signals over
+        store.set_status(run_id, RunStatus.CANCELLED, "interrupted by the user (Ctrl-C)")
+        return EXIT_INTERRUPTED
 
 
 def cmd_resume(run_id: str, runs_dir: Path, as_json: bool, deployment: bool,

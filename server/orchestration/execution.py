@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
-from server.runs.status import RunStatus
+from server.runs.status import TERMINAL, RunStatus
 
 if TYPE_CHECKING:
     from scenarios.schema import Scenario
@@ -111,18 +111,22 @@ def execute(scenario: Scenario, file: Path, run_id: str, runs_dir: Path, as_json
     err = Console(stderr=True)
     store = MetricsStore.in_dir(runs_dir)
     where = f" on the SuperLink at {superlink}" if superlink else ""
-    err.print(f"run {run_id}: {'resuming; ' if resume else ''}logs in {runs_dir / run_id}{where}",
-              highlight=False)
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` cleans up like Ctrl-C does
     # A shell without job control starts background commands (`orthofed run x &` in a
     # script, a test runner started so) with SIGINT ignored, and Python keeps an ignored
     # SIGINT ignored: `kill -INT` would then leave the run training to the end.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
+        # The first line names the run (a sweep reads it): an interrupt from then on
+        # must leave the run cancelled, not pending, even before Flower starts.
+        err.print(f"run {run_id}: {'resuming; ' if resume else ''}logs in "
+                  f"{runs_dir / run_id}{where}", highlight=False)
         with RoundProgress(store, run_id, total_rounds(scenario), err) as progress:
             launch(scenario, file, run_id, runs_dir, on_tick=progress.tick,
                    deployment=deployment, resume=resume, superlink=superlink)
     except KeyboardInterrupt:
+        if store.get_run(run_id)["status"] not in TERMINAL:  # stopped before `launch` began
+            store.set_status(run_id, RunStatus.CANCELLED, "interrupted by the user (Ctrl-C)")
         err.print(f"run {run_id}: cancelled; Flower processes stopped")
         return EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - a launch problem is the user's to read, not a traceback

@@ -60,3 +60,26 @@ def test_the_api_queues_modes_are_not_the_users(args, capsys) -> None:
     with pytest.raises(SystemExit) as exited:
         main(args)
     assert exited.value.code == 2 and "unrecognized arguments" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("where", ["launch", "snapshot"])
+def test_a_run_interrupted_before_flower_starts_is_cancelled_not_left_pending(
+        where, tmp_path, monkeypatch) -> None:
+    """Ctrl-C (a sweep cancelling its run) right after the run's row exists, before
+    Flower starts: the run is recorded cancelled and `orthofed run` exits 130; it used to
+    stay `pending` forever (found by the toy sweep stopped as its first runs started)."""
+    from server.cli.commands import main
+    from server.orchestration import launcher
+    from server.runs.layout import RunFolder
+    from server.runs.store import MetricsStore
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    target = (launcher, "launch") if where == "launch" else (RunFolder, "write_snapshot")
+    monkeypatch.setattr(*target, interrupted)
+    runs = tmp_path / "runs"
+    code = main(["run", str(ROOT / "scenarios" / "quick.yaml"), "--runs-dir", str(runs)])
+    assert code == 130
+    [run] = MetricsStore.in_dir(runs).list_runs()
+    assert (run["status"], run["message"]) == ("cancelled", "interrupted by the user (Ctrl-C)")
