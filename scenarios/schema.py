@@ -142,6 +142,14 @@ class ModelSpec(Spec):
         "runs only the layers above; the adapters go on those only (clients.models.cached_layers). "
         "0: every layer runs every step.",
     )
+    feature_cache: Literal["memory", "disk"] = Field(
+        "memory",
+        description="With cached_layers: where the bottom layers' features are kept. memory: "
+        "per process, computed again by every run; disk: also in one SQLite file per set of "
+        "bottom layers under ORTHOFED_CACHE/features (default ~/.cache/orthofed), shared by "
+        "the server, the clients and every run with the same model (a sweep computes each "
+        "example's features once; clients.models.feature_store).",
+    )
 
     @model_validator(mode="after")
     def _kind_fits_a_named_model(self) -> ModelSpec:
@@ -149,6 +157,13 @@ class ModelSpec(Spec):
         if kind is not None and self.kind not in ("auto", kind):
             raise ValueError(f"kind: {self.name!r} is a {kind}, got {self.kind!r}; "
                              f"leave kind out (auto) or say {kind!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _disk_features_need_cached_layers(self) -> ModelSpec:
+        if self.feature_cache == "disk" and not self.cached_layers:
+            raise ValueError("feature_cache: 'disk' keeps the cached bottom layers' features; "
+                             "set model.cached_layers too, or leave feature_cache out")
         return self
 
 

@@ -10,7 +10,9 @@ in train mode the bottom layers lose their dropout. The adapters (model.lora) go
 top layers only, since nothing below may change: the bottom layers are not submodules of
 the model at all, so PEFT, the optimizer, the checkpoints and the frozen fingerprint never
 see them (server and clients build them from the same pretrained weights). Memory: one
-float32 (tokens x hidden) tensor per distinct example seen, on the model's device.
+float32 (tokens x hidden) tensor per distinct example seen, on the model's device; with
+`model.feature_cache: disk` also on disk, shared by processes and runs
+(clients.models.feature_store).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import copy
 
 import torch
 from torch import nn
+
+from clients.models.feature_store import FeatureStore
 
 
 class CachedBottomEncoder(nn.Module):
@@ -40,6 +44,7 @@ class CachedBottomEncoder(nn.Module):
         # Not registered: invisible to named_parameters, PEFT's targeting and state_dict.
         object.__setattr__(self, "bottom", bottom)
         self.cache: dict[bytes, torch.Tensor] = {}
+        self.store: FeatureStore | None = None  # model.feature_cache: disk
         self.batch_keys: list[bytes] | None = None  # set by the model's pre-hook
         self.batch_lengths: list[int] = []
 
@@ -49,23 +54,33 @@ class CachedBottomEncoder(nn.Module):
             raise RuntimeError("the cached encoder was called without its model's token ids")
         self.batch_keys = None
         missing = [i for i, key in enumerate(keys) if key not in self.cache]
+        if missing and self.store is not None:
+            stored = self.store.load(list({keys[i] for i in missing}))
+            self.cache.update({k: v.to(hidden_states.device) for k, v in stored.items()})
+            missing = [i for i in missing if keys[i] not in self.cache]
         if missing:
-            self.fill(hidden_states, attention_mask, missing, keys, lengths, kwargs)
+            computed = self.fill(hidden_states, attention_mask, missing, keys, lengths, kwargs)
+            if self.store is not None:
+                self.store.save(computed)
         features = hidden_states.new_zeros(hidden_states.shape)
         for i, (key, length) in enumerate(zip(keys, lengths)):
             features[i, :length] = self.cache[key]
         return self.top(features, attention_mask=attention_mask, **kwargs)
 
     @torch.no_grad()
-    def fill(self, hidden_states, attention_mask, rows, keys, lengths, kwargs) -> None:
-        """Run the bottom layers on the batch's uncached rows and keep their outputs."""
+    def fill(self, hidden_states, attention_mask, rows, keys, lengths,
+             kwargs) -> dict[bytes, torch.Tensor]:
+        """Run the bottom layers on the batch's uncached rows, keep their outputs and
+        return them."""
         index = torch.tensor(rows, device=hidden_states.device)
         mask = attention_mask.index_select(0, index) if torch.is_tensor(attention_mask) else attention_mask
         extra = {k: v.index_select(0, index) if torch.is_tensor(v) and v.dim() > 0
                  and v.shape[0] == hidden_states.shape[0] else v for k, v in kwargs.items()}
         out = self.bottom(hidden_states.index_select(0, index), attention_mask=mask, **extra)
-        for j, i in enumerate(rows):
-            self.cache[keys[i]] = out.last_hidden_state[j, :lengths[i]].detach().clone()
+        computed = {keys[i]: out.last_hidden_state[j, :lengths[i]].detach().clone()
+                    for j, i in enumerate(rows)}
+        self.cache.update(computed)
+        return computed
 
 
 def example_keys(input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
@@ -85,15 +100,18 @@ def example_keys(input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
     return keys, lengths.tolist()
 
 
-def cache_bottom_layers(model: nn.Module, count: int) -> CachedBottomEncoder:
+def cache_bottom_layers(model: nn.Module, count: int, on_disk: bool = False) -> CachedBottomEncoder:
     """Replace the encoder of a BERT-style classifier by a CachedBottomEncoder over its
-    bottom `count` layers; a pre-hook hands it each forward's token ids."""
+    bottom `count` layers; a pre-hook hands it each forward's token ids. `on_disk`: the
+    features also go to (and come from) the shared FeatureStore of those layers."""
     backbone = next((m for m in model.modules() if hasattr(m, "encoder") and hasattr(m, "embeddings")),
                     None)
     if backbone is None or not hasattr(backbone.encoder, "layer"):
         raise ValueError("model.cached_layers: the model has no BERT-style encoder")
     cached = CachedBottomEncoder(backbone.encoder, count)
     backbone.encoder = cached
+    if on_disk:
+        cached.store = FeatureStore.for_bottom(cached.bottom, count, model.config.hidden_size)
 
     def hand_token_ids(_module: nn.Module, args: tuple, kwargs: dict) -> None:
         input_ids = kwargs.get("input_ids", args[0] if args else None)

@@ -191,7 +191,8 @@ def build_model(spec: ModelSpec, num_labels: int, seed: int, trains: str,
     if spec.cached_layers:
         if causal:
             raise ValueError("model.cached_layers: encoders only, not a causal LM")
-        cache_bottom_layers(model, spec.cached_layers)  # before PEFT: adapters above only
+        # before PEFT: adapters above only
+        cache_bottom_layers(model, spec.cached_layers, on_disk=spec.feature_cache == "disk")
     if label_counts is not None and not causal:
         torch.manual_seed(seed + 2)  # the task heads, identical everywhere
         install_task_heads(model, label_counts)

@@ -111,3 +111,38 @@ def test_the_scenario_refuses_caching_under_a_strategy_that_changes_the_bottom_l
 def test_caching_every_layer_is_refused_naming_the_field() -> None:
     with pytest.raises(ValueError, match=r"model.cached_layers: must be between 1 and 1 .*got 2"):
         build_model(ModelSpec(name="tiny-bert", cached_layers=2), 3, seed=0, trains="lora-b")
+
+
+def test_disk_features_are_shared_by_models_and_equal_the_computed_ones(
+        tmp_path, monkeypatch) -> None:
+    """model.feature_cache: disk. A second model of the same bottom layers (another
+    process or run) reads every row from disk, never runs its bottom layers, and gives
+    the first model's logits; another model's bottom layers get a file of their own."""
+    monkeypatch.setenv("ORTHOFED_CACHE", str(tmp_path))
+    spec = ModelSpec(name="tiny-bert", cached_layers=1, feature_cache="disk")
+    ids, mask, types = padded_batch(rows=6)
+    first = build_model(spec, 3, seed=0, trains="lora-b").eval()
+    expected = first(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
+    [store_file] = (tmp_path / "features").glob("*.sqlite")
+
+    second = build_model(spec, 3, seed=0, trains="lora-b").eval()
+    calls = []
+    cached_encoder(second).bottom.layer[0].register_forward_hook(lambda *_: calls.append(1))
+    order = torch.tensor([2, 5, 0, 1, 4, 3])
+    again = second(input_ids=ids[order], attention_mask=mask[order],
+                   token_type_ids=types[order]).logits
+    assert calls == []  # every row came from disk
+    torch.testing.assert_close(again, expected[order], rtol=1e-5, atol=1e-6)
+    for key, value in cached_encoder(first).cache.items():  # bit for bit what was computed
+        assert torch.equal(cached_encoder(second).cache[key], value)
+
+    other = build_model(ModelSpec(name="tiny-bert", cached_layers=1, feature_cache="disk",
+                                  max_length=16), 3, seed=0, trains="lora-b")
+    assert cached_encoder(other).store.path == store_file  # same layers: same file
+    deeper = ModelSpec(name="minilm", cached_layers=2, feature_cache="disk")
+    assert cached_encoder(build_model(deeper, 2, seed=0, trains="lora-b")).store.path != store_file
+
+
+def test_disk_features_without_cached_layers_are_refused() -> None:
+    with pytest.raises(ValueError, match="feature_cache: 'disk' keeps the cached bottom"):
+        ModelSpec(name="tiny-bert", feature_cache="disk")
