@@ -50,6 +50,15 @@ class FeatureStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute(SCHEMA)
 
+    def __deepcopy__(self, memo: dict) -> FeatureStore:
+        return self  # a handle on one shared file: a copied model shares it
+
+    def __getstate__(self) -> dict:  # pickled (Ray, torch.save): the path, not the connection
+        return {"path": self.path, "hidden_size": self.hidden_size}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["path"], state["hidden_size"])
+
     @classmethod
     def for_bottom(cls, bottom: nn.Module, count: int, hidden_size: int) -> FeatureStore:
         name = f"{bottom_fingerprint(bottom, count)}.sqlite"

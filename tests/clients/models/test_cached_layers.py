@@ -4,6 +4,9 @@ DP-SGD; the scenario refuses it where it is unsafe."""
 
 from __future__ import annotations
 
+import copy
+import pickle
+
 import pytest
 import torch
 from torch.utils.data import TensorDataset
@@ -139,6 +142,10 @@ def test_disk_features_are_shared_by_models_and_equal_the_computed_ones(
     other = build_model(ModelSpec(name="tiny-bert", cached_layers=1, feature_cache="disk",
                                   max_length=16), 3, seed=0, trains="lora-b")
     assert cached_encoder(other).store.path == store_file  # same layers: same file
+    copied = copy.deepcopy(other)  # shares the store, and a pickled one reopens the file
+    assert cached_encoder(copied).store is cached_encoder(other).store
+    assert pickle.loads(pickle.dumps(cached_encoder(other).store)).load(
+        list(cached_encoder(first).cache))
     deeper = ModelSpec(name="minilm", cached_layers=2, feature_cache="disk")
     assert cached_encoder(build_model(deeper, 2, seed=0, trains="lora-b")).store.path != store_file
 
