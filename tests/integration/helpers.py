@@ -45,6 +45,25 @@ def processes_mentioning(text: str) -> list[psutil.Process]:
     return found
 
 
+def left_running(text: str, grace_s: float = 10.0) -> list[psutil.Process]:
+    """The processes mentioning `text` that are still alive after up to `grace_s`: one
+    caught while it exits (listed, then gone or a zombie a moment later) is not left
+    running, and only a process that stays alive that long is."""
+    deadline = time.monotonic() + grace_s
+    while True:
+        alive = [proc for proc in processes_mentioning(text) if _alive(proc)]
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.2)
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def kill_all(procs: list[psutil.Process]) -> None:
     for proc in procs:
         try:

@@ -23,6 +23,7 @@ from tests.integration.helpers import (
     kill_all,
     kill_tree_now,
     last_json_line,
+    left_running,
     processes_mentioning,
     run_orthofed,
 )
@@ -118,7 +119,7 @@ def private_lora_stream(tmp_path_factory):
         assert done.returncode == 0, done.stderr[-3000:]
         yield path, runs_dir, last_json_line(done.stdout)
     finally:
-        leftovers = processes_mentioning(str(tmp_path))
+        leftovers = left_running(str(tmp_path))
         kill_all(leftovers)
         assert leftovers == [], f"processes left running: {[p.pid for p in leftovers]}"
 
