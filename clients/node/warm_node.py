@@ -135,6 +135,12 @@ class WarmClientApp:
             if message is not None:
                 reply = Message(Error(code=code, reason=details), reply_to=message)
         finally:
+            self.served += 1
+            # Logged before the reply goes: once the last one is pushed the run may end
+            # and its processes be killed at once, before a later line could be written.
+            log(INFO, "[warm-node] message %d served in this process: %s (pull %.2f s, app "
+                "%.2f s)", self.served, sub_status, pulled_at - started,
+                max(applied_at - pulled_at, 0.0))
             try:
                 if reply is not None and context is not None:
                     push_message(client, reply, context)
@@ -143,12 +149,9 @@ class WarmClientApp:
             push_task_output(client, context, sub_status, details)
             heartbeat.stop()
             client.close()
-            self.served += 1
             done_at = time.perf_counter()
-            # where a message's time goes: pulling its input, the app, pushing the reply
-            log(INFO, "[warm-node] message %d: %s in %.2f s (pull %.2f, app %.2f, push %.2f)",
-                self.served, sub_status, done_at - started, pulled_at - started,
-                max(applied_at - pulled_at, 0.0), done_at - max(applied_at, pulled_at))
+            log(INFO, "[warm-node] message %d: %.2f s in all, push %.2f s", self.served,
+                done_at - started, done_at - max(applied_at, pulled_at))
 
 
 def split_arguments(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:

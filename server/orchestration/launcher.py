@@ -6,7 +6,7 @@ submits the app with the scenario path and the run id as run-config scalars (`fl
 starts beside the SuperLink and submits once it answers: their imports overlap).
 Whatever this module starts it kills, with every descendant (flwr-simulation, Ray), on
 success, failure and Ctrl-C alike, at once and without a grace period. With RAY_ADDRESS
-set (server.orchestration.warm_ray), the simulation joins that Ray instead of starting
+set (a Ray cluster started beforehand), the simulation joins that Ray instead of starting
 its own. Given the address of a SuperLink that already runs (a federation of
 SuperNodes, e.g. compose.yaml's), it starts nothing but `flwr run` against it, and asks
 that SuperLink to stop the run (`flwr stop`) when it is left unfinished.

@@ -18,6 +18,15 @@ from server.orchestration.launcher import free_port
 from tests.conftest import ROOT
 
 
+# Resources of the scenarios the heavier tests build: two CPUs per client, so on CI's two
+# cores Ray keeps one ClientApp actor, one process importing torch, transformers, PEFT and
+# Opacus per run instead of two (measured: about 18 % less CPU per quick run; the tests
+# run two at a time on two cores, so CPU is their time). Tests that need clients to train
+# at the same time (a hanging client beside healthy ones, clients on two Ray nodes) keep
+# one CPU per client.
+ONE_CLIENT_PROCESS = {"num_cpus": 2}
+
+
 def run_orthofed(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """`orthofed ...` in a subprocess, as a user would type it."""
     env = dict(os.environ, HF_HUB_OFFLINE="1")

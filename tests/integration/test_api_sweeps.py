@@ -12,7 +12,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.integration.helpers import processes_mentioning, serving, wait_for
+from tests.integration.helpers import ONE_CLIENT_PROCESS, processes_mentioning, serving, wait_for
 
 pytestmark = pytest.mark.integration
 TOKEN = {"Authorization": "Bearer it-token"}
@@ -28,7 +28,7 @@ SWEEP = {
                        "local_steps": 3, "batch_size": 8,
                        "optimizer": {"name": "sgd", "lr": 0.1}},
         "strategy": {"name": "fedavg-lora"},
-        "resources": {"num_cpus": 1},
+        "resources": ONE_CLIENT_PROCESS,
     },
     "methods": {"fedavg": {"strategy.name": "fedavg-lora"}},
     "tune": {"federation.optimizer.lr": {"values": [0.1]}},

@@ -17,6 +17,7 @@ from clients.data.synthetic import make_examples
 from server.runs.store import MetricsStore
 from tests.conftest import ROOT
 from tests.integration.helpers import (
+    ONE_CLIENT_PROCESS,
     kill_all,
     last_json_line,
     processes_mentioning,
@@ -61,6 +62,7 @@ def _presplit_scenario(tmp_path, bad_partitions: set[int], **data) -> str:
                               "test": "test.jsonl"}, "partitioning": {"kind": "presplit"},
                    **data}
     doc["federation"].update(num_clients=2, clients_per_round=2, rounds=2, local_steps=3)
+    doc["resources"] = ONE_CLIENT_PROCESS
     path = tmp_path / "faulty.yaml"
     path.write_text(yaml.safe_dump(doc))
     return str(path)
@@ -177,6 +179,7 @@ def test_dp_run_reports_epsilon_that_opacus_recomputes(tmp_path, runs_dir, strat
     doc = yaml.safe_load((ROOT / "scenarios" / "quick.yaml").read_text())
     doc["strategy"] = {"name": strategy}
     doc["federation"].update(rounds=2, local_steps=5)
+    doc["resources"] = ONE_CLIENT_PROCESS
     doc["privacy"] = privacy
     if strategy == "fedavg":  # and a validation split, evaluated by the server each round
         doc["data"]["validation_fraction"] = 0.2

@@ -20,6 +20,7 @@ from server.runs.preserved import preserved_triplet_errors
 from server.runs.store import MetricsStore
 from tests.conftest import ROOT
 from tests.integration.helpers import (
+    ONE_CLIENT_PROCESS,
     kill_all,
     kill_tree_now,
     last_json_line,
@@ -74,6 +75,7 @@ def test_a_private_osft_stream_of_the_tiny_llama_keeps_its_triplets(runs_dir, wr
     doc = yaml.safe_load((ROOT / "scenarios" / "quick-stream.yaml").read_text())
     doc.update(name="llm-osft-dp", model={"name": "tiny-llama", "max_length": 48},
                privacy={"target_epsilon": 8.0, "max_grad_norm": 1.0})
+    doc["resources"] = ONE_CLIENT_PROCESS
     doc["federation"].update(num_clients=3, clients_per_round=2, sampling="balanced",
                              local_steps=6, optimizer={"name": "sgd", "lr": 0.05})
     done = run_orthofed("run", str(write_scenario(doc)), "--runs-dir", str(runs_dir), "--json")
@@ -105,6 +107,7 @@ def private_lora_stream(tmp_path_factory):
     # 3 clients, 2 sampled per round: which 2 depends on the server's random state,
     # which a resume must restore.
     doc["federation"].update(num_clients=3, clients_per_round=2, local_steps=4)
+    doc["resources"] = ONE_CLIENT_PROCESS
     doc["federation"]["optimizer"]["lr"] = 0.01
     # Seeded noise: the resume test compares two runs bit for bit, which fresh noise
     # (the default, what the guarantee needs) would make differ. The flag's name says

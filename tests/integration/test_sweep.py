@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT
-from tests.integration.helpers import run_orthofed, wait_for
+from tests.integration.helpers import ONE_CLIENT_PROCESS, run_orthofed, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("toy-sweep")]
 
@@ -38,6 +38,7 @@ SWEEP = {
                        "local_steps": 8, "batch_size": 16,
                        "optimizer": {"name": "adamw", "lr": 0.01}},
         "strategy": {"name": "fedsvd"},
+        "resources": ONE_CLIENT_PROCESS,
     },
     "methods": {"fedsvd": {"strategy": {"name": "fedsvd"}},
                 "ffa-lora": {"strategy": {"name": "ffa-lora"}}},

@@ -10,7 +10,7 @@ import yaml
 from server.runs.store import MetricsStore
 from server.tracking.tracked_store import MLFLOW_STORE, TENSORBOARD_DIR
 from tests.conftest import ROOT
-from tests.integration.helpers import last_json_line, run_orthofed
+from tests.integration.helpers import ONE_CLIENT_PROCESS, last_json_line, run_orthofed
 from tests.server.tracking.test_tracking import mlflow_run, tensorboard_scalars
 
 pytestmark = pytest.mark.integration
@@ -19,6 +19,7 @@ pytestmark = pytest.mark.integration
 def test_a_private_run_reaches_tensorboard_and_mlflow(tmp_path, runs_dir) -> None:
     doc = yaml.safe_load((ROOT / "scenarios" / "quick.yaml").read_text())
     doc["federation"].update(rounds=2, local_steps=5)
+    doc["resources"] = ONE_CLIENT_PROCESS
     doc["privacy"] = {"target_epsilon": 8.0, "delta": 1e-5, "max_grad_norm": 1.0}
     doc["tracking"] = {"tensorboard": True, "mlflow": True}
     path = tmp_path / "tracked.yaml"
