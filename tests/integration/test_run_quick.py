@@ -24,6 +24,7 @@ from tests.integration.helpers import (
     run_orthofed,
     write_jsonl,
 )
+from tests.integration.tracked import assert_tracked
 
 pytestmark = pytest.mark.integration
 
@@ -183,6 +184,8 @@ def test_dp_run_reports_epsilon_that_opacus_recomputes(tmp_path, runs_dir, strat
     doc["privacy"] = privacy
     if strategy == "fedavg":  # and a validation split, evaluated by the server each round
         doc["data"]["validation_fraction"] = 0.2
+    if strategy == "fedex-lora":  # and its metrics to TensorBoard and MLflow
+        doc["tracking"] = {"tensorboard": True, "mlflow": True}
     path = tmp_path / "dp.yaml"
     path.write_text(yaml.safe_dump(doc))
     done = run_orthofed("run", str(path), "--runs-dir", str(runs_dir), "--json")
@@ -216,6 +219,7 @@ def test_dp_run_reports_epsilon_that_opacus_recomputes(tmp_path, runs_dir, strat
         assert_a_rotates_under_fedsvd(runs_dir / run_id)
     if strategy == "fedex-lora":
         assert_base_weights_move_under_fedex(runs_dir / run_id)
+        assert_tracked(runs_dir, run_id, doc)
 
 
 def assert_base_weights_move_under_fedex(run_dir) -> None:
