@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import ROOT
 
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("device-kit")]
+pytestmark = [pytest.mark.integration, pytest.mark.long, pytest.mark.xdist_group("device-kit")]
 NETWORK_ERRORS = ("Failed to fetch", "dns error", "Could not connect", "NewConnectionError",
                   "Temporary failure in name resolution", "No matching distribution")
 ACCELERATOR_HAS = {"torch", "numpy", "transformers", "accelerate", "peft", "huggingface-hub",

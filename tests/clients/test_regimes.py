@@ -25,6 +25,7 @@ from scenarios.loader import load_scenario
 from scenarios.schema import OptimizerSpec, PrivacySpec
 from tests.conftest import ROOT, needs_shared_data
 
+pytestmark = pytest.mark.long  # minutes of MiniLM training: the long tier
 CPU = torch.device("cpu")
 MAJORITY = 0.509  # the 872-row SST-2 validation file's majority class
 STEPS, BATCH = 40, 32

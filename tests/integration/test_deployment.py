@@ -20,7 +20,7 @@ from server.runs.store import MetricsStore
 from tests.conftest import ROOT
 from tests.integration.helpers import last_json_line, run_orthofed
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.long]
 
 
 def small_scenario(tmp_path, rounds: int, name: str = "deploy", private: bool = False,

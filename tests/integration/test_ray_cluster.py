@@ -19,7 +19,7 @@ from server.runs.store import MetricsStore
 from tests.conftest import ROOT
 from tests.integration.netns import Hosts, namespaces_problem
 
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("ray-cluster")]
+pytestmark = [pytest.mark.integration, pytest.mark.long, pytest.mark.xdist_group("ray-cluster")]
 RAY_PORT = 6379
 
 

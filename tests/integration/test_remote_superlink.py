@@ -32,7 +32,8 @@ from tests.conftest import ROOT
 from tests.integration.helpers import follow, serving, wait_gone
 from tests.integration.test_api_server import TOKEN
 
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("remote_superlink")]
+pytestmark = [pytest.mark.integration, pytest.mark.long,
+              pytest.mark.xdist_group("remote_superlink")]
 
 
 def two_client_scenario(rounds: int) -> str:

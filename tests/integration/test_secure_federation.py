@@ -43,7 +43,8 @@ from tests.integration.netns import Hosts, namespaces_problem
 from tests.integration.test_deployment import small_scenario
 from tests.integration.test_streams import without_timings
 
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("secure-federation")]
+pytestmark = [pytest.mark.integration, pytest.mark.long,
+              pytest.mark.xdist_group("secure-federation")]
 PORT, API_PORT, TOKEN = 9200, 8443, "secure-token"
 
 
