@@ -14,7 +14,7 @@ import pytest
 
 from tests.integration.helpers import ONE_CLIENT_PROCESS, processes_mentioning, serving, wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.long]
 TOKEN = {"Authorization": "Bearer it-token"}
 
 SWEEP = {

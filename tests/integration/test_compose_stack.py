@@ -27,7 +27,7 @@ from tests.conftest import ROOT
 from tests.integration.helpers import wait_for
 
 SERVICES = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]
-pytestmark = pytest.mark.xdist_group("compose-stack")
+pytestmark = [pytest.mark.long, pytest.mark.xdist_group("compose-stack")]
 
 
 class Loopback:

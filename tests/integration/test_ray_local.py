@@ -25,7 +25,7 @@ from server.orchestration.launcher import free_port
 from tests.conftest import ROOT
 from tests.integration.helpers import kill_all, processes_mentioning
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.long]
 RAY_DASHBOARD_PORT = 8265  # Ray's default
 
 

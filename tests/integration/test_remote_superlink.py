@@ -66,8 +66,8 @@ def federation(tmp_path_factory):
 def served_messages(home: RunFolder) -> int:
     """Messages the warm SuperNodes have completed so far, from their logs (each line
     appears twice there: Flower's console handler and the log file's)."""
-    return sum(len(set(re.findall(r"\[warm-node\] message (\d+): completed",
-                                  home.supernode_log(p).read_text())))
+    served = r"\[warm-node\] message (\d+) served in this process: completed"
+    return sum(len(set(re.findall(served, home.supernode_log(p).read_text())))
                for p in range(2))
 
 
