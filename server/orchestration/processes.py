@@ -106,12 +106,13 @@ def wait_dead(family: list[psutil.Process], timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     alive = family
     while alive and time.monotonic() < deadline:
-        alive = [proc for proc in alive if _running(proc)]
+        alive = [proc for proc in alive if is_running(proc)]
         if alive:
             time.sleep(0.01)
 
 
-def _running(proc: psutil.Process) -> bool:
+def is_running(proc: psutil.Process) -> bool:
+    """Alive: neither gone nor a zombie (a zombie is dead, only its parent's wait is missing)."""
     try:
         return proc.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:

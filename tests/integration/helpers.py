@@ -15,6 +15,7 @@ import httpx
 import psutil
 
 from server.orchestration.launcher import free_port
+from server.orchestration.processes import is_running
 from tests.conftest import ROOT
 
 
@@ -60,17 +61,10 @@ def left_running(text: str, grace_s: float = 10.0) -> list[psutil.Process]:
     running, and only a process that stays alive that long is."""
     deadline = time.monotonic() + grace_s
     while True:
-        alive = [proc for proc in processes_mentioning(text) if _alive(proc)]
+        alive = [proc for proc in processes_mentioning(text) if is_running(proc)]
         if not alive or time.monotonic() >= deadline:
             return alive
         time.sleep(0.2)
-
-
-def _alive(proc: psutil.Process) -> bool:
-    try:
-        return proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def kill_all(procs: list[psutil.Process]) -> None:
